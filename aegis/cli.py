@@ -1,0 +1,391 @@
+"""The command line: argparse commands, each a thin wrapper over one library call.
+
+Every command opens what it needs, calls the library, prints, and returns an exit code.
+Errors of the ``AegisError`` tree become one clear message; anything else becomes an
+"internal error" line (the traceback only with ``AEGIS_DEBUG=1``). Heavy modules (httpx,
+yaml, sqlite3, asyncio) are imported inside the commands that need them, so that
+``--version`` and ``--help`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+from aegis import __version__
+from aegis.errors import AegisError, ConfigError
+
+if TYPE_CHECKING:
+    from aegis.config.model import Config
+    from aegis.console import Console
+    from aegis.records import Run
+
+__all__ = ["EXIT", "main", "run_exit_code"]
+
+# Exit codes of `aegis run` (DESIGN §8); other commands use the same numbers.
+EXIT = {
+    "passed": 0,
+    "tests_failing": 1,
+    "usage": 2,
+    "step_failed": 3,
+    "internal": 70,
+    "interrupted": 130,
+}
+
+
+class _Env:
+    """What a command may touch of the outside: streams and environment variables."""
+
+    def __init__(self, stdout: TextIO, stderr: TextIO, environ: Mapping[str, str]) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+        self.environ = environ
+
+    def out(self) -> Console:
+        from aegis.console import Console
+
+        return Console(self.stdout, self.environ)
+
+    def err(self) -> Console:
+        from aegis.console import Console
+
+        return Console(self.stderr, self.environ)
+
+    def warn(self, message: str) -> None:
+        print(f"aegis: warning: {message}", file=self.stderr, flush=True)
+
+
+def run_exit_code(run: Run) -> int:
+    """The exit code of `aegis run` for a finished run."""
+    status = run.status.value
+    if status == "succeeded":
+        return (
+            EXIT["passed"]
+            if run.verdict and run.verdict.value == "passed"
+            else EXIT["tests_failing"]
+        )
+    if status in ("cancelled", "interrupted"):
+        return EXIT["interrupted"]
+    return EXIT["step_failed"]
+
+
+def _load(args: argparse.Namespace, env: _Env, path: str | None = None) -> Config:
+    from aegis.config import find_config, load_config
+
+    found = find_config(path or args.config, environ=env.environ)
+    return load_config(found, environ=env.environ)
+
+
+def _dump_json(data: Any, stream: TextIO) -> None:
+    import json
+
+    json.dump(data, stream, indent=2, ensure_ascii=False)
+    stream.write("\n")
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace, env: _Env) -> int:
+    from aegis.runs import run_workflow
+
+    config = _load(args, env)
+    if args.workflow not in config.workflows:
+        _unknown_workflow(config, args.workflow)
+    progress = None if args.quiet else env.err()
+    run = run_workflow(
+        config,
+        args.workflow,
+        record=not args.no_history,
+        progress=progress,
+        environ=env.environ,
+        warn=env.warn,
+    )
+    if args.json:
+        _dump_json(run.to_dict(), env.stdout)
+    else:
+        from aegis.console import render_run
+
+        render_run(env.out(), run)
+    return run_exit_code(run)
+
+
+def _unknown_workflow(config: Config, key: str) -> None:
+    from aegis.errors import NotFound
+
+    known = ", ".join(sorted(config.workflows)) or "none"
+    raise NotFound(f"unknown workflow '{key}' (known: {known})")
+
+
+def cmd_status(args: argparse.Namespace, env: _Env) -> int:
+    import asyncio
+
+    from aegis.services import check_all
+
+    config = _load(args, env)
+    results = asyncio.run(check_all(config.services.values(), environ=env.environ))
+    if args.json:
+        _dump_json(
+            {
+                "services": [
+                    {"key": h.key, "name": h.name, "url": h.url, "health": h.to_dict()}
+                    for h in results
+                ]
+            },
+            env.stdout,
+        )
+    else:
+        out = env.out()
+        for health in results:
+            detail = f"{health.latency_ms:.1f} ms" if health.up else health.error
+            out.line(f"{out.status(health.status):<6} {health.key:<16} {health.url}  {detail}")
+        if not results:
+            out.line("No services configured.")
+    return 0 if all(h.up for h in results) else 1
+
+
+def cmd_config_show(args: argparse.Namespace, env: _Env) -> int:
+    from aegis.config import config_to_dict
+
+    config = _load(args, env)
+    data = config_to_dict(config, redact=True)
+    if args.json:
+        _dump_json(data, env.stdout)
+    else:
+        import yaml
+
+        env.stdout.write(f"# {config.source}\n" if config.source else "")
+        yaml.safe_dump(data, env.stdout, sort_keys=False, allow_unicode=True)
+    return 0
+
+
+def cmd_config_validate(args: argparse.Namespace, env: _Env) -> int:
+    from aegis.config import find_config, load_config
+
+    try:
+        found = find_config(args.path or args.config, environ=env.environ)
+        config = load_config(found, environ=env.environ)
+    except ConfigError as exc:
+        print(exc, file=env.stderr)
+        count = len(exc.problems)
+        print(f"invalid: {count} problem{'s' if count != 1 else ''}", file=env.stderr)
+        return 1
+    print(
+        f"{found}: valid ({len(config.services)} services, {len(config.workflows)} workflows)",
+        file=env.stdout,
+    )
+    return 0
+
+
+def cmd_history(args: argparse.Namespace, env: _Env) -> int:
+    words = list(args.words)
+    if words[:1] == ["show"]:
+        if len(words) != 2:
+            raise _usage("history show takes exactly one RUN_ID")
+        return _history_show(args, env, words[1])
+    if len(words) > 1:
+        raise _usage("history takes at most one WORKFLOW (or: history show RUN_ID)")
+    if args.limit < 1:
+        raise _usage("--limit must be at least 1")
+    from aegis.history import open_history
+
+    config = _load(args, env)
+    workflow = words[0] if words else None
+    if workflow is not None and workflow not in config.workflows:
+        _unknown_workflow(config, workflow)
+    store = open_history(config.history, warn=env.warn)
+    try:
+        runs = store.list(workflow=workflow, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        _dump_json({"runs": [r.to_dict(summary=True) for r in runs]}, env.stdout)
+    else:
+        from aegis.console import render_runs
+
+        render_runs(env.out(), runs)
+    return 0
+
+
+def _history_show(args: argparse.Namespace, env: _Env, run_id: str) -> int:
+    from aegis.errors import NotFound
+    from aegis.history import open_history
+
+    config = _load(args, env)
+    store = open_history(config.history, warn=env.warn)
+    try:
+        run = store.get(run_id)
+    finally:
+        store.close()
+    if run is None:
+        raise NotFound(f"no run '{run_id}' in {config.history.path}")
+    if args.json:
+        _dump_json(run.to_dict(), env.stdout)
+    else:
+        from aegis.console import render_run
+
+        render_run(env.out(), run)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, env: _Env) -> int:
+    from aegis.demo_pipeline import run_demo
+
+    run = run_demo(progress=env.err(), warn=env.warn)
+    if args.json:
+        _dump_json(run.to_dict(), env.stdout)
+    else:
+        from aegis.console import render_run
+
+        out = env.out()
+        render_run(out, run)
+        out.line()
+        out.line("That was the demo pipeline against Aegis's built-in reference services.")
+        out.line("Next: write an aegis.yaml (see aegis.example.yaml) and `aegis run <workflow>`.")
+    # the demo succeeded when its pipeline ran end to end; the verdict is part of the show
+    return 0 if run.status.value == "succeeded" else run_exit_code(run)
+
+
+def _usage(message: str) -> AegisError:
+    from aegis.errors import UsageError
+
+    return UsageError(message)
+
+
+# ------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aegis",
+        description="Aegis, the QA control plane: run QA workflows against your QA services.",
+        epilog="Exit codes of run: 0 passed, 1 tests still failing, 2 usage or config error, "
+        "3 a step failed or the run timed out, 130 interrupted.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $AEGIS_CONFIG, "
+        "else .aegis.yaml or aegis.yaml here or in a parent directory)",
+    )
+    parser.add_argument("--version", action="version", version=f"aegis {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    run = commands.add_parser("run", help="run a workflow; the exit code is the verdict")
+    run.add_argument("workflow", help="the workflow's key in the config")
+    run.add_argument("--json", action="store_true", help="print the run as JSON on stdout")
+    run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    run.add_argument("--no-history", action="store_true", help="do not record this run")
+    run.set_defaults(handler=cmd_run)
+
+    status = commands.add_parser(
+        "status", help="check every service's health (exit 1 if any is down)"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON on stdout")
+    status.set_defaults(handler=cmd_status)
+
+    config = commands.add_parser("config", help="show or validate the config")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION")
+    config_commands.required = True
+    show = config_commands.add_parser("show", help="print the effective config, secrets as ***")
+    show.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    show.set_defaults(handler=cmd_config_show)
+    validate = config_commands.add_parser("validate", help="check a config; exit 1 if invalid")
+    validate.add_argument("path", nargs="?", help="the file (default: the discovered config)")
+    validate.set_defaults(handler=cmd_config_validate)
+
+    history = commands.add_parser(
+        "history",
+        help="list recorded runs: history [WORKFLOW], or one run: history show RUN_ID",
+        usage="aegis history [WORKFLOW] [--limit N] [--json]\n"
+        "       aegis history show RUN_ID [--json]",
+    )
+    history.add_argument("words", nargs="*", metavar="WORKFLOW | show RUN_ID", help="what to list")
+    history.add_argument("--limit", type=int, default=20, metavar="N", help="at most N runs (20)")
+    history.add_argument("--json", action="store_true", help="print JSON on stdout")
+    history.set_defaults(handler=cmd_history)
+
+    demo = commands.add_parser("demo", help="run the example pipeline against built-in services")
+    demo.add_argument("--json", action="store_true", help="print the run as JSON on stdout")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+# -------------------------------------------------------------------------------- main
+
+
+class _PlainFormatter(logging.Formatter):
+    """Log lines without tracebacks, unless debugging was asked for."""
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__("aegis: %(levelname)s: %(message)s")
+        self.debug = debug
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        if not self.debug:
+            record.exc_info = None
+            record.exc_text = None
+        return super().format(record)
+
+
+def _setup_logging(stream: TextIO, debug: bool) -> Callable[[], None]:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_PlainFormatter(debug))
+    logger = logging.getLogger("aegis")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    logger.propagate = False
+    return lambda: logger.removeHandler(handler)
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Run the CLI; returns the exit code (never raises, never calls ``sys.exit``)."""
+    env = _Env(
+        stdout or sys.stdout, stderr or sys.stderr, os.environ if environ is None else environ
+    )
+    parser = build_parser()
+    try:
+        # argparse prints help, version and usage errors to sys.stdout/sys.stderr
+        with contextlib.redirect_stdout(env.stdout), contextlib.redirect_stderr(env.stderr):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed usage, help or the version
+        return exc.code if isinstance(exc.code, int) else EXIT["usage"]
+    debug = env.environ.get("AEGIS_DEBUG", "") not in ("", "0")
+    teardown = _setup_logging(env.stderr, debug)
+    try:
+        return int(args.handler(args, env))
+    except ConfigError as exc:
+        print(exc, file=env.stderr)
+        return EXIT["usage"]
+    except AegisError as exc:
+        print(f"aegis: {exc}", file=env.stderr)
+        return EXIT["usage"]
+    except KeyboardInterrupt:
+        print("aegis: interrupted", file=env.stderr)
+        return EXIT["interrupted"]
+    except Exception as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc(file=env.stderr)
+        print(
+            f"aegis: internal error: {type(exc).__name__}: {exc} "
+            "(set AEGIS_DEBUG=1 to see the traceback)",
+            file=env.stderr,
+        )
+        return EXIT["internal"]
+    finally:
+        teardown()

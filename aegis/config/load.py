@@ -1,0 +1,473 @@
+"""Finding, reading and parsing the config file, and ``${VAR}`` interpolation.
+
+``yaml`` is imported inside the functions that parse: importing ``aegis.config`` must stay
+cheap, because every CLI command starts by doing it.
+
+Parsing is strict: only safe YAML, a duplicate key is a problem (PyYAML would silently keep
+the last one), and a syntax error becomes one ``ConfigProblem`` with line and column
+instead of a traceback. Timestamps are not resolved: no config key holds a date, and a
+``datetime`` in ``with:`` could not be sent as JSON.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aegis.config.model import Config
+from aegis.config.schema import (
+    UNRESOLVED,
+    EnvText,
+    build_config,
+    describe,
+    join_index,
+    join_key,
+)
+from aegis.errors import ConfigError, ConfigProblem
+
+if TYPE_CHECKING:
+    from aegis.steps.base import StepType
+
+__all__ = [
+    "CONFIG_ENV",
+    "CONFIG_NAMES",
+    "MAX_DEPTH",
+    "MAX_VALUES",
+    "find_config",
+    "load_config",
+    "parse_config",
+]
+
+CONFIG_NAMES = (".aegis.yaml", "aegis.yaml")  # looked for in this order in each directory
+CONFIG_ENV = "AEGIS_CONFIG"
+# Aliases can make a small file expand into a huge tree ("billion laughs"), and deep
+# nesting would overflow the recursive passes after parsing; nothing real comes near these.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+# `$$`, a closed `${...}`, or a `${` that is never closed.
+_TOKEN = re.compile(r"\$\$|\$\{(?P<body>[^}]*)\}|\$\{")
+_EXPRESSION = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
+_WHOLE = re.compile(r"\$\{[^}]*\}")
+
+
+class _PlainText(str):
+    """A string written as a plain (unquoted) YAML scalar (see ``EnvText.plain``)."""
+
+
+# -- discovery -----------------------------------------------------------------------------
+
+
+def find_config(
+    explicit: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Path:
+    """The config file to use: ``explicit``, else ``$AEGIS_CONFIG``, else the first
+    ``.aegis.yaml`` or ``aegis.yaml`` in ``cwd`` or its nearest parent.
+
+    Raises ``ConfigError`` when a named file is not there, or when none is found (naming
+    where it looked).
+    """
+    if explicit is not None:
+        return _named_file(explicit, "")
+    environ = os.environ if environ is None else environ
+    from_env = environ.get(CONFIG_ENV)
+    if from_env:
+        return _named_file(from_env, f" (named by ${CONFIG_ENV})")
+    start = Path(os.path.abspath(Path.cwd() if cwd is None else cwd))
+    for directory in (start, *start.parents):
+        for name in CONFIG_NAMES:
+            candidate = directory / name
+            if _is_file(candidate):
+                return candidate
+    raise ConfigError.single(
+        str(start),
+        "",
+        f"no {' or '.join(CONFIG_NAMES)} here or in any parent directory"
+        f" (pass --config PATH or set {CONFIG_ENV})",
+    )
+
+
+def _named_file(name: str, origin: str) -> Path:
+    path = Path(name)
+    if not _is_file(path):
+        what = "is a directory, not a config file" if _is_dir(path) else "no such file"
+        raise ConfigError.single(name, "", what + origin)
+    return path
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a parent directory we may not search
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def load_config(
+    path: str | Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    step_types: Mapping[str, StepType] | None = None,
+) -> Config:
+    """Read, interpolate and validate the config file at ``path``.
+
+    Problems name the file as ``path`` was given. ``environ`` defaults to ``os.environ``,
+    ``step_types`` to the built-in step types. Raises ``ConfigError`` with every problem.
+    """
+    display = str(path)
+    absolute = os.path.abspath(path)
+    text = _read_text(Path(path), display)
+    return _parse(
+        text,
+        file=display,
+        base_dir=Path(absolute).parent,
+        environ=environ,
+        step_types=step_types,
+        source=absolute,
+    )
+
+
+def parse_config(
+    text: str,
+    *,
+    file: str,
+    base_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    step_types: Mapping[str, StepType] | None = None,
+) -> Config:
+    """Like ``load_config`` for a config held in memory: ``file`` names it in problems,
+    relative paths are resolved against ``base_dir``."""
+    return _parse(
+        text, file=file, base_dir=base_dir, environ=environ, step_types=step_types, source=None
+    )
+
+
+def _parse(
+    text: str,
+    *,
+    file: str,
+    base_dir: Path,
+    environ: Mapping[str, str] | None,
+    step_types: Mapping[str, StepType] | None,
+    source: str | None,
+) -> Config:
+    tree, check = _parse_yaml(text, file)
+    if tree is None:
+        raise ConfigError.single(file, "", "the file is empty; expected a mapping of sections")
+    problems = list(check.problems)
+    tree = _interpolate(tree, "", os.environ if environ is None else environ, file, problems)
+    try:
+        return build_config(
+            tree,
+            file=file,
+            base_dir=base_dir,
+            step_types=_default_step_types() if step_types is None else step_types,
+            source=source,
+            problems=problems,
+        )
+    except ConfigError as exc:
+        # The passes find problems in their own order; the user reads the file top-down.
+        in_file_order = sorted(exc.problems, key=lambda problem: check.line_of(problem.path))
+        raise ConfigError(in_file_order) from None
+
+
+def _default_step_types() -> Mapping[str, StepType]:
+    # Imported here: the step modules import the config model, and are not needed to read
+    # a config when the caller brings its own step types.
+    from aegis.steps.registry import default_step_types
+
+    return default_step_types()
+
+
+def _read_text(path: Path, display: str) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError.single(display, "", "no such file") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError.single(display, "", "is a directory, not a config file") from exc
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise ConfigError.single(display, "", f"cannot read the file: {reason}") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError.single(
+            display, "", f"line {line}: not UTF-8 text (byte {data[exc.start]:#04x})"
+        ) from exc
+
+
+# -- YAML ------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _loader_class() -> Any:
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        """SafeLoader that marks plain strings and leaves dates as text."""
+
+    StrictLoader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP_TAG]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    StrictLoader.add_constructor(_STR_TAG, _construct_str)
+    return StrictLoader
+
+
+def _construct_str(loader: Any, node: Any) -> str:
+    value = loader.construct_scalar(node)
+    return _PlainText(value) if node.style is None else str(value)
+
+
+def _parse_yaml(text: str, file: str) -> tuple[object, _NodeCheck]:
+    """The YAML document in ``text``, and the node check that found its duplicate keys
+    and the line of each key path.
+
+    Raises ``ConfigError`` for a syntax error, an alias that contains itself or a tree
+    that expands past ``MAX_VALUES``.
+    """
+    import yaml
+
+    check = _NodeCheck(file)
+    loader = None
+    try:
+        loader = _loader_class()(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None, check
+        check.run(node)
+        return loader.construct_document(node), check
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError.single(file, "", _marked_message(exc, text)) from exc
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError.single(file, "", _reader_message(exc, text)) from exc
+    except RecursionError as exc:
+        raise ConfigError.single(file, "", "the YAML is nested too deeply") from exc
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _marked_message(exc: Any, text: str) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    problem, context = exc.problem, exc.context
+    if problem and context and problem.startswith("but "):
+        message = f"{context}, {problem}"  # PyYAML words these as one sentence
+    elif problem and context:
+        where = f" on line {exc.context_mark.line + 1}" if exc.context_mark else ""
+        message = f"{problem} ({context}{where})"
+    else:
+        message = problem or context or "invalid YAML"
+    if mark is None:
+        return message
+    if text.startswith("${", max(mark.index - 1, 0)):
+        # `{` and `[` are YAML's own brackets: `[${X}]` is not read as a string.
+        message += "; put a value that uses ${...} inside [...] or {...} in quotes"
+    return f"line {mark.line + 1}, column {mark.column + 1}: {message}"
+
+
+def _reader_message(exc: Any, text: str) -> str:
+    position = int(exc.position)
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    return f"line {line}, column {column}: character U+{exc.character:04X} is not allowed in YAML"
+
+
+class _NodeCheck:
+    """One pass over the composed YAML nodes, before anything is constructed.
+
+    Finds duplicate keys (the constructed dict no longer shows them), notes the line of
+    every key path (to report problems in file order) and measures the tree as aliases
+    expand it, so that a few lines cannot make the later passes run for ever or recurse
+    without end.
+    """
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[ConfigProblem] = []
+        self.lines: dict[str, int] = {}
+        self.sizes: dict[int, int] = {}
+        self.active: set[int] = set()
+
+    def run(self, node: Any) -> None:
+        self.walk(node, "", 0)
+
+    def line_of(self, path: str) -> int:
+        """The line of ``path``, or of its nearest ancestor that is in the file."""
+        while path and path not in self.lines:
+            path = _parent_path(path)
+        return self.lines.get(path, 0)
+
+    def walk(self, node: Any, path: str, depth: int) -> int:
+        import yaml
+
+        ident = id(node)
+        if ident in self.sizes:
+            return self.sizes[ident]
+        if depth > MAX_DEPTH:
+            line = node.start_mark.line + 1
+            raise ConfigError.single(
+                self.file, "", f"line {line}: nested too deeply (more than {MAX_DEPTH} levels)"
+            )
+        if ident in self.active:
+            line = node.start_mark.line + 1
+            raise ConfigError.single(
+                self.file, path, f"line {line}: an alias refers to a value that contains it"
+            )
+        self.active.add(ident)
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            for index, child in enumerate(node.value):
+                child_path = join_index(path, index)
+                self.lines.setdefault(child_path, child.start_mark.line + 1)
+                size += self.walk(child, child_path, depth + 1)
+        elif isinstance(node, yaml.MappingNode):
+            size += self.walk_mapping(node, path, depth)
+        self.active.discard(ident)
+        self.sizes[ident] = size
+        if size > MAX_VALUES:
+            raise ConfigError.single(
+                self.file, "", f"too large: more than {MAX_VALUES} values once aliases are expanded"
+            )
+        return size
+
+    def walk_mapping(self, node: Any, path: str, depth: int) -> int:
+        import yaml
+
+        first_lines: dict[tuple[str, str], int] = {}
+        size = 0
+        for key_node, value_node in node.value:
+            child_path = path
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                child_path = join_key(path, key_node.value)
+                self.lines.setdefault(child_path, key_node.start_mark.line + 1)
+                self.check_duplicate(key_node, child_path, first_lines)
+            size += self.walk(key_node, child_path, depth + 1)
+            size += self.walk(value_node, child_path, depth + 1)
+        return size
+
+    def check_duplicate(
+        self, key_node: Any, path: str, first_lines: dict[tuple[str, str], int]
+    ) -> None:
+        identity = (key_node.tag, key_node.value)
+        line = key_node.start_mark.line + 1
+        if identity not in first_lines:
+            first_lines[identity] = line
+            return
+        first = first_lines[identity]
+        message = f"line {line}: duplicate key {key_node.value!r} (first on line {first})"
+        self.problems.append(ConfigProblem(self.file, path, message))
+
+
+def _parent_path(path: str) -> str:
+    """``a.b[2]`` -> ``a.b`` -> ``a`` -> ``''``."""
+    cut = max(path.rfind("."), path.rfind("["))
+    return path[:cut] if cut > 0 else ""
+
+
+def _yaml_scalar(text: str) -> object:
+    """``text`` read as if it had been written as a plain YAML scalar."""
+    import yaml
+
+    loader = _loader_class()("")
+    try:
+        tag = loader.resolve(yaml.ScalarNode, text, (True, False))
+        value = loader.construct_object(yaml.ScalarNode(tag, text))
+    finally:
+        loader.dispose()
+    return str(value) if isinstance(value, str) else value
+
+
+# -- interpolation ---------------------------------------------------------------------------
+
+
+def _interpolate(
+    value: object, path: str, environ: Mapping[str, str], file: str, problems: list[ConfigProblem]
+) -> object:
+    """``value`` with ``${...}`` replaced in every string (keys excepted).
+
+    A string that cannot be interpolated becomes ``UNRESOLVED`` and its problem is added.
+    Plain strings come out as plain ``str``.
+    """
+    if isinstance(value, dict):
+        return {
+            _plain_key(key): _interpolate(item, join_key(path, key), environ, file, problems)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _interpolate(item, join_index(path, index), environ, file, problems)
+            for index, item in enumerate(value)
+        ]
+    if isinstance(value, str):
+        return _interpolate_text(value, path, environ, file, problems)
+    return value
+
+
+def _plain_key(key: object) -> object:
+    return str(key) if isinstance(key, str) else key
+
+
+def _interpolate_text(
+    text: str, path: str, environ: Mapping[str, str], file: str, problems: list[ConfigProblem]
+) -> object:
+    if "$" not in text:
+        return str(text)
+    errors: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        result, error = _expand(match, environ)
+        if error:
+            errors.append(error)
+        return result
+
+    result = _TOKEN.sub(replace, text)
+    if errors:
+        problems.extend(ConfigProblem(file, path, error) for error in errors)
+        return UNRESOLVED
+    if _WHOLE.fullmatch(text):
+        return EnvText(result, _yaml_scalar(result), plain=isinstance(text, _PlainText))
+    return result
+
+
+def _expand(match: re.Match[str], environ: Mapping[str, str]) -> tuple[str, str]:
+    """The replacement for one token, and the problem with it ('' when none)."""
+    token = match.group(0)
+    if token == "$$":
+        return "$", ""
+    body = match.group("body")
+    if body is None:
+        return "", "unclosed '${' (write '$$' for a literal '$')"
+    expression = _EXPRESSION.fullmatch(body)
+    if expression is None:
+        expected = "expected ${NAME} or ${NAME:-default}"
+        return "", f"invalid interpolation {describe(token)}: {expected}"
+    name, default = expression.group("name"), expression.group("default")
+    value = environ.get(name)
+    if default is not None:
+        return (value or default), ""  # like the shell's `:-`, an empty variable takes the default
+    if value is None:
+        return "", f"environment variable {name!r} is not set (give a default: ${{{name}:-...}})"
+    return value, ""

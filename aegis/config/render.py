@@ -1,0 +1,101 @@
+"""A ``Config`` as plain JSON-able data, for ``aegis config show`` and the API.
+
+Keys are those of the YAML file; each service and workflow also carries its ``key``.
+Secrets (``auth.api_key``, webhook secrets, passwords inside URLs) are shown as ``***``
+unless ``redact`` is false; an empty secret stays empty, so "not set" remains visible.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from aegis.config.model import Config, ServiceSpec, StepSpec, WebhookSpec, WorkflowSpec
+
+__all__ = ["REDACTED", "config_to_dict"]
+
+REDACTED = "***"
+
+
+def config_to_dict(config: Config, *, redact: bool = True) -> dict[str, Any]:
+    """``config`` as a JSON-able dict (see the module docstring for secrets)."""
+    return {
+        "aegis": {"name": config.identity.name, "tagline": config.identity.tagline},
+        "services": {key: _service(spec, redact) for key, spec in config.services.items()},
+        "workflows": {key: _workflow(spec) for key, spec in config.workflows.items()},
+        "history": {"path": config.history.path, "max_runs": config.history.max_runs},
+        "server": {
+            "host": config.server.host,
+            "port": config.server.port,
+            "max_concurrent_runs": config.server.max_concurrent_runs,
+            "cors_origins": list(config.server.cors_origins),
+        },
+        "auth": {"api_key": _secret(config.auth.api_key, redact)},
+        "webhooks": [_webhook(spec, redact) for spec in config.webhooks],
+        "event_log_size": config.event_log_size,
+    }
+
+
+def _service(spec: ServiceSpec, redact: bool) -> dict[str, Any]:
+    return {
+        "key": spec.key,
+        "name": spec.name,
+        "url": _url(spec.url, redact),
+        "description": spec.description,
+        "health_endpoint": spec.health_endpoint,
+        "api_key_env": spec.api_key_env,
+        "features": list(spec.features),
+        "repo_url": spec.repo_url,
+        "docs_url": spec.docs_url,
+    }
+
+
+def _workflow(spec: WorkflowSpec) -> dict[str, Any]:
+    return {
+        "key": spec.key,
+        "name": spec.name,
+        "description": spec.description,
+        "timeout": spec.timeout,
+        "steps": [_step(step) for step in spec.steps],
+    }
+
+
+def _step(spec: StepSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "type": spec.type,
+        "service": spec.service,
+        "condition": spec.condition,
+        "parallel": spec.parallel,
+        "retries": spec.retries,
+        "retry_delay": spec.retry_delay,
+        "max_retry_delay": spec.max_retry_delay,
+        "retry_jitter": spec.retry_jitter,
+        "retry_on": None if spec.retry_on is None else list(spec.retry_on),
+        "timeout": spec.timeout,
+        "deadline": spec.deadline,
+        "with": copy.deepcopy(dict(spec.params)),
+    }
+
+
+def _webhook(spec: WebhookSpec, redact: bool) -> dict[str, Any]:
+    return {
+        "url": _url(spec.url, redact),
+        "events": list(spec.events),
+        "secret": _secret(spec.secret, redact),
+    }
+
+
+def _secret(value: str, redact: bool) -> str:
+    return REDACTED if redact and value else value
+
+
+def _url(url: str, redact: bool) -> str:
+    """``url`` with the password of its user part hidden."""
+    parts = urlsplit(url)
+    if not redact or parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))

@@ -1,0 +1,198 @@
+"""What the CLI shows a person: live progress lines, run summaries and tables.
+
+Progress goes to stderr, results to stdout. Colour is used only on a terminal, never with
+``NO_COLOR`` or ``TERM=dumb``, and always with ``FORCE_COLOR``. Everything printed is
+plain ASCII apart from names and messages that come from the config or the services.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TextIO
+
+from aegis.events import Event
+from aegis.records import Run, StepResult
+
+__all__ = ["Console", "ProgressPrinter", "render_run", "render_runs", "step_detail"]
+
+_CODES = {"red": "31", "green": "32", "yellow": "33", "dim": "2", "bold": "1"}
+_STATUS_COLOURS = {
+    "succeeded": "green",
+    "passed": "green",
+    "up": "green",
+    "failed": "red",
+    "timed_out": "red",
+    "down": "red",
+    "cancelled": "yellow",
+    "interrupted": "yellow",
+    "skipped": "dim",
+    "running": "bold",
+}
+
+
+def wants_colour(stream: TextIO, environ: Mapping[str, str]) -> bool:
+    if environ.get("FORCE_COLOR"):
+        return True
+    if "NO_COLOR" in environ or environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class Console:
+    """A stream that knows whether to colour."""
+
+    def __init__(self, stream: TextIO, environ: Mapping[str, str]) -> None:
+        self.stream = stream
+        self.colour = wants_colour(stream, environ)
+
+    def paint(self, text: str, colour: str) -> str:
+        if not self.colour or colour not in _CODES:
+            return text
+        return f"\033[{_CODES[colour]}m{text}\033[0m"
+
+    def status(self, text: str) -> str:
+        return self.paint(text, _STATUS_COLOURS.get(text, ""))
+
+    def line(self, text: str = "") -> None:
+        print(text, file=self.stream, flush=True)
+
+
+def _seconds(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
+
+
+def step_detail(data: Mapping[str, Any]) -> str:
+    """A short human phrase for a step's data: test counts, routes, reports filed."""
+    parts = []
+    if isinstance(data.get("route_count"), int):
+        parts.append(f"{data['route_count']} routes")
+    if isinstance(data.get("failed"), int):
+        parts.append(
+            f"{data.get('total', 0)} tests, {data.get('passed', 0)} passed, {data['failed']} failed"
+        )
+    if isinstance(data.get("verified"), list):
+        parts.append(f"{len(data['verified'])} verified")
+    if isinstance(data.get("still_failing"), list):
+        parts.append(f"{len(data['still_failing'])} still failing")
+    if isinstance(data.get("submitted"), int):
+        parts.append(f"{data['submitted']} bug reports filed")
+    return ", ".join(parts)
+
+
+class ProgressPrinter:
+    """Turns engine events into one stderr line per step start, retry and end."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def __call__(self, event: Event) -> None:
+        handler = getattr(self, "_" + event.type.replace(".", "_"), None)
+        if handler is not None:
+            handler(event.data, event)
+
+    def _workflow_started(self, data: dict[str, Any], event: Event) -> None:
+        self.console.line(
+            f"aegis: running {event.workflow} (run {event.run_id}, {data['steps']} steps)"
+        )
+
+    def _step_started(self, data: dict[str, Any], event: Event) -> None:
+        service = f" on {data['service']}" if data.get("service") else ""
+        self.console.line(f"  > {data['step']}{service}")
+
+    def _step_retrying(self, data: dict[str, Any], event: Event) -> None:
+        self.console.line(
+            f"  {self.console.paint('retry', 'yellow')} {data['step']}: attempt {data['attempt']}"
+            f" failed ({data['error']}); next attempt in {data['wait_s']:g}s"
+        )
+
+    def _step_completed(self, data: dict[str, Any], event: Event) -> None:
+        status = data["status"]
+        label = self.console.status(status)
+        if status == "skipped":
+            self.console.line(f"  - {data['step']} {label}: {data['skip_reason']}")
+            return
+        tail = f": {data['error']}" if data.get("error") else ""
+        tries = f", {data['attempts']} attempts" if data.get("attempts", 1) > 1 else ""
+        self.console.line(
+            f"  < {data['step']} {label} in {_seconds(data['duration_ms'])}{tries}{tail}"
+        )
+
+
+def _step_row(step: StepResult) -> list[str]:
+    if step.skipped:
+        detail = step.skip_reason or ""
+    elif step.error:
+        detail = f"{step.error} [{step.error_kind}]" if step.error_kind else step.error
+    else:
+        detail = step_detail(step.data)
+    time = "" if step.skipped else _seconds(step.duration_ms)
+    attempts = str(len(step.attempts)) if step.attempts else ""
+    return [step.name, step.status.value, time, attempts, detail]
+
+
+def _table(console: Console, headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    rows = [list(r) for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    console.line(
+        "  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
+    )
+    status_cols = {i for i, h in enumerate(headers) if h in ("STATUS", "VERDICT")}
+    for row in rows:
+        cells = []
+        for i, (cell, width) in enumerate(zip(row, widths, strict=True)):
+            padded = cell.ljust(width)
+            cells.append(console.status(cell) + padded[len(cell) :] if i in status_cols else padded)
+        console.line("  " + "  ".join(cells).rstrip())
+
+
+def render_run(console: Console, run: Run) -> None:
+    """The readable summary of one run: a headline, a table of steps, failing tests."""
+    verdict = run.verdict.value if run.verdict else "-"
+    console.line(
+        f"Run {run.run_id} of {run.workflow}: {console.status(run.status.value)}, "
+        f"verdict {console.status(verdict)} ({_seconds(run.duration_ms)}, {run.trigger})"
+    )
+    console.line(f"  started {run.started_at}")
+    _table(console, ["STEP", "STATUS", "TIME", "ATTEMPTS", "DETAIL"], map(_step_row, run.steps))
+    failing = _failing_tests(run.steps)
+    if failing:
+        console.line("Failing tests:")
+        for test, message in failing:
+            console.line(f"  - {test}: {message}")
+
+
+def _failing_tests(steps: Sequence[StepResult]) -> list[tuple[str, str]]:
+    """Tests failing at the end: the last step reporting tests decides which."""
+    for step in reversed(steps):
+        failures = step.data.get("failures") if not step.skipped else None
+        if isinstance(failures, list) and "failed" in step.data:
+            return [
+                (str(f.get("test", "?")), str(f.get("message", "")))
+                for f in failures
+                if isinstance(f, dict)
+            ]
+    return []
+
+
+def render_runs(console: Console, runs: Sequence[Run]) -> None:
+    """A table of run summaries, newest first."""
+    if not runs:
+        console.line("No runs recorded yet.")
+        return
+    rows = [
+        [
+            r.run_id,
+            r.workflow,
+            r.status.value,
+            r.verdict.value if r.verdict else "-",
+            r.started_at,
+            _seconds(r.duration_ms),
+            r.trigger,
+        ]
+        for r in runs
+    ]
+    headers = ["RUN", "WORKFLOW", "STATUS", "VERDICT", "STARTED", "DURATION", "TRIGGER"]
+    _table(console, headers, rows)

@@ -1,0 +1,47 @@
+"""Retry policy: which failures are retried, and how long to wait before the next try."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aegis.config.model import StepSpec
+from aegis.errors import StepError
+
+__all__ = ["retry_delay", "should_retry"]
+
+
+def should_retry(error: StepError, retry_on: tuple[str, ...] | None) -> bool:
+    """Whether ``error`` matches ``retry_on`` (``None`` means every failure matches).
+
+    Items are error kinds (``timeout``), status classes (``5xx``) or status codes
+    (``429``); the last two match only failures that carry a status code.
+    """
+    if retry_on is None:
+        return True
+    status = error.status_code
+    for item in retry_on:
+        if item == error.kind:
+            return True
+        if status is not None and (item == str(status) or item == f"{status // 100}xx"):
+            return True
+    return False
+
+
+def retry_delay(
+    spec: StepSpec, failed_attempt: int, error: StepError, random: Callable[[], float]
+) -> float:
+    """Seconds to wait after failed attempt ``failed_attempt`` (0-based) before the next.
+
+    ``2**k * retry_delay``, varied by ``retry_jitter`` (a fraction, applied both ways); a
+    ``Retry-After`` from the service takes the place of the backoff. Either way the wait
+    is capped by ``max_retry_delay``.
+    """
+    if error.retry_after is not None:
+        wait = error.retry_after
+    else:
+        wait = spec.retry_delay * 2**failed_attempt
+        if spec.retry_jitter:
+            wait *= 1 + spec.retry_jitter * (2 * random() - 1)
+    if spec.max_retry_delay is not None:
+        wait = min(wait, spec.max_retry_delay)
+    return max(wait, 0.0)

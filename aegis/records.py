@@ -1,0 +1,202 @@
+"""Records of what happened: a ``Run`` holds ``StepResult``s, each holding ``Attempt``s.
+
+Records are frozen; the engine builds a new one with ``dataclasses.replace`` as a run
+progresses. ``to_dict`` gives the run JSON of the public contract (the API, ``aegis run
+--json`` and history share it) and ``from_dict`` reads it back.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+__all__ = [
+    "Attempt",
+    "Run",
+    "RunStatus",
+    "StepResult",
+    "StepStatus",
+    "Verdict",
+    "format_timestamp",
+    "test_counts",
+]
+
+
+class RunStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class StepStatus(str, enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class Verdict(str, enum.Enum):
+    PASSED = "passed"
+    FAILED = "failed"
+
+
+def format_timestamp(moment: datetime) -> str:
+    """UTC ISO 8601 with milliseconds and a ``Z``: ``2026-01-01T10:00:00.000Z``."""
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def test_counts(data: dict[str, Any]) -> tuple[int, int] | None:
+    """``(total, failed)`` when step data reports test counts, else ``None``."""
+    failed = data.get("failed")
+    if isinstance(failed, int) and not isinstance(failed, bool):
+        total = data.get("total")
+        return (total if isinstance(total, int) else 0), failed
+    return None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of a step."""
+
+    attempt: int
+    started_at: str
+    duration_ms: float
+    success: bool
+    error: str | None = None
+    error_kind: str | None = None
+    status_code: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "started_at": self.started_at,
+            "duration_ms": self.duration_ms,
+            "success": self.success,
+            "error": self.error,
+            "error_kind": self.error_kind,
+            "status_code": self.status_code,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Attempt:
+        return cls(
+            attempt=data["attempt"],
+            started_at=data["started_at"],
+            duration_ms=data["duration_ms"],
+            success=data["success"],
+            error=data.get("error"),
+            error_kind=data.get("error_kind"),
+            status_code=data.get("status_code"),
+        )
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The outcome of one step of a run."""
+
+    name: str
+    type: str
+    service: str | None
+    status: StepStatus
+    duration_ms: float = 0.0
+    data: dict[str, Any] = field(default_factory=dict)
+    attempts: tuple[Attempt, ...] = ()
+    error: str | None = None
+    error_kind: str | None = None
+    skip_reason: str | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.status is StepStatus.SKIPPED
+
+    @property
+    def failed(self) -> bool:
+        return self.status in (StepStatus.FAILED, StepStatus.CANCELLED)
+
+    def to_dict(self, *, summary: bool = False) -> dict[str, Any]:
+        """The step JSON; ``summary`` leaves out ``data`` and ``attempts``."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "type": self.type,
+            "service": self.service,
+            "status": self.status.value,
+            "skipped": self.skipped,
+            "skip_reason": self.skip_reason,
+            "error": self.error,
+            "error_kind": self.error_kind,
+            "duration_ms": self.duration_ms,
+        }
+        if not summary:
+            out["data"] = self.data
+            out["attempts"] = [a.to_dict() for a in self.attempts]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepResult:
+        return cls(
+            name=data["name"],
+            type=data["type"],
+            service=data.get("service"),
+            status=StepStatus(data["status"]),
+            duration_ms=data.get("duration_ms", 0.0),
+            data=data.get("data") or {},
+            attempts=tuple(Attempt.from_dict(a) for a in data.get("attempts") or ()),
+            error=data.get("error"),
+            error_kind=data.get("error_kind"),
+            skip_reason=data.get("skip_reason"),
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a workflow. ``verdict`` and ``finished_at`` are set when it ends."""
+
+    run_id: str
+    workflow: str
+    status: RunStatus
+    started_at: str
+    trigger: str = "cli"
+    steps: tuple[StepResult, ...] = ()
+    verdict: Verdict | None = None
+    finished_at: str | None = None
+    duration_ms: float | None = None
+
+    def to_dict(self, *, summary: bool = False) -> dict[str, Any]:
+        """The run JSON; ``summary`` leaves out each step's ``data`` and ``attempts``."""
+        return {
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "status": self.status.value,
+            "verdict": self.verdict.value if self.verdict else None,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_ms": self.duration_ms,
+            "trigger": self.trigger,
+            "steps": [s.to_dict(summary=summary) for s in self.steps],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Run:
+        verdict = data.get("verdict")
+        return cls(
+            run_id=data["run_id"],
+            workflow=data["workflow"],
+            status=RunStatus(data["status"]),
+            started_at=data["started_at"],
+            trigger=data.get("trigger", "cli"),
+            steps=tuple(StepResult.from_dict(s) for s in data.get("steps") or ()),
+            verdict=Verdict(verdict) if verdict else None,
+            finished_at=data.get("finished_at"),
+            duration_ms=data.get("duration_ms"),
+        )

@@ -1,0 +1,1 @@
+"""Step types: what one step of a workflow does, and the registry that names them."""

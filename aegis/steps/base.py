@@ -1,0 +1,53 @@
+"""The contract between the engine and a step type.
+
+A step type is a ``StepType``: a name, an ``execute`` coroutine function taking a
+``StepContext`` and returning the step's data (a JSON-able dict), and what the config
+validator needs to know about it. ``execute`` signals a failed attempt by raising
+``StepError`` with a kind; anything else it raises is reported as kind ``error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aegis.config.model import ServiceSpec, StepSpec, WorkflowSpec
+from aegis.engine.state import RunState
+
+__all__ = ["ParamCheck", "StepContext", "StepType"]
+
+# Checks a step's `with:` mapping and returns a (key, message) pair per problem found.
+# It always gets a mapping of plain JSON values (`{}` when `with:` is absent), unknown keys
+# included; the validator does not call it when the mapping already has a problem.
+ParamCheck = Callable[[Mapping[str, Any]], list[tuple[str, str]]]
+
+
+@dataclass
+class StepContext:
+    """Everything one attempt of a step may use.
+
+    ``http`` is the run's one shared ``httpx.AsyncClient``. ``scratch`` survives from one
+    attempt of this step to the next (``submit_bugs`` remembers what was accepted there).
+    """
+
+    spec: StepSpec
+    workflow: WorkflowSpec
+    run_id: str
+    service: ServiceSpec | None
+    state: RunState
+    http: Any
+    environ: Mapping[str, str]
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepType:
+    """A kind of step that workflows can name in ``type:``."""
+
+    name: str
+    execute: Callable[[StepContext], Awaitable[dict[str, Any]]]
+    needs_service: bool = True
+    params: frozenset[str] = frozenset({"path"})  # the `with:` keys it accepts
+    check_params: ParamCheck | None = None
+    description: str = ""

@@ -1,0 +1,397 @@
+"""How steps talk to services: one shared client per run, and one request helper.
+
+Every failure of a request is translated here, once, into a ``StepError`` whose kind the
+engine's retry policy understands:
+
+    httpx.TimeoutException                     -> timeout
+    refused, DNS, reset, closed before answer  -> connection
+    3xx, non-2xx, or a status not expected     -> http      (status_code, retry_after)
+    2xx that is not the contracted JSON        -> protocol  (also: answer over 10 MiB)
+
+This is the only module under ``aegis.steps`` that imports httpx at module level; step
+modules import it inside their ``execute`` so that loading the registry stays cheap.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import math
+import os
+import re
+import socket
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
+from typing import Any
+
+import httpx
+
+from aegis import __version__
+from aegis.config.model import ServiceSpec
+from aegis.errors import StepError
+from aegis.steps.base import StepContext
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "MAX_RESPONSE_BYTES",
+    "describe_answer",
+    "describe_failure",
+    "join_url",
+    "open_client",
+    "parse_retry_after",
+    "protocol_error",
+    "request_json",
+    "require_count",
+    "require_list",
+    "require_object",
+    "service_headers",
+]
+
+MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+# An error answer is only quoted, so reading more of it than an excerpt needs is waste.
+MAX_ERROR_BYTES = 64 * 1024
+EXCERPT_CHARS = 200
+CONNECT_TIMEOUT = 10.0
+MAX_CONNECTIONS = 32
+MAX_KEEPALIVE_CONNECTIONS = 16
+KEEPALIVE_EXPIRY = 15.0
+USER_AGENT = f"aegis/{__version__}"
+RETRY_AFTER_STATUSES = (429, 503)
+# Loopback never goes through a proxy: with HTTP_PROXY set and no NO_PROXY (common on CI
+# hosts), services on this machine, the demo ones included, would be unreachable.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+@asynccontextmanager
+async def open_client() -> AsyncIterator[httpx.AsyncClient]:
+    """The one ``httpx.AsyncClient`` a run shares between its steps.
+
+    Only connecting has a timeout of its own: the engine bounds each attempt with
+    ``asyncio.wait_for``, and a second, lower read timeout here would fire first with a
+    less useful message. Redirects are not followed (see ``request_json``).
+    """
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
+        limits=httpx.Limits(
+            max_connections=MAX_CONNECTIONS,
+            max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+        ),
+        follow_redirects=False,
+        headers={"User-Agent": USER_AGENT},
+        mounts={f"all://{host}": None for host in LOOPBACK_HOSTS},
+    )
+    async with client:
+        yield client
+
+
+@dataclass
+class _Exchange:
+    """One request in flight, as error messages need to describe it."""
+
+    service: str
+    method: str
+    url: str
+    answered: bool = False
+
+
+async def request_json(
+    ctx: StepContext,
+    method: str,
+    default_path: str,
+    *,
+    json: Any = None,
+    expect: Iterable[int] = (200,),
+) -> Any:
+    """Send one request to the step's service and return its decoded JSON answer.
+
+    The path is ``with.path`` when the step sets it, else ``default_path``; it may carry a
+    query string. Raises ``StepError`` (kind ``timeout``, ``connection``, ``http`` or
+    ``protocol``) for every way the exchange can fail.
+    """
+    service = _service_of(ctx)
+    url = join_url(service.url, _path_of(ctx, default_path))
+    exchange = _Exchange(service.key, method, url)
+    try:
+        async with ctx.http.stream(
+            method, url, json=json, headers=service_headers(service, ctx.environ)
+        ) as response:
+            exchange.answered = True
+            return await _receive(exchange, response, tuple(expect))
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise _translate(exc, exchange) from exc
+
+
+def describe_failure(exc: BaseException, service: str, url: str, method: str = "GET") -> str:
+    """A one-line reason why a request to ``service`` at ``url`` failed with ``exc``.
+
+    For callers outside steps (health checks) that use the shared client directly.
+    """
+    if isinstance(exc, (httpx.HTTPError, httpx.InvalidURL)):
+        return _translate(exc, _Exchange(service, method, url)).message
+    return f"request to {service} at {url} failed: {_cause(exc)}"
+
+
+def join_url(base: str, path: str) -> str:
+    """``base`` with ``path`` appended, keeping any path prefix the base URL has."""
+    if not path:
+        return base
+    return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+def service_headers(service: ServiceSpec, environ: Mapping[str, str]) -> dict[str, str]:
+    """``X-API-Key`` when the service names an ``api_key_env`` that is set and not empty."""
+    key = environ.get(service.api_key_env) if service.api_key_env else None
+    return {"X-API-Key": key} if key else {}
+
+
+def _service_of(ctx: StepContext) -> ServiceSpec:
+    if ctx.service is None:
+        raise StepError("error", f"step {ctx.spec.name!r} needs a service")
+    return ctx.service
+
+
+def _path_of(ctx: StepContext, default_path: str) -> str:
+    path = ctx.spec.params.get("path", default_path)
+    if not isinstance(path, str):
+        raise StepError("error", f"step {ctx.spec.name!r}: with.path must be a string")
+    return path
+
+
+async def _receive(exchange: _Exchange, response: httpx.Response, expect: tuple[int, ...]) -> Any:
+    status = response.status_code
+    if 300 <= status < 400:
+        raise _redirect_error(exchange, response)
+    if status not in expect:
+        body = await _read(exchange, response, MAX_ERROR_BYTES, strict=False)
+        raise _status_error(exchange, response, body, expect)
+    body = await _read(exchange, response, MAX_RESPONSE_BYTES, strict=True)
+    try:
+        return jsonlib.loads(body)
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise StepError(
+            "protocol",
+            f"{exchange.service} answered HTTP {status} to {exchange.method} {exchange.url} "
+            f"with a body that is not JSON: {_excerpt(body.decode('utf-8', 'replace'))!r}",
+        ) from exc
+
+
+async def _read(
+    exchange: _Exchange, response: httpx.Response, limit: int, *, strict: bool
+) -> bytes:
+    """The body, streamed; past ``limit`` bytes fail (``strict``) or stop reading."""
+    declared = response.headers.get("content-length", "")
+    if strict and declared.isdigit() and int(declared) > limit:
+        raise _too_large(exchange)
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            if strict:
+                raise _too_large(exchange)
+            return bytes(body[:limit])
+    return bytes(body)
+
+
+def _too_large(exchange: _Exchange) -> StepError:
+    return StepError(
+        "protocol",
+        f"answer from {exchange.service} to {exchange.method} {exchange.url} is larger than "
+        f"{MAX_RESPONSE_BYTES // (1024 * 1024)} MiB",
+    )
+
+
+def _redirect_error(exchange: _Exchange, response: httpx.Response) -> StepError:
+    # Following a redirect silently could turn a POST into a GET or leak the API key to
+    # another host; the user should point the config at the final address instead.
+    location = response.headers.get("location", "(no Location header)")
+    return StepError(
+        "http",
+        f"HTTP {response.status_code} from {exchange.service}: redirect to {location} not "
+        "followed; point the service url or the step's with.path at the final address",
+        status_code=response.status_code,
+    )
+
+
+def _status_error(
+    exchange: _Exchange, response: httpx.Response, body: bytes, expect: tuple[int, ...]
+) -> StepError:
+    status = response.status_code
+    if 200 <= status < 300:
+        # A success the step cannot use (say 200 where 201 means "filed"): quoting the
+        # body would hide what is wrong.
+        detail = "expected " + " or ".join(str(code) for code in expect)
+    else:
+        detail = describe_answer(body) or _reason(status)
+    retry_after = None
+    if status in RETRY_AFTER_STATUSES:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+    message = f"HTTP {status} from {exchange.service}" + (f": {detail}" if detail else "")
+    return StepError("http", message, status_code=status, retry_after=retry_after)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def describe_answer(body: bytes) -> str:
+    """A short, one-line excerpt of an error answer: its JSON message, else its text.
+
+    FastAPI's ``detail`` (a string, or a list of ``{loc, msg}``) comes first, then an
+    ``error`` (a string, or an object with a ``message``), then a ``message``.
+    """
+    text = body.decode("utf-8", "replace")
+    try:
+        payload = jsonlib.loads(text)
+    except ValueError:
+        payload = None
+    return _excerpt(_json_message(payload) or text)
+
+
+def _json_message(payload: Any) -> str | None:
+    if not isinstance(payload, dict):
+        return None
+    detail = payload.get("detail")
+    if isinstance(detail, str) and detail:
+        return detail
+    if isinstance(detail, list) and detail:
+        return "; ".join(_validation_item(item) for item in detail)
+    error = payload.get("error")
+    if isinstance(error, dict):
+        error = error.get("message")
+    if isinstance(error, str) and error:
+        return error
+    message = payload.get("message")
+    return message if isinstance(message, str) and message else None
+
+
+def _validation_item(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    loc = item.get("loc")
+    where = ".".join(str(part) for part in loc) if isinstance(loc, list) else ""
+    msg = str(item.get("msg", "invalid"))
+    return f"{where}: {msg}" if where else msg
+
+
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 1] + "…"
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP-date).
+
+    ``None`` when the value is missing or unreadable; a date in the past gives ``0``.
+    """
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    seconds: float | None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = _seconds_until(value, now or datetime.now(timezone.utc))
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+def _seconds_until(http_date: str, now: datetime) -> float | None:
+    try:
+        moment = parsedate_to_datetime(http_date)
+    except (TypeError, ValueError):  # TypeError on Python 3.10 for garbage
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - now).total_seconds()
+
+
+def _translate(exc: httpx.HTTPError | httpx.InvalidURL, exchange: _Exchange) -> StepError:
+    where = f"{exchange.service} at {exchange.url}"
+    if isinstance(exc, httpx.InvalidURL):
+        return StepError("connection", f"cannot connect to {where}: invalid URL ({exc})")
+    if isinstance(exc, httpx.TimeoutException):
+        doing = "connecting to" if isinstance(exc, httpx.ConnectTimeout) else "waiting for"
+        return StepError("timeout", f"timed out {doing} {where}")
+    if isinstance(exc, httpx.DecodingError):
+        return StepError("protocol", f"cannot decode the answer of {where}: {_cause(exc)}")
+    if exchange.answered:
+        return StepError(
+            "connection", f"connection to {where} lost while reading the answer: {_cause(exc)}"
+        )
+    return StepError("connection", f"cannot connect to {where}: {_cause(exc)}")
+
+
+_ERRNO_PREFIX = re.compile(r"^\[Errno -?\d+\]\s*")
+
+
+def _cause(exc: BaseException) -> str:
+    """The most telling reason in an exception chain, e.g. ``connection refused``."""
+    reason = ""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            reason = _os_reason(current) or reason
+        current = current.__cause__ or current.__context__
+    if not reason:
+        reason = _ERRNO_PREFIX.sub("", str(exc)) or type(exc).__name__
+    reason = reason.rstrip(".")
+    return reason[:1].lower() + reason[1:]
+
+
+def _os_reason(error: OSError) -> str | None:
+    # asyncio words a refused connection "Connect call failed (host, port)"; the errno's
+    # own text says what happened. Resolver errors have negative codes of their own.
+    if error.errno and error.errno > 0 and not isinstance(error, socket.gaierror):
+        return os.strerror(error.errno)
+    return error.strerror
+
+
+def protocol_error(ctx: StepContext, problem: str) -> StepError:
+    """A ``protocol`` failure: the service answered 2xx but not with the contracted shape."""
+    name = ctx.service.key if ctx.service else ctx.spec.name
+    return StepError("protocol", f"unexpected answer from {name}: {problem}")
+
+
+def require_object(ctx: StepContext, value: Any, what: str = "the answer") -> dict[str, Any]:
+    """``value`` when it is a JSON object, else raises a ``protocol`` ``StepError``."""
+    if not isinstance(value, dict):
+        raise protocol_error(ctx, f"{what} should be a JSON object, got {_kind(value)}")
+    return value
+
+
+def require_list(ctx: StepContext, body: dict[str, Any], key: str) -> list[Any]:
+    """``body[key]`` when it is a list, else raises a ``protocol`` ``StepError``."""
+    value = body.get(key)
+    if not isinstance(value, list):
+        raise protocol_error(ctx, f"{key!r} should be a list, got {_kind(value, key in body)}")
+    return value
+
+
+def require_count(ctx: StepContext, body: dict[str, Any], key: str) -> int:
+    """``body[key]`` when it is an integer >= 0, else raises a ``protocol`` ``StepError``."""
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise protocol_error(
+            ctx, f"{key!r} should be an integer >= 0, got {_kind(value, key in body)}"
+        )
+    return value
+
+
+def _kind(value: Any, present: bool = True) -> str:
+    if not present:
+        return "nothing (missing)"
+    if value is None:
+        return "null"
+    shown = repr(value)
+    return shown if len(shown) <= 40 else type(value).__name__

@@ -1,0 +1,350 @@
+"""Every CLI command and exit code, through ``main(argv)`` with real files and services."""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aegis import __version__
+from aegis.cli import main
+
+GOOD = """
+services:
+  qaagent: {url: "%(qaagent)s"}
+  bugalizer: {url: "%(bugalizer)s"}
+workflows:
+  pipeline:
+    steps:
+      - {type: discover, service: qaagent}
+      - {type: test, service: qaagent, retries: 2, retry_delay: 0.01}
+      - {type: submit_bugs, service: bugalizer, condition: has_failures,
+         with: {project_id: web-shop}}
+      - {type: verify, service: qaagent, condition: has_failures}
+      - {type: report, condition: always}
+  smoke:
+    steps:
+      - {type: discover, service: qaagent}
+  broken:
+    steps:
+      - {type: discover, service: qaagent, with: {path: /nowhere}}
+history:
+  path: history.db
+"""
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def cli(*argv: str, env: dict[str, str] | None = None) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), stdout=out, stderr=err, environ=env or {})
+    assert "Traceback" not in err.getvalue()
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def write(tmp_path: Path, text: str, name: str = "aegis.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def good(tmp_path: Path, demo_services: Any) -> Path:
+    urls = {"qaagent": demo_services.qaagent_url, "bugalizer": demo_services.bugalizer_url}
+    return write(tmp_path, GOOD % urls)
+
+
+def test_version_and_help() -> None:
+    version = cli("--version")
+    assert (version.code, version.out.strip()) == (0, f"aegis {__version__}")
+    helped = cli("--help")
+    assert helped.code == 0
+    for command in ("run", "status", "config", "history", "demo"):
+        assert command in helped.out
+
+
+def test_usage_errors_exit_2() -> None:
+    assert cli().code == 2
+    assert cli("frobnicate").code == 2
+    assert cli("run").code == 2
+
+
+def test_every_command_has_help_text() -> None:
+    from aegis.cli import build_parser
+
+    parser = build_parser()
+    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
+        for choice in action._choices_actions:  # type: ignore[attr-defined]
+            assert choice.help, choice.dest
+
+
+# ------------------------------------------------------------------------------- run
+
+
+def test_run_with_failing_tests_exits_1_and_records_the_run(good: Path) -> None:
+    result = cli("--config", str(good), "run", "pipeline")
+    assert result.code == 1
+    assert "verdict failed" in result.out
+    for step in ("discover", "test", "submit_bugs", "verify", "report"):
+        assert f"  > {step}" in result.err or step == "report"
+    listed = cli("--config", str(good), "history", "--json").json()["runs"]
+    assert [r["workflow"] for r in listed] == ["pipeline"]
+    assert listed[0]["trigger"] == "cli"
+
+
+def test_run_json_is_the_run_record(good: Path) -> None:
+    result = cli("--config", str(good), "run", "smoke", "--json", "--quiet")
+    assert (result.code, result.err) == (0, "")
+    body = result.json()
+    assert body["status"] == "succeeded" and body["verdict"] == "passed"
+    assert body["steps"][0]["data"]["route_count"] > 0
+    shown = cli("--config", str(good), "history", "show", body["run_id"], "--json").json()
+    assert shown == body
+
+
+def test_run_with_a_failing_step_exits_3(good: Path) -> None:
+    result = cli("--config", str(good), "run", "broken")
+    assert result.code == 3
+    assert "HTTP 404 from qaagent" in result.out
+
+
+def test_unreachable_service_exits_3_with_kind_connection(tmp_path: Path) -> None:
+    config = write(
+        tmp_path,
+        """
+        services: {qaagent: {url: "http://127.0.0.1:9"}}
+        workflows: {w: {steps: [{type: discover, service: qaagent}]}}
+        history: {path: ":memory:"}
+    """,
+    )
+    result = cli("--config", str(config), "run", "w", "--json")
+    assert result.code == 3
+    assert result.json()["steps"][0]["error_kind"] == "connection"
+
+
+def test_no_history_records_nothing(good: Path) -> None:
+    assert cli("--config", str(good), "run", "smoke", "--no-history", "--quiet").code == 0
+    assert cli("--config", str(good), "history", "--json").json() == {"runs": []}
+
+
+def test_unknown_workflow_exits_2(good: Path) -> None:
+    result = cli("--config", str(good), "run", "nope")
+    assert result.code == 2
+    assert "unknown workflow 'nope'" in result.err
+
+
+def test_missing_config_exits_2(tmp_path: Path) -> None:
+    result = cli("--config", str(tmp_path / "missing.yaml"), "run", "w")
+    assert result.code == 2
+    assert "missing.yaml" in result.err
+
+
+# ------------------------------------------------------------------- malformed configs
+
+MALFORMED = {
+    "yaml syntax": ("services: {a: [1, 2}\n", "line"),
+    "top level list": ("- a\n- b\n", "mapping"),
+    "unknown top key": ("servics: {}\nworkflows: {}\n", "servics"),
+    "service not a mapping": ("services: {q: 3}\nworkflows: {}\n", "services.q"),
+    "service without url": ("services: {q: {name: Q}}\nworkflows: {}\n", "services.q.url"),
+    "service bad url": ("services: {q: {url: ftp://x}}\nworkflows: {}\n", "services.q.url"),
+    "service unknown key": ("services: {q: {url: 'http://x', urll: 1}}\nworkflows: {}\n", "urll"),
+    "health endpoint": (
+        "services: {q: {url: 'http://x', health_endpoint: health}}\nworkflows: {}\n",
+        "health_endpoint",
+    ),
+    "workflow no steps": ("workflows: {w: {steps: []}}\n", "workflows.w.steps"),
+    "workflow steps not list": ("workflows: {w: {steps: 3}}\n", "workflows.w.steps"),
+    "step no type": ("workflows: {w: {steps: [{name: x}]}}\n", "steps[0].type"),
+    "unknown step type": ("workflows: {w: {steps: [{type: tset}]}}\n", "steps[0].type"),
+    "unknown service": (
+        "services: {qaagent: {url: 'http://x'}}\n"
+        "workflows: {w: {steps: [{type: test, service: qaagnet}]}}\n",
+        "steps[0].service",
+    ),
+    "missing service": ("workflows: {w: {steps: [{type: test}]}}\n", "steps[0].service"),
+    "retries text": (
+        "workflows: {w: {steps: [{type: report, retries: abc}]}}\n",
+        "steps[0].retries",
+    ),
+    "retries negative": (
+        "workflows: {w: {steps: [{type: report, retries: -1}]}}\n",
+        "steps[0].retries",
+    ),
+    "timeout zero": ("workflows: {w: {steps: [{type: report, timeout: 0}]}}\n", "timeout"),
+    "bad condition": (
+        "workflows: {w: {steps: [{type: report, condition: sometimes}]}}\n",
+        "steps[0].condition",
+    ),
+    "bad retry_on": (
+        "workflows: {w: {steps: [{type: report, retry_on: [teapot]}]}}\n",
+        "retry_on",
+    ),
+    "jitter too big": (
+        "workflows: {w: {steps: [{type: report, retry_jitter: 2}]}}\n",
+        "retry_jitter",
+    ),
+    "parallel not bool": (
+        "workflows: {w: {steps: [{type: report, parallel: maybe}]}}\n",
+        "parallel",
+    ),
+    "unknown with key": (
+        "workflows: {w: {steps: [{type: report, with: {colour: red}}]}}\n",
+        "colour",
+    ),
+    "duplicate step names": (
+        "workflows: {w: {steps: [{type: report, name: r}, {type: report, name: r}]}}\n",
+        "steps[1].name",
+    ),
+    "unset variable": ("services: {q: {url: '${NOPE_NOT_SET}'}}\nworkflows: {}\n", "NOPE_NOT_SET"),
+    "port out of range": ("server: {port: 70000}\nworkflows: {}\n", "server.port"),
+    "max_runs negative": ("history: {max_runs: -3}\nworkflows: {}\n", "history.max_runs"),
+    "bad webhook event": (
+        "webhooks: [{url: 'http://x', events: [workflow.done]}]\nworkflows: {}\n",
+        "webhooks[0].events",
+    ),
+    "empty file": ("", "empty"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_config_is_a_clear_error(tmp_path: Path, name: str) -> None:
+    text, fragment = MALFORMED[name]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    validated = cli("config", "validate", str(path))
+    assert validated.code == 1
+    assert "bad.yaml" in validated.err and fragment in validated.err
+    ran = cli("--config", str(path), "run", "w")
+    assert ran.code == 2
+    assert "bad.yaml" in ran.err and fragment in ran.err
+
+
+def test_validate_reports_every_problem(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        workflows:
+          w:
+            steps:
+              - {type: report, retries: x}
+              - {type: report, timeout: -1, name: r2}
+    """,
+    )
+    result = cli("config", "validate", str(path))
+    assert result.code == 1
+    assert "steps[0].retries" in result.err and "steps[1].timeout" in result.err
+    assert "2 problems" in result.err
+
+
+def test_validate_a_good_config(good: Path) -> None:
+    result = cli("config", "validate", str(good))
+    assert result.code == 0
+    assert "valid (2 services, 3 workflows)" in result.out
+
+
+def test_validate_finds_the_config_by_environment(good: Path) -> None:
+    assert cli("config", "validate", env={"AEGIS_CONFIG": str(good)}).code == 0
+
+
+# ------------------------------------------------------------------------------ show
+
+
+def test_config_show_hides_secrets(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        auth: {api_key: "${KEY}"}
+        workflows: {w: {steps: [{type: report}]}}
+    """,
+    )
+    env = {"KEY": "s3cret-value"}
+    as_json = cli("--config", str(path), "config", "show", "--json", env=env)
+    assert as_json.code == 0
+    assert as_json.json()["auth"]["api_key"] == "***"
+    as_yaml = cli("--config", str(path), "config", "show", env=env)
+    assert as_yaml.code == 0 and "***" in as_yaml.out
+    assert "s3cret-value" not in as_json.out + as_yaml.out
+
+
+# ---------------------------------------------------------------------------- status
+
+
+def test_status_all_up_exits_0(good: Path) -> None:
+    result = cli("--config", str(good), "status")
+    assert result.code == 0
+    assert result.out.count("up") >= 2
+
+
+def test_status_any_down_exits_1(tmp_path: Path, demo_services: Any) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        services:
+          up: {{url: "{demo_services.qaagent_url}"}}
+          down: {{url: "http://127.0.0.1:9"}}
+        workflows: {{}}
+    """,
+    )
+    result = cli("--config", str(path), "status", "--json")
+    assert result.code == 1
+    health = {s["key"]: s["health"] for s in result.json()["services"]}
+    assert health["up"]["status"] == "up" and health["up"]["latency_ms"] is not None
+    assert health["down"]["status"] == "down" and health["down"]["error"]
+
+
+# --------------------------------------------------------------------------- history
+
+
+def test_history_lists_by_workflow_and_limits(good: Path) -> None:
+    for workflow in ("smoke", "smoke", "broken"):
+        cli("--config", str(good), "run", workflow, "--quiet")
+    smoke = cli("--config", str(good), "history", "smoke", "--json").json()["runs"]
+    assert [r["workflow"] for r in smoke] == ["smoke", "smoke"]
+    limited = cli("--config", str(good), "history", "--limit", "1", "--json").json()["runs"]
+    assert [r["workflow"] for r in limited] == ["broken"]
+    table = cli("--config", str(good), "history")
+    assert table.code == 0 and "RUN" in table.out and "broken" in table.out
+    shown = cli("--config", str(good), "history", "show", limited[0]["run_id"])
+    assert shown.code == 0 and "HTTP 404" in shown.out
+
+
+def test_history_errors(good: Path) -> None:
+    assert cli("--config", str(good), "history", "show", "feedbeef").code == 2
+    assert cli("--config", str(good), "history", "show").code == 2
+    assert cli("--config", str(good), "history", "a", "b").code == 2
+    assert cli("--config", str(good), "history", "--limit", "0").code == 2
+    assert cli("--config", str(good), "history", "nope").code == 2
+
+
+def test_history_empty(good: Path) -> None:
+    result = cli("--config", str(good), "history")
+    assert result.code == 0 and "No runs recorded yet" in result.out
+
+
+# ------------------------------------------------------------------------------ demo
+
+
+def test_demo_runs_the_whole_story() -> None:
+    result = cli("demo")
+    assert result.code == 0
+    assert "retry" in result.err
+    for step in ("discover", "test-web", "test-api", "submit_bugs", "verify", "report"):
+        assert step in result.out
+    assert "bug reports filed" in result.out
+
+
+def test_demo_json() -> None:
+    result = cli("demo", "--json")
+    assert result.code == 0
+    assert result.json()["status"] == "succeeded"

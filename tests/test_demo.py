@@ -1,0 +1,510 @@
+"""The reference services: their contracts, injected faults, call log and lifecycle."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from aegis.demo import (
+    ROUTES,
+    TESTS,
+    Bugalizer,
+    DemoService,
+    DemoServices,
+    Fault,
+    QaAgent,
+    main,
+    validate_report,
+)
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=10) as c:
+        yield c
+
+
+def valid_report(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "project_id": "web-shop",
+        "title": "[aegis] t failed",
+        "description": "boom",
+        "reporter": "aegis",
+        "severity": "high",
+        "steps_to_reproduce": ["run it"],
+        "expected_behavior": "passes",
+        "actual_behavior": "fails",
+        "labels": ["aegis", "wf"],
+    }
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+# --------------------------------------------------------------------------- common
+
+
+@pytest.mark.parametrize("service", ["qaagent", "bugalizer"])
+def test_health(demo: DemoServices, client: httpx.Client, service: str) -> None:
+    url = demo.qaagent_url if service == "qaagent" else demo.bugalizer_url
+    answer = client.get(url + "/health")
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "ok"
+    assert answer.json()["service"] == service
+
+
+def test_unknown_path_and_wrong_method(demo: DemoServices, client: httpx.Client) -> None:
+    assert client.get(demo.qaagent_url + "/nope").json() == {"detail": "Not Found"}
+    wrong = client.delete(demo.qaagent_url + "/api/runs")
+    assert (wrong.status_code, wrong.headers["allow"]) == (405, "POST")
+    both = client.put(demo.bugalizer_url + "/api/v1/reports")
+    assert both.headers["allow"] == "GET, POST"
+
+
+def test_keep_alive_with_content_length(demo: DemoServices) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", demo.qaagent.port, timeout=10)
+    try:
+        for _ in range(3):
+            connection.request("GET", "/health")
+            answer = connection.getresponse()
+            assert answer.getheader("Content-Length") == str(len(answer.read()))
+            assert answer.getheader("Connection") is None
+        assert answer.version == 11
+    finally:
+        connection.close()
+
+
+def raw_request(port: int, head: str, body: bytes = b"") -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode() + b"\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ("Transfer-Encoding: chunked\r\n", 411),
+        ("Content-Length: ten\r\n", 400),
+        (f"Content-Length: {2 * 1024 * 1024}\r\n", 413),
+    ],
+)
+def test_bodies_it_will_not_read(demo: DemoServices, headers: str, status: int) -> None:
+    head = f"POST /api/runs HTTP/1.1\r\nHost: x\r\n{headers}"
+    answer_status, answer = raw_request(demo.qaagent.port, head)
+    assert answer_status == status
+    assert b"Connection: close" in answer
+
+
+def test_a_bug_in_a_handler_is_a_500(
+    demo: DemoServices, client: httpx.Client, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    def broken(request: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setitem(demo.qaagent._table, "/api/routes", {"GET": broken})
+    with caplog.at_level(logging.ERROR, logger="aegis.demo"):
+        answer = client.get(demo.qaagent_url + "/api/routes")
+    assert (answer.status_code, answer.json()) == (500, {"detail": "Internal Server Error"})
+    assert "error answering GET /api/routes" in caplog.text
+
+
+def test_server_errors_go_to_the_log_but_lost_clients_do_not(
+    demo: DemoServices, caplog: Any
+) -> None:
+    server = demo.qaagent._server
+    assert server is not None
+    with caplog.at_level(logging.ERROR, logger="aegis.demo"):
+        for error in (ConnectionResetError(), ValueError("bug")):
+            try:
+                raise error
+            except Exception:
+                server.handle_error(None, ("127.0.0.1", 1))
+    assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [ValueError]
+
+
+# --------------------------------------------------------------------------- qaagent
+
+
+def test_routes_are_deterministic(demo: DemoServices, client: httpx.Client) -> None:
+    first = client.get(demo.qaagent_url + "/api/routes").json()
+    assert first == client.get(demo.qaagent_url + "/api/routes").json()
+    assert first == {"routes": [dict(r) for r in ROUTES]}
+    assert len(first["routes"]) == 6
+
+
+def test_full_run(demo: DemoServices, client: httpx.Client) -> None:
+    answer = client.post(demo.qaagent_url + "/api/runs", json={"routes": []}).json()
+    assert (answer["total"], answer["passed"], answer["failed"]) == (len(TESTS), 8, 2)
+    assert answer["run_id"] == "run-1"
+    failing = {t.id: t.message for t in TESTS if t.message}
+    assert {f["test"]: f["message"] for f in answer["failures"]} == failing
+
+
+def test_suite_and_unknown_suite(demo: DemoServices, client: httpx.Client) -> None:
+    api = client.post(demo.qaagent_url + "/api/runs?suite=api", json={}).json()
+    assert (api["total"], api["failed"]) == (4, 1)
+    unknown = client.post(demo.qaagent_url + "/api/runs?suite=mobile", json={})
+    assert (unknown.status_code, unknown.json()) == (422, {"detail": "unknown suite 'mobile'"})
+
+
+def test_verify_only_reruns_the_given_tests(demo: DemoServices, client: httpx.Client) -> None:
+    ids = ["test_api_login_rate_limit", "test_checkout_applies_discount", "test_missing"]
+    answer = client.post(
+        demo.qaagent_url + "/api/runs", json={"verify_only": True, "tests": ids}
+    ).json()
+    assert (answer["total"], answer["passed"], answer["failed"]) == (3, 1, 2)
+    assert [f["test"] for f in answer["failures"]] == ids[1:]
+    assert answer["failures"][1]["message"] == "no such test"
+
+
+@pytest.mark.parametrize(
+    ("content", "loc"),
+    [
+        (b"{not json", ["body", 0]),
+        (b"[1, 2]", ["body"]),
+        (b'{"routes": "all"}', ["body", "routes"]),
+        (b'{"verify_only": true, "tests": "a"}', ["body", "tests"]),
+        (b'{"verify_only": true, "tests": [1]}', ["body", "tests"]),
+        (b'{"verify_only": true}', ["body", "tests"]),
+    ],
+)
+def test_bad_run_bodies(
+    demo: DemoServices, client: httpx.Client, content: bytes, loc: list[Any]
+) -> None:
+    answer = client.post(demo.qaagent_url + "/api/runs", content=content)
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == loc
+
+
+def test_api_key_is_checked_except_on_health(client: httpx.Client) -> None:
+    with DemoServices(api_key="k") as demo:
+        url = demo.qaagent_url
+        assert client.get(url + "/health").status_code == 200
+        assert client.get(url + "/api/routes").status_code == 401
+        assert client.get(url + "/api/routes", headers={"X-API-Key": "x"}).status_code == 401
+        assert client.get(url + "/api/routes", headers={"X-API-Key": "k"}).status_code == 200
+
+
+# --------------------------------------------------------------------------- bugalizer
+
+
+def test_files_and_lists_reports(demo: DemoServices, client: httpx.Client) -> None:
+    url = demo.bugalizer_url + "/api/v1/reports"
+    created = client.post(url, json=valid_report())
+    assert created.status_code == 201
+    report = created.json()
+    assert (report["id"], report["status"], report["severity"]) == ("BUG-0001", "new", "high")
+    minimal = valid_report(
+        reporter=...,
+        severity=...,
+        steps_to_reproduce=...,
+        expected_behavior=...,
+        actual_behavior=...,
+        labels=...,
+    )
+    second = client.post(url, json=minimal).json()
+    assert (second["severity"], second["steps_to_reproduce"], second["labels"]) == (
+        "medium",
+        [],
+        [],
+    )
+    listed = client.get(url).json()
+    assert listed["total"] == 2
+    assert [r["id"] for r in listed["reports"]] == ["BUG-0001", "BUG-0002"]
+    assert demo.bugalizer.reports == listed["reports"]
+
+
+def test_unknown_project_is_404(demo: DemoServices, client: httpx.Client) -> None:
+    answer = client.post(demo.bugalizer_url + "/api/v1/reports", json=valid_report(project_id="x"))
+    assert (answer.status_code, answer.json()) == (404, {"detail": "Project 'x' not found"})
+    assert demo.bugalizer.reports == []
+
+
+def test_bad_body_is_422_with_a_detail_list(demo: DemoServices, client: httpx.Client) -> None:
+    answer = client.post(demo.bugalizer_url + "/api/v1/reports", json={"title": "t"})
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0] == {
+        "loc": ["body", "project_id"],
+        "msg": "Field required",
+        "type": "missing",
+    }
+
+
+def test_bad_json_is_422(demo: DemoServices, client: httpx.Client) -> None:
+    answer = client.post(demo.bugalizer_url + "/api/v1/reports", content=b"{")
+    assert answer.json()["detail"][0]["type"] == "json_invalid"
+
+
+@pytest.mark.parametrize(
+    ("changes", "loc", "kind"),
+    [
+        ({"title": ...}, ["body", "title"], "missing"),
+        ({"description": ...}, ["body", "description"], "missing"),
+        ({"title": 5}, ["body", "title"], "string_type"),
+        ({"reporter": ["a"]}, ["body", "reporter"], "string_type"),
+        ({"title": ""}, ["body", "title"], "string_too_short"),
+        ({"title": "x" * 501}, ["body", "title"], "string_too_long"),
+        ({"severity": "urgent"}, ["body", "severity"], "enum"),
+        ({"steps_to_reproduce": "run it"}, ["body", "steps_to_reproduce"], "list_type"),
+        ({"labels": ["a", 2]}, ["body", "labels", 1], "string_type"),
+    ],
+)
+def test_validate_report(changes: dict[str, Any], loc: list[Any], kind: str) -> None:
+    [problem] = validate_report(valid_report(**changes))
+    assert (problem["loc"], problem["type"]) == (loc, kind)
+
+
+def test_validate_report_accepts_a_full_body_and_rejects_a_non_object() -> None:
+    assert validate_report(valid_report(title="x" * 500)) == []
+    [problem] = validate_report(["not", "an", "object"])
+    assert problem["loc"] == ["body"]
+    assert "Input should be 'critical', 'high', 'medium' or 'low'" in str(
+        validate_report(valid_report(severity="x"))
+    )
+
+
+def test_other_projects_can_be_configured(client: httpx.Client) -> None:
+    with DemoServices(projects=["p-1"]) as demo:
+        url = demo.bugalizer_url + "/api/v1/reports"
+        assert client.post(url, json=valid_report(project_id="p-1")).status_code == 201
+        assert client.post(url, json=valid_report()).status_code == 404
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_fault_validation() -> None:
+    bad_fields: list[dict[str, Any]] = [{"status": 42}, {"times": 0}, {"delay": -1}]
+    for bad in bad_fields:
+        with pytest.raises(ValueError):
+            Fault(**bad)
+    assert Fault().status == 503
+
+
+def test_fail_the_next_n_calls(demo: DemoServices, client: httpx.Client) -> None:
+    demo.qaagent.inject("/api/routes", Fault(status=429, times=2, retry_after="Wed, 1 Jan"))
+    statuses = [client.get(demo.qaagent_url + "/api/routes") for _ in range(3)]
+    assert [a.status_code for a in statuses] == [429, 429, 200]
+    assert statuses[0].headers["retry-after"] == "Wed, 1 Jan"
+    assert statuses[0].json() == {"detail": "injected fault: HTTP 429"}
+    assert "retry-after" not in statuses[2].headers
+
+
+def test_a_fault_applies_to_its_path_only(demo: DemoServices, client: httpx.Client) -> None:
+    demo.qaagent.inject("/api/runs", Fault(status=500, times=None))
+    assert client.get(demo.qaagent_url + "/api/routes").status_code == 200
+    for _ in range(3):
+        assert client.post(demo.qaagent_url + "/api/runs", json={}).status_code == 500
+    demo.qaagent.clear_faults()
+    assert client.post(demo.qaagent_url + "/api/runs", json={}).status_code == 200
+
+
+def test_a_star_fault_applies_to_every_path(demo: DemoServices, client: httpx.Client) -> None:
+    demo.bugalizer.inject("*", Fault(status=503, times=2))
+    assert client.get(demo.bugalizer_url + "/health").status_code == 503
+    assert client.get(demo.bugalizer_url + "/api/v1/reports").status_code == 503
+    assert client.get(demo.bugalizer_url + "/health").status_code == 200
+
+
+def test_a_slow_answer_is_still_the_real_one(demo: DemoServices, client: httpx.Client) -> None:
+    demo.qaagent.inject("/api/routes", Fault(status=None, delay=0.2))
+    started = time.monotonic()
+    answer = client.get(demo.qaagent_url + "/api/routes")
+    assert time.monotonic() - started >= 0.2
+    assert answer.json()["routes"]
+
+
+def test_down_drops_the_connection(demo: DemoServices, client: httpx.Client) -> None:
+    demo.qaagent.inject("/api/routes", Fault(down=True))
+    with pytest.raises(httpx.RemoteProtocolError):
+        client.get(demo.qaagent_url + "/api/routes")
+    assert demo.qaagent.calls[-1].status is None
+    assert client.get(demo.qaagent_url + "/api/routes").status_code == 200
+
+
+def test_stop_ends_a_slow_answer_without_answering(
+    demo: DemoServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arrived = threading.Event()
+    record = demo.qaagent.record
+
+    def record_and_signal(*args: Any) -> None:
+        record(*args)
+        arrived.set()
+
+    monkeypatch.setattr(demo.qaagent, "record", record_and_signal)
+    demo.qaagent.inject("/api/routes", Fault(status=None, delay=60))
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            httpx.get(demo.qaagent_url + "/api/routes", timeout=30)
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert arrived.wait(10)
+    started = time.monotonic()
+    demo.qaagent.stop()
+    caller.join(10)
+    assert time.monotonic() - started < 5
+    assert [type(e) for e in outcome] == [httpx.RemoteProtocolError]
+
+
+def test_the_call_log(demo: DemoServices, client: httpx.Client) -> None:
+    client.post(demo.qaagent_url + "/api/runs?suite=api", json={"routes": [1]})
+    client.post(demo.qaagent_url + "/api/runs", content=b"{oops")
+    client.get(demo.qaagent_url + "/health", headers={"X-Trace": "t"})
+    runs, bad, health = demo.qaagent.calls
+    assert (runs.method, runs.path, runs.query, runs.json, runs.status) == (
+        "POST",
+        "/api/runs",
+        "suite=api",
+        {"routes": [1]},
+        200,
+    )
+    assert (bad.json, bad.status) == (None, 422)
+    assert (health.json, health.headers["x-trace"]) == (None, "t")
+    assert demo.bugalizer.calls == []
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_stop_refuses_and_start_comes_back_on_the_same_port(client: httpx.Client) -> None:
+    service = QaAgent().start()
+    try:
+        url = service.url
+        assert service.start() is service  # already running: no second server
+        assert client.get(url + "/health").status_code == 200
+        service.stop()
+        assert not service.running
+        with pytest.raises(httpx.ConnectError):
+            client.get(url + "/health")
+        service.start()
+        assert service.url == url
+        assert client.get(url + "/health").status_code == 200
+    finally:
+        service.stop()
+        service.stop()  # stopping twice is harmless
+
+
+def test_a_service_that_cannot_listen_leaves_nothing_running() -> None:
+    with DemoServices() as taken:
+        demo = DemoServices(bugalizer_port=taken.bugalizer.port)
+        with pytest.raises(OSError):
+            demo.start()
+        assert not demo.qaagent.running and not demo.bugalizer.running
+
+
+def test_ipv6_url() -> None:
+    service = Bugalizer("::1")
+    assert service.url == "http://[::1]:0"
+    try:
+        service.start()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        assert httpx.get(service.url + "/health").status_code == 200
+    finally:
+        service.stop()
+
+
+# --------------------------------------------------------------------------- python -m aegis.demo
+
+
+def test_main_serves_until_stopped(capsys: pytest.CaptureFixture[str]) -> None:
+    stop = threading.Event()
+    stop.set()
+    assert main(["--qaagent-port", "0", "--bugalizer-port", "0"], stop=stop) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("qaagent    http://127.0.0.1:")
+    assert "bugalizer  http://127.0.0.1:" in out
+
+
+def test_main_in_another_thread(capsys: pytest.CaptureFixture[str]) -> None:
+    stop = threading.Event()
+    stop.set()
+    codes: list[int] = []
+    worker = threading.Thread(
+        target=lambda: codes.append(
+            main(["--qaagent-port", "0", "--bugalizer-port", "0"], stop=stop)
+        )
+    )
+    worker.start()
+    worker.join(10)
+    assert codes == [0]
+
+
+def test_main_reports_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:
+    with DemoServices() as taken:
+        code = main(["--qaagent-port", str(taken.qaagent.port), "--bugalizer-port", "0"])
+    assert code == 1
+    assert "cannot start the demo services on 127.0.0.1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_module_runs_in_the_foreground_and_stops_cleanly(sig: signal.Signals) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = ["--qaagent-port", "0", "--bugalizer-port", "0", "--api-key", "k"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aegis.demo", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        qaagent = process.stdout.readline().split()[1]
+        bugalizer = process.stdout.readline().split()[1]
+        assert process.stdout.readline().strip() == "Press Ctrl-C to stop."
+        assert httpx.get(qaagent + "/health").status_code == 200
+        assert httpx.get(bugalizer + "/api/v1/reports").status_code == 401
+        process.send_signal(sig)
+        _, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
+    assert "Traceback" not in err
+
+
+class SigtermWhileWaiting(threading.Event):
+    def wait(self, timeout: float | None = None) -> bool:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # never reached in full: the handler interrupts it at once
+        raise AssertionError("SIGTERM did not end the wait")
+
+
+def test_main_stops_on_sigterm_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    code = main(["--qaagent-port", "0", "--bugalizer-port", "0"], stop=SigtermWhileWaiting())
+    assert code == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_bare_service_has_health_only(client: httpx.Client) -> None:
+    service = DemoService().start()
+    try:
+        assert client.get(service.url + "/health").json()["service"] == "service"
+        assert client.get(service.url + "/api/routes").status_code == 404
+    finally:
+        service.stop()
