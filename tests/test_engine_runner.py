@@ -40,11 +40,11 @@ async def sleeper(ctx: StepContext) -> dict[str, Any]:
     return {"slept": True}
 
 
-async def tests_fail(ctx: StepContext) -> dict[str, Any]:
+async def reports_failures(ctx: StepContext) -> dict[str, Any]:
     return {"total": 3, "passed": 2, "failed": 1, "failures": [{"test": "t1", "message": "no"}]}
 
 
-async def tests_pass(ctx: StepContext) -> dict[str, Any]:
+async def reports_all_passing(ctx: StepContext) -> dict[str, Any]:
     return {"total": 3, "passed": 3, "failed": 0, "failures": []}
 
 
@@ -169,10 +169,10 @@ async def test_deadline_stops_a_wait_that_would_pass_it() -> None:
     cfg = config(step("flaky", retries=5, retry_delay=1, deadline=10))
     run = await engine(cfg, [step_type("flaky", slow_failure)], clock).run("wf")
     result = run.steps[0]
-    # attempts end at t=3, 7 (after a 1 s wait) and 12 would be past it: the 4 s wait
-    # after the second attempt is never begun
-    assert clock.sleeps == [1]
-    assert len(result.attempts) == 2
+    # attempts run 0-3, 4-7 (after a 1 s wait) and 9-12 (after 2 s); the 4 s wait after
+    # the third would end past the deadline at 10, so it is never begun
+    assert clock.sleeps == [1, 2]
+    assert len(result.attempts) == 3
     assert "no retry: step deadline of 10s reached" in (result.error or "")
 
 
@@ -209,7 +209,7 @@ async def test_batch_results_are_visible_to_later_batches_only() -> None:
         step("look", "look-1", parallel=True),
         step("look", "look-2"),
     )
-    types = [step_type("fail", tests_fail), step_type("look", look)]
+    types = [step_type("fail", reports_failures), step_type("look", look)]
     await engine(cfg, types).run("wf")
     assert seen == [False, True]
 
@@ -224,8 +224,8 @@ async def test_batch_results_are_visible_to_later_batches_only() -> None:
         (broken, "on_success", False),
         (broken, "on_failure", True),
         (broken, "always", True),
-        (tests_fail, "has_failures", True),
-        (tests_pass, "has_failures", False),
+        (reports_failures, "has_failures", True),
+        (reports_all_passing, "has_failures", False),
         (ok, "has_failures", False),
     ],
 )
@@ -246,7 +246,7 @@ async def test_skipped_steps_do_not_count_for_conditions() -> None:
         step("second", condition="has_failures"),
         step("third", condition="on_success"),
     )
-    types = [step_type("first", tests_fail), step_type("second", broken), step_type("third", ok)]
+    types = [step_type("first", reports_failures), step_type("second", broken), step_type("third", ok)]
     run = await engine(cfg, types).run("wf")
     assert [s.status for s in run.steps] == [
         StepStatus.SKIPPED,
@@ -275,14 +275,14 @@ async def test_a_step_returning_a_non_dict_is_an_error() -> None:
 
 
 async def test_failing_tests_fail_the_verdict_not_the_run() -> None:
-    run = await engine(config(step("t")), [step_type("t", tests_fail)]).run("wf")
+    run = await engine(config(step("t")), [step_type("t", reports_failures)]).run("wf")
     assert run.status is RunStatus.SUCCEEDED
     assert run.verdict is Verdict.FAILED
 
 
 async def test_verdict_follows_the_last_step_reporting_counts() -> None:
     cfg = config(step("a"), step("b"), step("c"))
-    types = [step_type("a", tests_fail), step_type("b", tests_pass), step_type("c", ok)]
+    types = [step_type("a", reports_failures), step_type("b", reports_all_passing), step_type("c", ok)]
     run = await engine(cfg, types).run("wf")
     assert run.verdict is Verdict.PASSED
 

@@ -1,0 +1,157 @@
+"""Run history: every run recorded as it starts, as each step ends, and when it finishes.
+
+    HistoryStore          the interface the engine, the CLI and the API use
+    ├── MemoryHistory     a dict in this process (``path: ":memory:"``, and the fallback)
+    └── SqliteHistory     one SQLite file that several processes share
+
+``open_history`` picks the store for a ``history:`` config section. It never raises: a file
+that cannot be used gives one warning and a ``MemoryHistory``, because history must never
+fail a run. The stores import nothing heavy until they are opened (``sqlite3`` is loaded
+only when a file is), so CLI commands that keep no history do not pay for it.
+
+Run ids may be shortened: ``get`` accepts a prefix of at least ``MIN_PREFIX`` characters
+that matches one run, and raises ``NotFound`` when a prefix matches several.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from aegis.errors import AegisError, NotFound
+
+if TYPE_CHECKING:
+    from aegis.config.model import HistorySpec
+    from aegis.records import Run, StepResult
+
+__all__ = [
+    "MIN_PREFIX",
+    "HistoryStore",
+    "HistoryUnavailable",
+    "RunList",
+    "Warn",
+    "ambiguous_prefix",
+    "open_history",
+]
+
+log = logging.getLogger(__name__)
+
+Warn = Callable[[str], None]
+# `list` is a method name below, so the builtin is spelled through an alias in signatures.
+RunList = list["Run"]
+
+# Shorter prefixes match too many runs to be worth a lookup.
+MIN_PREFIX = 4
+
+MEMORY_PATH = ":memory:"
+
+
+class HistoryUnavailable(AegisError):
+    """A history file cannot be used. The message names the path and the reason."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"history: cannot write {path} ({reason})")
+        self.path = path
+        self.reason = reason
+
+
+def ambiguous_prefix(prefix: str, matches: list[str]) -> NotFound:
+    """The error for a run id prefix that matches several runs (``matches``: two or more)."""
+    shown = ", ".join(matches[:2])
+    return NotFound(
+        f"run id '{prefix}' is ambiguous: it matches {shown}"
+        f"{' and more' if len(matches) > 2 else ''}; give more characters"
+    )
+
+
+class HistoryStore(abc.ABC):
+    """Where runs are recorded. Every method is synchronous, fast and thread-safe.
+
+    Stores never raise because their storage failed: they warn (at most once per kind
+    of problem) through the ``warn`` callable given to them and carry on in memory.
+    """
+
+    @abc.abstractmethod
+    def start(self, run: Run) -> None:
+        """Record ``run`` as it starts (status ``running``), before any step ends."""
+
+    @abc.abstractmethod
+    def update_step(self, run_id: str, step: StepResult) -> None:
+        """Record one ended step; a later result with the same step name replaces it.
+
+        A step of a run this store does not know is ignored.
+        """
+
+    @abc.abstractmethod
+    def finish(self, run: Run) -> None:
+        """Record the final state of ``run`` (all its steps), then prune to ``max_runs``.
+
+        Pruning keeps the newest ``max_runs`` finished runs of the run's workflow (by
+        ``started_at``); runs still going are neither counted nor removed.
+        """
+
+    @abc.abstractmethod
+    def get(self, run_id: str) -> Run | None:
+        """The full run ``run_id`` (or the one run its prefix names), else ``None``.
+
+        Raises ``NotFound`` when ``run_id`` is a prefix shared by several runs.
+        """
+
+    @abc.abstractmethod
+    def list(
+        self,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> RunList:
+        """Runs newest first (by ``started_at``, then order of recording), filtered.
+
+        Steps may come without ``data`` and ``attempts`` (the summary level of the run JSON).
+        A negative ``limit`` or ``offset`` counts as 0.
+        """
+
+    @abc.abstractmethod
+    def count(self, workflow: str | None = None, status: str | None = None) -> int:
+        """How many runs ``list`` would return without a limit."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the storage. Closing twice is harmless."""
+
+    def __enter__(self) -> HistoryStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_history(spec: HistorySpec, *, warn: Warn) -> HistoryStore:
+    """The store for ``spec``: memory for ``":memory:"``, else a SQLite file at its path.
+
+    Never raises: if the file cannot be used, ``warn`` is called once with the path and
+    the reason, and the store returned keeps this process's history in memory.
+    """
+    from aegis.history.memory import MemoryHistory
+
+    if spec.path == MEMORY_PATH:
+        return MemoryHistory(max_runs=spec.max_runs, warn=warn)
+    try:
+        from aegis.history.sqlite import SqliteHistory
+
+        return SqliteHistory(spec.path, max_runs=spec.max_runs, warn=warn)
+    except HistoryUnavailable as exc:
+        message = str(exc)
+    except Exception as exc:  # a bug must not cost the run its history, let alone the run
+        log.debug("opening the history file %s failed", spec.path, exc_info=True)
+        message = str(HistoryUnavailable(spec.path, f"{type(exc).__name__}: {exc}"))
+    warn(f"{message}; keeping this run's history in memory")
+    return MemoryHistory(max_runs=spec.max_runs, warn=warn)

@@ -1,0 +1,131 @@
+"""``MemoryHistory``: runs kept in a dict of this process, lost when it ends.
+
+It backs ``history: {path: ":memory:"}``, ``aegis run --no-history``, the tests, and every
+``SqliteHistory`` whose file has failed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from aegis.history import MIN_PREFIX, HistoryStore, RunList, Warn, ambiguous_prefix
+from aegis.records import Run, StepResult
+
+__all__ = ["MemoryHistory"]
+
+
+@dataclass
+class _Entry:
+    seq: int
+    run: Run
+    # Steps of a run still going, by name in order of first report; None once finished,
+    # when ``run.steps`` holds them exactly as the engine gave them.
+    steps: dict[str, StepResult] | None
+
+    def record(self) -> Run:
+        if self.steps is None:
+            return self.run
+        return replace(self.run, steps=tuple(self.steps.values()))
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.run.started_at, self.seq
+
+
+class MemoryHistory(HistoryStore):
+    """A thread-safe in-process store; ``max_runs`` (0: unlimited) applies per workflow."""
+
+    def __init__(self, *, max_runs: int = 0, warn: Warn | None = None) -> None:
+        self.max_runs = max_runs
+        self.warn = warn  # nothing here can fail, but every store takes one
+        self._lock = threading.RLock()
+        self._entries: dict[str, _Entry] = {}
+        # (started_at, seq, run_id) ascending, so newest-first listing walks it backwards.
+        self._order: list[tuple[str, int, str]] = []
+        self._seqs = itertools.count()
+
+    def start(self, run: Run) -> None:
+        with self._lock:
+            self._put(run, {s.name: s for s in run.steps})
+
+    def update_step(self, run_id: str, step: StepResult) -> None:
+        with self._lock:
+            entry = self._entries.get(run_id)
+            if entry is None:
+                return
+            if entry.steps is None:  # a step reported after the end: rebuild the dict
+                entry.steps = {s.name: s for s in entry.run.steps}
+            entry.steps[step.name] = step
+
+    def finish(self, run: Run) -> None:
+        with self._lock:
+            self._put(run, None)
+            self._prune(run.workflow)
+
+    def get(self, run_id: str) -> Run | None:
+        with self._lock:
+            entry = self._entries.get(run_id)
+            if entry is not None:
+                return entry.record()
+            if len(run_id) < MIN_PREFIX:
+                return None
+            matches = sorted(k for k in self._entries if k.startswith(run_id))
+            if len(matches) > 1:
+                raise ambiguous_prefix(run_id, matches)
+            return self._entries[matches[0]].record() if matches else None
+
+    def list(
+        self,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> RunList:
+        limit, offset = max(limit, 0), max(offset, 0)
+        found: RunList = []
+        with self._lock:
+            matching = self._matching(workflow, status)
+            for entry in itertools.islice(matching, offset, offset + limit):
+                found.append(entry.record())
+        return found
+
+    def count(self, workflow: str | None = None, status: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for _ in self._matching(workflow, status))
+
+    def close(self) -> None:
+        """Nothing to release: the runs stay readable until the store is dropped."""
+
+    def _put(self, run: Run, steps: dict[str, StepResult] | None) -> None:
+        old = self._entries.get(run.run_id)
+        if old is None:
+            entry = _Entry(next(self._seqs), run, steps)
+        else:
+            self._unlink(old)
+            entry = _Entry(old.seq, run, steps)
+        self._entries[run.run_id] = entry
+        bisect.insort(self._order, (*entry.key, run.run_id))
+
+    def _unlink(self, entry: _Entry) -> None:
+        del self._order[bisect.bisect_left(self._order, (*entry.key, entry.run.run_id))]
+        del self._entries[entry.run.run_id]
+
+    def _matching(self, workflow: str | None, status: str | None) -> Iterator[_Entry]:
+        for _, _, run_id in reversed(self._order):
+            entry = self._entries[run_id]
+            if workflow is not None and entry.run.workflow != workflow:
+                continue
+            if status is not None and entry.run.status.value != status:
+                continue
+            yield entry
+
+    def _prune(self, workflow: str) -> None:
+        if self.max_runs <= 0:
+            return
+        finished = [e for e in self._matching(workflow, None) if e.run.status.finished]
+        for entry in finished[self.max_runs :]:
+            self._unlink(entry)

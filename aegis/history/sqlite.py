@@ -1,0 +1,754 @@
+"""``SqliteHistory``: runs in one SQLite file that several processes share.
+
+Why it is built this way:
+
+* **Sharing.** Ten CI runs and a server may write one file at once. WAL lets readers go on
+  while one process writes. Every write is one short ``BEGIN IMMEDIATE`` transaction, so a
+  writer takes the write lock up front instead of upgrading a read lock (which SQLite may
+  refuse without waiting). A writer that still finds the file busy after the busy timeout
+  tries again, for up to ``LOCK_ROUNDS`` busy timeouts in all, rather than lose a record.
+* **Crashes.** The run row is written when the run starts and each step as it ends, so a
+  killed process leaves behind what it had done. Each row names its owner: host, pid, and
+  a token of the process's start time (so a reused pid is told apart), and the owner
+  refreshes ``heartbeat_at`` while it has runs going. A store marks ``interrupted`` only
+  the unfinished rows whose owner is gone: on this host, a pid that is not alive or now
+  belongs to another process; on another host, a heartbeat older than ``stale_after``.
+* **Failure.** A file that cannot be opened raises ``HistoryUnavailable`` (``open_history``
+  turns that into one warning). A file that fails later makes the store warn once and keep
+  the rest of this process's history in memory, the runs still going included.
+* **Scale.** A listing reads one page of run rows through the index matching its filters
+  (newest first, no sort step) and only the summary columns of their steps. Step ``data``
+  and ``attempts`` are JSON columns that only ``get`` reads.
+
+Schema, version 1 (``PRAGMA user_version``)::
+
+    runs   seq INTEGER PRIMARY KEY AUTOINCREMENT (order of recording, never reused: the
+           tie-break after started_at, and what steps refer to),
+           run_id UNIQUE, workflow, status, verdict, started_at, finished_at,
+           duration_ms, trigger, owner_host, owner_pid, owner_token,
+           heartbeat_at (unix seconds)
+    steps  run_seq (runs.seq), name, type, service, status, duration_ms, error,
+           error_kind, skip_reason, data (JSON), attempts (JSON); rowid = report order
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from aegis.history import (
+    MIN_PREFIX,
+    HistoryStore,
+    HistoryUnavailable,
+    RunList,
+    Warn,
+    ambiguous_prefix,
+)
+from aegis.history.memory import MemoryHistory
+from aegis.history.owners import Owner, current_owner, owner_gone, process_state
+from aegis.records import (
+    Attempt,
+    Run,
+    RunStatus,
+    StepResult,
+    StepStatus,
+    Verdict,
+    format_timestamp,
+)
+
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT",
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_STALE_AFTER",
+    "LOCK_ROUNDS",
+    "SCHEMA_VERSION",
+    "SqliteHistory",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_BUSY_TIMEOUT = 10.0  # seconds SQLite itself waits for a lock
+DEFAULT_HEARTBEAT_INTERVAL = 10.0  # also how often reads look for runs of dead owners
+DEFAULT_STALE_AFTER = 120.0  # a heartbeat this old means the owner on another host is gone
+LOCK_ROUNDS = 4  # give up on a busy file after this many busy timeouts
+
+_T = TypeVar("_T")
+_pause = time.sleep  # replaced by tests that must know when a busy write will retry
+_DB_ERRORS = (sqlite3.Error, OSError)
+_DECODE_ERRORS = (ValueError, KeyError, TypeError)
+_UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+_CHUNK = 500  # bound parameters per statement, well under SQLite's oldest limit (999)
+
+_SCHEMA = (
+    """CREATE TABLE runs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL UNIQUE,
+        workflow TEXT NOT NULL,
+        status TEXT NOT NULL,
+        verdict TEXT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        duration_ms REAL,
+        trigger TEXT NOT NULL,
+        owner_host TEXT NOT NULL,
+        owner_pid INTEGER NOT NULL,
+        owner_token TEXT NOT NULL,
+        heartbeat_at REAL NOT NULL
+    )""",
+    "CREATE INDEX runs_newest ON runs (started_at DESC, seq DESC)",
+    "CREATE INDEX runs_by_workflow ON runs (workflow, started_at DESC, seq DESC)",
+    "CREATE INDEX runs_by_status ON runs (status, started_at DESC, seq DESC)",
+    "CREATE INDEX runs_by_workflow_status ON runs (workflow, status, started_at DESC, seq DESC)",
+    """CREATE TABLE steps (
+        run_seq INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        type TEXT NOT NULL,
+        service TEXT,
+        status TEXT NOT NULL,
+        duration_ms REAL NOT NULL,
+        error TEXT,
+        error_kind TEXT,
+        skip_reason TEXT,
+        data TEXT NOT NULL,
+        attempts TEXT NOT NULL
+    )""",
+    "CREATE INDEX steps_by_run ON steps (run_seq, name)",
+)
+
+_RUN_COLUMNS = (
+    "seq, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger"
+)
+_SUMMARY_COLUMNS = "name, type, service, status, duration_ms, error, error_kind, skip_reason"
+_STEP_COLUMNS = f"{_SUMMARY_COLUMNS}, data, attempts"
+
+_INSERT_RUN = (
+    "INSERT INTO runs (run_id, workflow, status, verdict, started_at, finished_at,"
+    " duration_ms, trigger, owner_host, owner_pid, owner_token, heartbeat_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_RUN = (
+    "UPDATE runs SET run_id = ?, workflow = ?, status = ?, verdict = ?, started_at = ?,"
+    " finished_at = ?, duration_ms = ?, trigger = ? WHERE seq = ?"
+)
+_INSERT_STEP = (
+    f"INSERT INTO steps (run_seq, {_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_STEP = (
+    "UPDATE steps SET name = ?, type = ?, service = ?, status = ?, duration_ms = ?, error = ?,"
+    " error_kind = ?, skip_reason = ?, data = ?, attempts = ? WHERE run_seq = ? AND name = ?"
+)
+_SEQ_OF = "SELECT seq FROM runs WHERE run_id = ?"
+_FIND = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id >= ? ORDER BY run_id LIMIT 3"
+_STEPS_OF = f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_seq = ? ORDER BY rowid"
+_PRUNABLE = (
+    "SELECT seq FROM runs WHERE workflow = ? AND status NOT IN (?, ?)"
+    " ORDER BY started_at DESC, seq DESC LIMIT -1 OFFSET ?"
+)
+_UNFINISHED_ROWS = (
+    "SELECT seq, run_id, owner_host, owner_pid, owner_token, heartbeat_at"
+    " FROM runs WHERE status IN (?, ?)"
+)
+_MARK_INTERRUPTED = (
+    "UPDATE runs SET status = 'interrupted', verdict = 'failed', finished_at = ?"
+    " WHERE seq = ? AND status IN (?, ?) AND heartbeat_at = ?"
+)
+# Also undoes a wrong `interrupted` (another host whose clock runs far ahead of ours).
+_HEARTBEAT = (
+    "UPDATE runs SET heartbeat_at = ?, status = ?, verdict = NULL, finished_at = NULL WHERE seq = ?"
+)
+
+# One statement per combination of filters, so each is prepared once and uses its index.
+_WHERE = {
+    (False, False): "",
+    (True, False): " WHERE workflow = ?",
+    (False, True): " WHERE status = ?",
+    (True, True): " WHERE workflow = ? AND status = ?",
+}
+_LIST = {
+    key: f"SELECT {_RUN_COLUMNS} FROM runs{where}"
+    " ORDER BY started_at DESC, seq DESC LIMIT ? OFFSET ?"
+    for key, where in _WHERE.items()
+}
+_COUNT = {key: f"SELECT count(*) FROM runs{where}" for key, where in _WHERE.items()}
+
+
+# ----------------------------------------------------------------------- encoding
+
+
+def _text(value: str) -> str:
+    # SQLite stores UTF-8, which cannot hold lone surrogates; no record is lost for one.
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def _opt(value: str | None) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _json(value: Any) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), default=str)
+    except (ValueError, RecursionError) as exc:  # circular or absurdly deep data
+        return json.dumps({"unstorable": f"{type(exc).__name__}: {exc}"})
+
+
+def _step_values(step: StepResult) -> tuple[Any, ...]:
+    return (
+        _text(step.name),
+        _text(step.type),
+        _opt(step.service),
+        step.status.value,
+        float(step.duration_ms),
+        _opt(step.error),
+        _opt(step.error_kind),
+        _opt(step.skip_reason),
+        _json(step.data),
+        _json([a.to_dict() for a in step.attempts]),
+    )
+
+
+def _run_values(run: Run) -> tuple[Any, ...]:
+    return (
+        _text(run.run_id),
+        _text(run.workflow),
+        run.status.value,
+        run.verdict.value if run.verdict else None,
+        _text(run.started_at),
+        _opt(run.finished_at),
+        run.duration_ms,
+        _text(run.trigger),
+    )
+
+
+def _summary_step(row: Sequence[Any]) -> StepResult:
+    name, type_, service, status, duration_ms, error, error_kind, skip_reason = row[:8]
+    return StepResult(
+        name=name,
+        type=type_,
+        service=service,
+        status=StepStatus(status),
+        duration_ms=duration_ms,
+        error=error,
+        error_kind=error_kind,
+        skip_reason=skip_reason,
+    )
+
+
+def _full_step(row: Sequence[Any]) -> StepResult:
+    return replace(
+        _summary_step(row),
+        data=json.loads(row[8]),
+        attempts=tuple(Attempt.from_dict(a) for a in json.loads(row[9])),
+    )
+
+
+def _run(row: Sequence[Any], steps: Iterable[StepResult]) -> Run:
+    _, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger = row
+    return Run(
+        run_id=run_id,
+        workflow=workflow,
+        status=RunStatus(status),
+        started_at=started_at,
+        trigger=trigger,
+        steps=tuple(steps),
+        verdict=Verdict(verdict) if verdict else None,
+        finished_at=finished_at,
+        duration_ms=duration_ms,
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    # Keeps the error that made the transaction fail, not one from cleaning up after it.
+    try:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
+def _chunks(items: Sequence[_T]) -> Iterable[Sequence[_T]]:
+    return (items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK))
+
+
+# -------------------------------------------------------------------------- store
+
+
+@dataclass
+class _Live:
+    """A run this store started and has not finished: what the heartbeat and the
+    memory fallback need to know of it."""
+
+    seq: int
+    run: Run
+    steps: dict[str, StepResult]
+
+
+class SqliteHistory(HistoryStore):
+    """Runs in the SQLite file at ``path``, shared safely with other processes.
+
+    Raises ``HistoryUnavailable`` if the file cannot be opened, created or written. Once
+    open it never raises because of the file: when a write or read fails it warns once
+    and keeps the rest of this process's history in memory (``get`` still looks in the
+    file for older runs if it can).
+
+    ``clock`` (unix seconds), ``owner``, ``probe`` and the intervals are for tests.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_runs: int = 0,
+        warn: Warn | None = None,
+        busy_timeout: float | None = None,
+        heartbeat_interval: float | None = None,
+        stale_after: float | None = None,
+        clock: Callable[[], float] = time.time,
+        owner: Owner | None = None,
+        probe: Callable[[int], str | None] = process_state,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.max_runs = max_runs
+        self._warn = warn
+        self._busy_timeout = DEFAULT_BUSY_TIMEOUT if busy_timeout is None else busy_timeout
+        self._interval = heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL
+        self._stale_after = DEFAULT_STALE_AFTER if stale_after is None else stale_after
+        self._clock = clock
+        self._owner = owner or current_owner()
+        self._probe = probe
+        self._lock = threading.RLock()
+        self._live: dict[str, _Live] = {}
+        self._memory: MemoryHistory | None = None
+        self._stop = threading.Event()
+        self._beater: threading.Thread | None = None
+        self._last_sweep = -math.inf
+        self._warned: set[str] = set()
+        self._db = self._connect()
+        try:
+            self._retrying(self._configure)
+            self._transaction(self._migrate)
+            self._sweep()
+        except BaseException as exc:
+            self._db.close()
+            if isinstance(exc, _DB_ERRORS):
+                raise HistoryUnavailable(self.path, self._open_reason(exc)) from exc
+            raise
+
+    @property
+    def degraded(self) -> bool:
+        """Whether the file failed and this store now keeps history in memory."""
+        return self._memory is not None
+
+    # ------------------------------------------------------------- the protocol
+
+    def start(self, run: Run) -> None:
+        self._write(self._save_start, run, fallback=lambda m: m.start(run))
+        with self._lock:
+            if self._memory is None:
+                self._ensure_heartbeat()
+
+    def update_step(self, run_id: str, step: StepResult) -> None:
+        self._write(self._save_step, run_id, step, fallback=lambda m: m.update_step(run_id, step))
+
+    def finish(self, run: Run) -> None:
+        self._write(self._save_finish, run, fallback=lambda m: m.finish(run))
+
+    def get(self, run_id: str) -> Run | None:
+        return self._read(self._find, run_id, fallback=lambda m: self._get_after_failure(m, run_id))
+
+    def list(
+        self,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> RunList:
+        limit, offset = max(limit, 0), max(offset, 0)
+        return self._read(
+            self._page,
+            workflow,
+            status,
+            limit,
+            offset,
+            fallback=lambda m: m.list(workflow, status, limit, offset),
+        )
+
+    def count(self, workflow: str | None = None, status: str | None = None) -> int:
+        return self._read(
+            self._count, workflow, status, fallback=lambda m: m.count(workflow, status)
+        )
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._beater is not None:
+            self._beater.join()
+        with self._lock:
+            self._db.close()
+
+    # ----------------------------------------------------------- owners alive
+
+    def heartbeat(self) -> None:
+        """Refresh ``heartbeat_at`` of this store's runs still going, and look for runs of
+        dead owners if it is time. The heartbeat thread calls this every interval."""
+        with self._lock:
+            if self._memory is not None:
+                return
+            try:
+                live = builtins.list(self._live.values())
+                if live:
+                    self._transaction(self._save_heartbeat, live, self._clock())
+                self._sweep_if_due()
+            except _DB_ERRORS as exc:
+                self._fall_back("write", exc)
+
+    def mark_interrupted(self) -> builtins.list[str]:
+        """Mark ``interrupted`` every unfinished run whose owner is gone; their ids come back.
+
+        Opening a store does this, and reads repeat it at most once per heartbeat interval.
+        """
+        with self._lock:
+            if self._memory is not None:
+                return []
+            try:
+                return self._sweep()
+            except _DB_ERRORS as exc:
+                self._fall_back("write", exc)
+                return []
+
+    def _ensure_heartbeat(self) -> None:
+        if self._beater is None and not self._stop.is_set():
+            self._beater = threading.Thread(
+                target=self._beat, name="aegis-history-heartbeat", daemon=True
+            )
+            self._beater.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.heartbeat()
+
+    def _sweep_if_due(self) -> None:
+        if self._clock() - self._last_sweep >= self._interval:
+            self._sweep()
+
+    def _sweep(self) -> builtins.list[str]:
+        now = self._clock()
+        self._last_sweep = now
+        rows = self._retrying(self._unfinished_rows)
+        gone = [row for row in rows if self._owner_gone(row, now)]
+        if not gone:
+            return []
+        finished_at = format_timestamp(datetime.fromtimestamp(now, timezone.utc))
+        return self._transaction(self._save_interrupted, gone, finished_at)
+
+    def _unfinished_rows(self) -> builtins.list[Any]:
+        return self._db.execute(_UNFINISHED_ROWS, _UNFINISHED).fetchall()
+
+    def _owner_gone(self, row: Sequence[Any], now: float) -> bool:
+        _, _, host, pid, token, heartbeat_at = row
+        return owner_gone(
+            Owner(host, pid, token),
+            heartbeat_at,
+            me=self._owner,
+            now=now,
+            stale_after=self._stale_after,
+            probe=self._probe,
+        )
+
+    # ------------------------------------------------------- guarded access
+
+    def _write(
+        self, action: Callable[..., object], *args: Any, fallback: Callable[[MemoryHistory], None]
+    ) -> None:
+        with self._lock:
+            memory = self._memory
+            if memory is None:
+                try:
+                    self._transaction(action, *args)
+                    return
+                except _DB_ERRORS as exc:
+                    memory = self._fall_back("write", exc)
+            fallback(memory)
+
+    def _read(
+        self, query: Callable[..., _T], *args: Any, fallback: Callable[[MemoryHistory], _T]
+    ) -> _T:
+        with self._lock:
+            memory = self._memory
+            if memory is None:
+                try:
+                    self._sweep_if_due()
+                    return self._transaction(query, *args, begin="BEGIN")
+                except _DB_ERRORS as exc:
+                    memory = self._fall_back("read", exc)
+            return fallback(memory)
+
+    def _get_after_failure(self, memory: MemoryHistory, run_id: str) -> Run | None:
+        found = memory.get(run_id)
+        if found is not None:
+            return found
+        try:  # older runs may still be readable where writing failed (a full disk)
+            return self._transaction(self._find, run_id, begin="BEGIN")
+        except _DB_ERRORS:
+            return None
+
+    def _fall_back(self, doing: str, exc: BaseException) -> MemoryHistory:
+        """Move to memory for good, carrying over the runs still going; warn once."""
+        message = (
+            f"history: cannot {doing} {self.path} ({_reason(exc)}); "
+            "keeping the rest of this process's history in memory"
+        )
+        log.debug("%s", message, exc_info=exc)  # the traceback, for AEGIS_DEBUG; warn says it
+        self._warn_once(doing, message)
+        memory = MemoryHistory(max_runs=self.max_runs, warn=self._warn)
+        for live in self._live.values():
+            memory.start(replace(live.run, steps=tuple(live.steps.values())))
+        self._live.clear()
+        self._memory = memory
+        self._stop.set()
+        return memory
+
+    def _retrying(self, action: Callable[[], _T]) -> _T:
+        """``action()``, tried again while the file stays busy, up to ``LOCK_ROUNDS``
+        busy timeouts in all: waiting costs a little time, giving up costs a record."""
+        give_up = time.monotonic() + LOCK_ROUNDS * self._busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                return action()
+            except sqlite3.Error as exc:
+                if not _is_busy(exc) or time.monotonic() >= give_up:
+                    raise
+            _pause(pause)  # some busy answers come at once, without SQLite waiting
+            pause = min(pause * 2, 0.25)
+
+    def _transaction(
+        self, action: Callable[..., _T], *args: Any, begin: str = "BEGIN IMMEDIATE"
+    ) -> _T:
+        return self._retrying(lambda: self._once(begin, action, *args))
+
+    def _once(self, begin: str, action: Callable[..., _T], *args: Any) -> _T:
+        db = self._db
+        db.execute(begin)
+        try:
+            result = action(db, *args)
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+        return result
+
+    # ----------------------------------------------------------- opening
+
+    def _connect(self) -> sqlite3.Connection:
+        directory = os.path.dirname(self.path)
+        try:
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            why = "a file is in the way" if isinstance(exc, FileExistsError) else _reason(exc)
+            raise HistoryUnavailable(
+                self.path, f"cannot create directory {directory}: {why}"
+            ) from exc
+        try:
+            return sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,  # transactions are begun explicitly, never implicitly
+                check_same_thread=False,  # the API's threads share it, under self._lock
+            )
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: a NUL in the path
+            raise HistoryUnavailable(self.path, self._open_reason(exc)) from exc
+
+    def _open_reason(self, exc: BaseException) -> str:
+        """SQLite's reason, made specific where it is vague about which file is at fault."""
+        reason = _reason(exc)
+        if reason != "unable to open database file":
+            return reason
+        if os.path.isdir(self.path):
+            return f"{reason}: it is a directory"
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.access(directory, os.W_OK):
+            return f"{reason}: directory {directory} is not writable"
+        return reason
+
+    def _configure(self) -> None:
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # With WAL, NORMAL loses no commit when a process dies; only an OS crash may
+        # lose the last ones, and it saves an fsync per step.
+        self._db.execute("PRAGMA synchronous = NORMAL")
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            # SQLite opens a read-only file without complaint and fails only at the first
+            # write; this write (of the same value) finds that out now, not mid-run.
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return
+        if version > SCHEMA_VERSION:
+            raise HistoryUnavailable(
+                self.path,
+                f"written by a newer aegis: schema version {version}, "
+                f"this one reads up to {SCHEMA_VERSION}",
+            )
+        if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise HistoryUnavailable(self.path, "not an aegis history file: it holds other tables")
+        for statement in _SCHEMA:
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # PRAGMA takes no parameters
+
+    # ---------------------------------------------------------------- writes
+
+    def _seq_of(self, db: sqlite3.Connection, run_id: str) -> int | None:
+        live = self._live.get(run_id)
+        if live is not None:
+            return live.seq
+        row = db.execute(_SEQ_OF, (_text(run_id),)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _save_run(self, db: sqlite3.Connection, run: Run) -> int:
+        """Insert or overwrite the run row and its steps; its seq comes back."""
+        seq = self._seq_of(db, run.run_id)
+        if seq is not None:
+            db.execute("DELETE FROM steps WHERE run_seq = ?", (seq,))
+            if not db.execute(_UPDATE_RUN, (*_run_values(run), seq)).rowcount:
+                seq = None  # another process pruned it while it ran: record it afresh
+        if seq is None:
+            owner = self._owner
+            values = (*_run_values(run), owner.host, owner.pid, owner.token, self._clock())
+            seq = int(db.execute(_INSERT_RUN, values).lastrowid or 0)
+        db.executemany(_INSERT_STEP, ((seq, *_step_values(s)) for s in run.steps))
+        return seq
+
+    def _save_start(self, db: sqlite3.Connection, run: Run) -> None:
+        seq = self._save_run(db, run)
+        self._live[run.run_id] = _Live(seq, run, {s.name: s for s in run.steps})
+
+    def _save_step(self, db: sqlite3.Connection, run_id: str, step: StepResult) -> None:
+        seq = self._seq_of(db, run_id)
+        if seq is None:
+            return
+        values = _step_values(step)
+        if db.execute(_UPDATE_STEP, (*values, seq, values[0])).rowcount == 0:
+            db.execute(_INSERT_STEP, (seq, *values))
+        live = self._live.get(run_id)
+        if live is not None:
+            live.steps[step.name] = step
+
+    def _save_finish(self, db: sqlite3.Connection, run: Run) -> None:
+        self._save_run(db, run)
+        self._live.pop(run.run_id, None)
+        if self.max_runs > 0:
+            self._prune(db, run.workflow)
+
+    def _prune(self, db: sqlite3.Connection, workflow: str) -> None:
+        params = (_text(workflow), *_UNFINISHED, self.max_runs)
+        doomed = db.execute(_PRUNABLE, params).fetchall()
+        db.executemany("DELETE FROM steps WHERE run_seq = ?", doomed)
+        db.executemany("DELETE FROM runs WHERE seq = ?", doomed)
+
+    def _save_heartbeat(self, db: sqlite3.Connection, live: Sequence[_Live], now: float) -> None:
+        db.executemany(_HEARTBEAT, ((now, one.run.status.value, one.seq) for one in live))
+
+    def _save_interrupted(
+        self, db: sqlite3.Connection, rows: Sequence[Sequence[Any]], finished_at: str
+    ) -> builtins.list[str]:
+        marked = []
+        for seq, run_id, *_, heartbeat_at in rows:
+            params = (finished_at, seq, *_UNFINISHED, heartbeat_at)
+            if db.execute(_MARK_INTERRUPTED, params).rowcount:
+                marked.append(run_id)
+        return marked
+
+    # ----------------------------------------------------------------- reads
+
+    def _find(self, db: sqlite3.Connection, run_id: str) -> Run | None:
+        run_id = _text(run_id)
+        rows = [r for r in db.execute(_FIND, (run_id,)) if r[1].startswith(run_id)]
+        if not rows:
+            return None
+        if rows[0][1] != run_id:
+            if len(run_id) < MIN_PREFIX:
+                return None
+            if len(rows) > 1:
+                raise ambiguous_prefix(run_id, [r[1] for r in rows])
+        row = rows[0]
+        return self._decoded(_run, row, map(_full_step, db.execute(_STEPS_OF, (row[0],))))
+
+    def _page(
+        self,
+        db: sqlite3.Connection,
+        workflow: str | None,
+        status: str | None,
+        limit: int,
+        offset: int,
+    ) -> RunList:
+        filters = self._filters(workflow, status)
+        sql = _LIST[workflow is not None, status is not None]
+        rows = db.execute(sql, (*filters, limit, offset)).fetchall()
+        steps = self._summaries(db, [row[0] for row in rows])
+        runs = (self._decoded(_run, row, steps.get(row[0], ())) for row in rows)
+        return [run for run in runs if run is not None]
+
+    def _summaries(
+        self, db: sqlite3.Connection, seqs: Sequence[int]
+    ) -> dict[int, builtins.list[StepResult]]:
+        """The summary steps of runs ``seqs``, by run, in report order."""
+        steps: dict[int, builtins.list[StepResult]] = {}
+        for chunk in _chunks(seqs):
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT run_seq, {_SUMMARY_COLUMNS} FROM steps WHERE run_seq IN ({marks})"
+            for row in db.execute(f"{sql} ORDER BY rowid", chunk):
+                step = self._decoded(_summary_step, row[1:])
+                if step is not None:
+                    steps.setdefault(row[0], []).append(step)
+        return steps
+
+    def _count(self, db: sqlite3.Connection, workflow: str | None, status: str | None) -> int:
+        filters = self._filters(workflow, status)
+        return int(
+            db.execute(_COUNT[workflow is not None, status is not None], filters).fetchone()[0]
+        )
+
+    @staticmethod
+    def _filters(workflow: str | None, status: str | None) -> tuple[str, ...]:
+        found = [] if workflow is None else [_text(workflow)]
+        if status is not None:
+            found.append(_text(status.value if isinstance(status, RunStatus) else status))
+        return tuple(found)
+
+    def _decoded(self, build: Callable[..., _T], *args: Any) -> _T | None:
+        """``build(*args)``, or None for a record this version cannot read (edited by hand)."""
+        try:
+            return build(*args)
+        except _DECODE_ERRORS as exc:
+            log.debug("history: skipping a damaged record in %s", self.path, exc_info=exc)
+            self._warn_once("damaged", f"history: skipping damaged records in {self.path} ({exc})")
+            return None
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned and self._warn is not None:
+            self._warned.add(kind)
+            self._warn(message)
