@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from pyz_helpers import build_pyz, snapshot_project
 
 from aegis.config.model import ServiceSpec, StepSpec, WorkflowSpec, frozen_mapping
 from aegis.demo import DemoServices
@@ -76,3 +78,14 @@ def make_context(http_client: httpx.AsyncClient) -> MakeContext:
         )
 
     return make
+
+
+# The built single file, once per session, from a snapshot of the package.
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return snapshot_project(tmp_path_factory.mktemp("project"))
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory: pytest.TempPathFactory, project: Path) -> Path:
+    return build_pyz(tmp_path_factory.mktemp("dist") / "aegis.pyz", "--project", str(project))

@@ -59,23 +59,6 @@ RUNTIME_DISTS = {
 INVALID_CONFIG = "servces: {}\n"
 
 
-@pytest.fixture(scope="session")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return snapshot_project(tmp_path_factory.mktemp("project"))
-
-
-@pytest.fixture(scope="session")
-def pyz(tmp_path_factory: pytest.TempPathFactory, project: Path) -> Path:
-    return build_pyz(tmp_path_factory.mktemp("dist") / "aegis.pyz", "--project", str(project))
-
-
-@pytest.fixture
-def cli(project: Path) -> None:
-    """The tests that go through the real command line need aegis/cli.py."""
-    if not (project / "aegis" / "cli.py").is_file():
-        unavailable("aegis/cli.py does not exist yet")
-
-
 @pytest.fixture(scope="module")
 def http_url() -> Iterator[str]:
     """A loopback HTTP server answering 200 to GET, for httpx inside the archive."""
@@ -260,7 +243,7 @@ def test_bundled_versions_satisfy_pyproject(pyz: Path) -> None:
 
 
 @pytest.mark.parametrize("python", PYTHONS)
-def test_version_runs_on_each_python(pyz: Path, tmp_path: Path, python: str, cli: None) -> None:
+def test_version_runs_on_each_python(pyz: Path, tmp_path: Path, python: str) -> None:
     root = tmp_path / "root"
     done = run_pyz(require_python(python), pyz, ["--version"], base_environ(SHIV_ROOT=str(root)))
     assert_version(done)
@@ -268,9 +251,7 @@ def test_version_runs_on_each_python(pyz: Path, tmp_path: Path, python: str, cli
 
 
 @pytest.mark.parametrize("python", PYTHONS)
-def test_config_validate_runs_on_each_python(
-    pyz: Path, tmp_path: Path, python: str, cli: None
-) -> None:
+def test_config_validate_runs_on_each_python(pyz: Path, tmp_path: Path, python: str) -> None:
     interpreter = require_python(python)
     env = base_environ(SHIV_ROOT=str(tmp_path / "root"))
     good = tmp_path / "aegis.yaml"
@@ -320,11 +301,11 @@ def test_runtime_is_pure_python_on_each_python(
     }
 
 
-def test_runs_through_its_shebang(pyz: Path, tmp_path: Path, cli: None) -> None:
+def test_runs_through_its_shebang(pyz: Path, tmp_path: Path) -> None:
     assert_version(run_pyz(None, pyz, ["--version"], base_environ(SHIV_ROOT=str(tmp_path))))
 
 
-def test_writable_home_unpacks_into_dot_shiv(pyz: Path, tmp_path: Path, cli: None) -> None:
+def test_writable_home_unpacks_into_dot_shiv(pyz: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     env = base_environ(HOME=str(home), TMPDIR=str(tmp_path))
@@ -333,7 +314,7 @@ def test_writable_home_unpacks_into_dot_shiv(pyz: Path, tmp_path: Path, cli: Non
     assert not private_root(tmp_path).exists()
 
 
-def test_home_unset_unpacks_into_a_private_temp_dir(pyz: Path, tmp_path: Path, cli: None) -> None:
+def test_home_unset_unpacks_into_a_private_temp_dir(pyz: Path, tmp_path: Path) -> None:
     env = base_environ(TMPDIR=str(tmp_path))
     assert "HOME" not in env
     assert_version(run_pyz(require_python("3.12"), pyz, ["--version"], env))
@@ -344,9 +325,7 @@ def test_home_unset_unpacks_into_a_private_temp_dir(pyz: Path, tmp_path: Path, c
 
 
 @pytest.mark.parametrize("home", ["under-a-file", "a-file", "relative"])
-def test_unusable_home_falls_back_to_the_temp_dir(
-    pyz: Path, tmp_path: Path, home: str, cli: None
-) -> None:
+def test_unusable_home_falls_back_to_the_temp_dir(pyz: Path, tmp_path: Path, home: str) -> None:
     # chmod 0555 does not stop root; a path through a regular file fails for everyone
     # (ENOTDIR), which is what a read-only or missing HOME looks like to mkdir.
     blocker = tmp_path / "blocker"
@@ -358,7 +337,7 @@ def test_unusable_home_falls_back_to_the_temp_dir(
     assert not (tmp_path / "home").exists()
 
 
-def test_shiv_root_wins_over_home_and_temp(pyz: Path, tmp_path: Path, cli: None) -> None:
+def test_shiv_root_wins_over_home_and_temp(pyz: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     root = tmp_path / "chosen"
@@ -381,7 +360,7 @@ def test_unusable_shiv_root_is_a_clear_error(pyz: Path, tmp_path: Path) -> None:
     assert not private_root(tmp_path).exists()  # an explicit SHIV_ROOT has no fallback
 
 
-def test_eight_concurrent_cold_starts_all_succeed(pyz: Path, tmp_path: Path, cli: None) -> None:
+def test_eight_concurrent_cold_starts_all_succeed(pyz: Path, tmp_path: Path) -> None:
     # the four Pythons twice over, all at once, HOME unset: they race to create the private
     # root and to unpack the same build into it
     interpreters = [require_python(v) for v in PYTHONS] * 2

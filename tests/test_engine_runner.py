@@ -7,12 +7,12 @@ import time
 from typing import Any
 
 import pytest
-from aegis.history.memory import MemoryHistory
 from fakes import FakeClock, config, step, step_type
 
 from aegis.engine.runner import Engine, batches
 from aegis.errors import NotFound, StepError
 from aegis.events import Event, EventBus
+from aegis.history.memory import MemoryHistory
 from aegis.records import RunStatus, StepStatus, Verdict
 from aegis.steps.base import StepContext
 
@@ -246,7 +246,11 @@ async def test_skipped_steps_do_not_count_for_conditions() -> None:
         step("second", condition="has_failures"),
         step("third", condition="on_success"),
     )
-    types = [step_type("first", reports_failures), step_type("second", broken), step_type("third", ok)]
+    types = [
+        step_type("first", reports_failures),
+        step_type("second", broken),
+        step_type("third", ok),
+    ]
     run = await engine(cfg, types).run("wf")
     assert [s.status for s in run.steps] == [
         StepStatus.SKIPPED,
@@ -282,7 +286,11 @@ async def test_failing_tests_fail_the_verdict_not_the_run() -> None:
 
 async def test_verdict_follows_the_last_step_reporting_counts() -> None:
     cfg = config(step("a"), step("b"), step("c"))
-    types = [step_type("a", reports_failures), step_type("b", reports_all_passing), step_type("c", ok)]
+    types = [
+        step_type("a", reports_failures),
+        step_type("b", reports_all_passing),
+        step_type("c", ok),
+    ]
     run = await engine(cfg, types).run("wf")
     assert run.verdict is Verdict.PASSED
 
