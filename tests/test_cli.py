@@ -348,3 +348,113 @@ def test_demo_json() -> None:
     result = cli("demo", "--json")
     assert result.code == 0
     assert result.json()["status"] == "succeeded"
+
+
+# ------------------------------------------------------------------- error handling
+
+
+def test_internal_error_is_one_line_without_traceback(
+    good: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aegis.runs
+
+    def explode(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(aegis.runs, "run_workflow", explode)
+    result = cli("--config", str(good), "run", "smoke")
+    assert result.code == 70
+    assert result.err.strip() == (
+        "aegis: internal error: RuntimeError: kaboom (set AEGIS_DEBUG=1 to see the traceback)"
+    )
+    out, err = io.StringIO(), io.StringIO()
+    code = main(
+        ["--config", str(good), "run", "smoke"],
+        stdout=out,
+        stderr=err,
+        environ={"AEGIS_DEBUG": "1"},
+    )
+    assert code == 70 and "Traceback" in err.getvalue() and "kaboom" in err.getvalue()
+
+
+def test_keyboard_interrupt_before_a_run_is_recorded_exits_130(
+    good: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aegis.runs
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(aegis.runs, "run_workflow", interrupted)
+    result = cli("--config", str(good), "run", "smoke")
+    assert (result.code, result.err.strip()) == (130, "aegis: interrupted")
+
+
+def test_a_crashing_step_is_logged_without_traceback_unless_debugging(good: Path) -> None:
+    from aegis.runs import run_workflow
+    from aegis.steps.base import StepType
+    from aegis.steps.registry import default_step_types
+
+    async def crash(ctx: Any) -> dict[str, Any]:
+        raise ZeroDivisionError("oops")
+
+    types = default_step_types()
+    types["discover"] = StepType("discover", crash)
+    from aegis.config import load_config
+
+    config = load_config(good, step_types=types)
+    for environ, traceback_shown in (({}, False), ({"AEGIS_DEBUG": "1"}, True)):
+        err = io.StringIO()
+        import logging
+
+        from aegis.cli import _setup_logging
+
+        before = list(logging.getLogger("aegis").handlers)
+        teardown = _setup_logging(err, debug=bool(environ))
+        try:
+            run = run_workflow(
+                config, "smoke", record=False, environ=environ, warn=print, step_types=types
+            )
+        finally:
+            teardown()
+        assert run.steps[0].error == "ZeroDivisionError: oops"
+        assert "aegis: error: step discover of run" in err.getvalue()
+        assert ("Traceback" in err.getvalue()) is traceback_shown
+        assert logging.getLogger("aegis").handlers == before
+
+
+def test_unwritable_history_warns_once_and_still_runs(tmp_path: Path, demo_services: Any) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    path = write(
+        tmp_path,
+        f"""
+        services: {{qaagent: {{url: "{demo_services.qaagent_url}"}}}}
+        workflows: {{w: {{steps: [{{type: discover, service: qaagent}}]}}}}
+        history: {{path: "{blocker}/history.db"}}
+    """,
+    )
+    result = cli("--config", str(path), "run", "w", "--quiet")
+    assert result.code == 0
+    assert result.err.count("aegis: warning: history: cannot write") == 1
+
+
+def test_status_with_no_services(tmp_path: Path) -> None:
+    path = write(tmp_path, "workflows: {}\n")
+    result = cli("--config", str(path), "status")
+    assert (result.code, result.out.strip()) == (0, "No services configured.")
+
+
+def test_run_exit_codes_by_status() -> None:
+    from aegis.cli import run_exit_code
+    from aegis.records import Run, RunStatus, Verdict
+
+    def code(status: RunStatus, verdict: Verdict | None = None) -> int:
+        return run_exit_code(Run("r", "w", status, "t", verdict=verdict))
+
+    assert code(RunStatus.SUCCEEDED, Verdict.PASSED) == 0
+    assert code(RunStatus.SUCCEEDED, Verdict.FAILED) == 1
+    assert code(RunStatus.FAILED, Verdict.FAILED) == 3
+    assert code(RunStatus.TIMED_OUT, Verdict.FAILED) == 3
+    assert code(RunStatus.CANCELLED, Verdict.FAILED) == 130
+    assert code(RunStatus.INTERRUPTED, Verdict.FAILED) == 130

@@ -413,3 +413,36 @@ async def test_run_json_carries_attempts_and_durations() -> None:
     assert only["duration_ms"] == 250.0
     assert only["attempts"][0]["success"] is True
     assert only["attempts"][0]["duration_ms"] == 250.0
+
+
+async def test_a_run_whose_client_cannot_open_is_still_recorded_as_failed() -> None:
+    history = MemoryHistory()
+
+    def no_client() -> Any:
+        raise OSError("no sockets left")
+
+    cfg = config(step("http"), step("after"))
+    types = {
+        "http": step_type("http", ok, needs_service=True),
+        "after": step_type("after", ok),
+    }
+    run = await Engine(cfg, types, history=history, clock=FakeClock(), open_client=no_client).run(
+        "wf"
+    )
+    assert run.status is RunStatus.FAILED and run.verdict is Verdict.FAILED
+    assert [s.skip_reason for s in run.steps] == ["run aborted: OSError: no sockets left"] * 2
+    assert history.get(run.run_id) == run
+
+
+async def test_no_attempt_starts_once_an_overshooting_wait_passed_the_deadline() -> None:
+    class LateClock(FakeClock):
+        async def sleep(self, seconds: float) -> None:
+            await super().sleep(seconds)
+            self.advance(5)  # a loaded machine wakes the sleeper late
+
+    clock = LateClock()
+    cfg = config(step("flaky", retries=3, retry_delay=1, deadline=4))
+    run = await engine(cfg, [step_type("flaky", flaky([http_error(500)] * 4))], clock).run("wf")
+    result = run.steps[0]
+    assert len(result.attempts) == 1
+    assert result.error == "HTTP 500 from svc (no retry: step deadline of 4s reached)"

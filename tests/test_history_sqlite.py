@@ -628,9 +628,19 @@ print(json.dumps({"store": type(store).__name__, "warnings": warnings,
 
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
-    """A directory an unprivileged user can reach (pytest's own are private to us)."""
+    """A directory an unprivileged user can reach (pytest's own are private to us).
+
+    It holds a readable copy of the package too: the checkout may sit in a private
+    directory (CI clones into one) that the unprivileged user cannot enter.
+    """
     directory = Path(tempfile.mkdtemp(prefix="aegis-history-"))
     directory.chmod(0o777)
+    shutil.copytree(
+        ROOT / "aegis", directory / "src" / "aegis", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for entry in (directory / "src").rglob("*"):
+        entry.chmod(0o755 if entry.is_dir() else 0o644)
+    (directory / "src").chmod(0o755)
     yield directory
     directory.chmod(0o700)
     shutil.rmtree(directory)
@@ -649,7 +659,7 @@ def open_unprivileged(path: Path) -> dict[str, Any]:
                 [python, "-c", PROBE, str(path)],
                 capture_output=True,
                 text=True,
-                env=worker_env(),
+                env={**worker_env(), "PYTHONPATH": str(path.parent.parent / "src")},
                 cwd=path.parent.parent,
                 check=False,
                 **options,

@@ -15,7 +15,7 @@ from typing import Any
 from aegis.config.model import ServiceSpec, StepSpec, WorkflowSpec
 from aegis.engine.state import RunState
 
-__all__ = ["ParamCheck", "StepContext", "StepType"]
+__all__ = ["ParamCheck", "StepContext", "StepType", "check_path"]
 
 # Checks a step's `with:` mapping and returns a (key, message) pair per problem found.
 # It always gets a mapping of plain JSON values (`{}` when `with:` is absent), unknown keys
@@ -51,3 +51,11 @@ class StepType:
     params: frozenset[str] = frozenset({"path"})  # the `with:` keys it accepts
     check_params: ParamCheck | None = None
     description: str = ""
+
+
+def check_path(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The problem with ``with.path``, if any: it must be a string starting with ``/``."""
+    path = params.get("path")
+    if path is None or (isinstance(path, str) and path.startswith("/")):
+        return []
+    return [("path", f"expected a path starting with '/', got {path!r}")]

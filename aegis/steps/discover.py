@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from aegis.steps.base import StepContext, StepType
+from aegis.steps.base import StepContext, StepType, check_path
 
-__all__ = ["STEP", "check_path"]
+__all__ = ["STEP"]
 
 DEFAULT_PATH = "/api/routes"
-
-
-def check_path(params: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The problem with ``with.path``, if any: it must be a string starting with ``/``."""
-    path = params.get("path")
-    if path is None or (isinstance(path, str) and path.startswith("/")):
-        return []
-    return [("path", f"expected a path starting with '/', got {path!r}")]
 
 
 async def execute(ctx: StepContext) -> dict[str, Any]:

@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aegis.errors import StepError
-from aegis.steps.base import StepContext, StepType
-from aegis.steps.discover import check_path
+from aegis.steps.base import StepContext, StepType, check_path
 
 __all__ = ["DEFAULT_SEVERITY", "SEVERITIES", "STEP", "check_params", "report_body"]
 

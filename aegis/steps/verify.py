@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aegis.steps.base import StepContext, StepType
-from aegis.steps.discover import check_path
+from aegis.steps.base import StepContext, StepType, check_path
 from aegis.steps.test import DEFAULT_PATH, EXPECT, test_results
 
 __all__ = ["STEP"]
