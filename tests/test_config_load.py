@@ -667,10 +667,7 @@ def test_the_default_registry_is_used_when_no_step_types_are_given(
 
 
 def test_the_built_in_step_types_accept_a_typical_config(tmp_path: Path) -> None:
-    try:
-        built_in = registry.default_step_types()
-    except ImportError:
-        pytest.skip("the built-in step modules are not all there yet")
+    built_in = registry.default_step_types()
     text = MINIMAL + (
         "      - {type: submit_bugs, service: qa, with: {project_id: web}}\n"
         "      - {type: report}\n"
