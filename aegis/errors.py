@@ -3,6 +3,7 @@
     AegisError
     ├── ConfigError        a config file that cannot be used; carries every problem found
     ├── NotFound           an unknown workflow, service or run
+    ├── Conflict           an action that the current state forbids (cancel a finished run)
     ├── UsageError         a command used wrongly (bad flag value, missing argument)
     └── StepError          one failed attempt of a step; carries its error kind
         (kinds: timeout, connection, http, protocol, error)
@@ -22,6 +23,7 @@ __all__ = [
     "AegisError",
     "ConfigError",
     "ConfigProblem",
+    "Conflict",
     "NotFound",
     "StepError",
     "UsageError",
@@ -62,6 +64,10 @@ class ConfigError(AegisError):
 
 class NotFound(AegisError):
     """An unknown workflow, service or run was asked for."""
+
+
+class Conflict(AegisError):
+    """An action the current state of a thing forbids, such as cancelling a finished run."""
 
 
 class UsageError(AegisError):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,7 +19,7 @@ from typing import Any
 
 from aegis.records import format_timestamp
 
-__all__ = ["EVENT_TYPES", "Event", "EventBus", "Listener"]
+__all__ = ["EVENT_TYPES", "Event", "EventBus", "EventLog", "Listener"]
 
 EVENT_TYPES = (
     "workflow.started",
@@ -75,3 +77,40 @@ class EventBus:
             except Exception:
                 log.exception("event listener %r failed on %s", listener, type)
         return event
+
+
+class EventLog:
+    """The most recent events, in a ring of ``size``; safe to read from other threads.
+
+    Subscribe it to a bus (``bus.subscribe(log.append)``). Readers page with ``after``
+    (an event id) and may block in ``wait_after`` until something newer arrives.
+    """
+
+    def __init__(self, size: int = 100) -> None:
+        self._events: deque[Event] = deque(maxlen=max(size, 1))
+        self._changed = threading.Condition()
+
+    def append(self, event: Event) -> None:
+        with self._changed:
+            self._events.append(event)
+            self._changed.notify_all()
+
+    def list(
+        self, *, limit: int = 100, type: str | None = None, after: int | None = None
+    ) -> list[Event]:
+        """Up to ``limit`` events, oldest first, newer than ``after`` and of ``type``."""
+        with self._changed:
+            events = [
+                e
+                for e in self._events
+                if (after is None or e.id > after) and (type is None or e.type == type)
+            ]
+        return events[-limit:] if limit > 0 else []
+
+    def wait_after(self, after: int, timeout: float) -> list[Event]:
+        """Events newer than ``after``, waiting up to ``timeout`` seconds for the first."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: bool(self._events) and self._events[-1].id > after, timeout
+            )
+            return [e for e in self._events if e.id > after]

@@ -1,0 +1,49 @@
+"""The event bus and the event log."""
+
+from __future__ import annotations
+
+import threading
+
+from aegis.events import EventBus, EventLog
+
+
+def test_bus_numbers_events_and_survives_a_broken_listener() -> None:
+    bus = EventBus()
+    seen: list[int] = []
+    bus.subscribe(lambda e: 1 / 0)
+    unsubscribe = bus.subscribe(lambda e: seen.append(e.id))
+    first = bus.emit("step.started", "r", "w", step="s")
+    unsubscribe()
+    bus.emit("step.completed", "r", "w")
+    assert seen == [first.id] and first.to_dict()["data"] == {"step": "s"}
+    assert first.timestamp.endswith("Z")
+
+
+def test_log_keeps_the_latest_and_filters() -> None:
+    bus, log = EventBus(), EventLog(size=3)
+    bus.subscribe(log.append)
+    for kind in ("step.started", "step.completed", "step.started", "step.completed"):
+        bus.emit(kind, "r", "w")
+    assert [e.id for e in log.list()] == [2, 3, 4]
+    assert [e.id for e in log.list(type="step.started")] == [3]
+    assert [e.id for e in log.list(after=3)] == [4]
+    assert [e.id for e in log.list(limit=1)] == [4]
+    assert log.list(limit=0) == []
+
+
+def test_wait_after_wakes_when_a_newer_event_arrives() -> None:
+    bus, log = EventBus(), EventLog()
+    bus.subscribe(log.append)
+    assert log.wait_after(0, timeout=0.01) == []
+    started = threading.Event()
+
+    def emit_later() -> None:
+        started.wait()
+        bus.emit("workflow.started", "r", "w")
+
+    thread = threading.Thread(target=emit_later)
+    thread.start()
+    started.set()
+    events = log.wait_after(0, timeout=30)
+    thread.join()
+    assert [e.type for e in events] == ["workflow.started"]
