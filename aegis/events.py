@@ -54,6 +54,7 @@ class Event:
 
 
 Listener = Callable[[Event], None]
+EventList = list[Event]  # named: EventLog.list shadows `list` inside the class
 
 
 class EventBus:
@@ -97,7 +98,7 @@ class EventLog:
 
     def list(
         self, *, limit: int = 100, type: str | None = None, after: int | None = None
-    ) -> list[Event]:
+    ) -> EventList:
         """Up to ``limit`` events, oldest first, newer than ``after`` and of ``type``."""
         with self._changed:
             events = [
@@ -107,7 +108,7 @@ class EventLog:
             ]
         return events[-limit:] if limit > 0 else []
 
-    def wait_after(self, after: int, timeout: float) -> list[Event]:
+    def wait_after(self, after: int, timeout: float) -> EventList:
         """Events newer than ``after``, waiting up to ``timeout`` seconds for the first."""
         with self._changed:
             self._changed.wait_for(
