@@ -1,0 +1,41 @@
+"""aegis.example.yaml is valid and runs, workflow by workflow, against the reference services."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from aegis.cli import main
+from aegis.demo import DemoServices
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "aegis.example.yaml"
+
+
+def test_the_example_is_valid() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["config", "validate", str(EXAMPLE)], stdout=out, stderr=err, environ={}) == 0
+    assert "valid (2 services, 2 workflows)" in out.getvalue()
+
+
+@pytest.mark.parametrize(("workflow", "code"), [("full_pipeline", 1), ("smoke", 1)])
+def test_the_example_runs_against_the_reference_services(
+    tmp_path: Path, demo: DemoServices, workflow: str, code: int
+) -> None:
+    config = shutil.copy(EXAMPLE, tmp_path / "aegis.yaml")
+    environ = {"QAAGENT_URL": demo.qaagent_url, "BUGALIZER_URL": demo.bugalizer_url}
+    out, err = io.StringIO(), io.StringIO()
+    result = main(
+        ["--config", str(config), "run", workflow, "--json"],
+        stdout=out,
+        stderr=err,
+        environ=environ,
+    )
+    run = json.loads(out.getvalue())
+    # the reference qaagent always has a failing test, so the verdict is "failed" (exit 1)
+    assert (result, run["status"]) == (code, "succeeded"), err.getvalue()
+    assert all(s["status"] in ("succeeded", "skipped") for s in run["steps"])
+    assert (tmp_path / "aegis_history.db").exists()
