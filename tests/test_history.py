@@ -249,6 +249,59 @@ def test_starting_a_run_again_replaces_it(store: HistoryStore) -> None:
     assert store.count() == 1
 
 
+def queued(run_id: str, *, at: int = 0) -> Run:
+    """A run as the API records it when it accepts it: waiting for a slot."""
+    return replace(make_run(run_id, at=at, trigger="api"), status=RunStatus.QUEUED)
+
+
+def test_a_queued_run_is_listed_and_counted_as_queued(store: HistoryStore) -> None:
+    store.start(queued("aaaa00000001"))
+
+    got = store.get("aaaa00000001")
+    assert got is not None and got.status is RunStatus.QUEUED
+    assert ids(store.list(status="queued")) == ["aaaa00000001"]
+    assert store.count(status="queued") == 1
+    assert store.count(status="running") == 0
+
+
+def test_starting_a_queued_run_updates_it_in_place(store: HistoryStore) -> None:
+    store.start(queued("aaaa00000001", at=3))
+    store.start(queued("bbbb00000002", at=3))
+    store.start(make_run("aaaa00000001", at=3, trigger="api"))  # a slot came free
+    store.update_step("aaaa00000001", make_step("test"))
+
+    got = store.get("aaaa00000001")
+    assert got is not None
+    assert (got.status, got.trigger, got.steps) == (RunStatus.RUNNING, "api", (make_step("test"),))
+    # Same start time: the order of recording decides, and the queued row kept its place.
+    assert ids(store.list()) == ["bbbb00000002", "aaaa00000001"]
+    assert (store.count(status="queued"), store.count(status="running"), store.count()) == (1, 1, 2)
+
+    store.finish(finished(got))
+    assert store.count(status="succeeded") == 1
+
+
+def test_a_queued_run_can_end_without_starting(store: HistoryStore) -> None:
+    run = queued("aaaa00000001")
+    cancelled = finished(
+        run, RunStatus.CANCELLED, steps=(make_step("test", StepStatus.SKIPPED, data={}),)
+    )
+    store.start(run)
+    store.finish(cancelled)
+
+    assert store.get("aaaa00000001") == cancelled
+    assert store.count() == 1
+
+
+def test_max_runs_never_prunes_queued_runs(make_store: MakeStore) -> None:
+    store = make_store(max_runs=1)
+    store.start(queued("wait00000000", at=0))
+    store.finish(finished(make_run("done00000001", at=1)))
+    store.finish(finished(make_run("done00000002", at=2)))
+
+    assert ids(store.list()) == ["done00000002", "wait00000000"]
+
+
 def test_duplicate_step_names_of_a_finished_run_are_kept(store: HistoryStore) -> None:
     run = finished(
         make_run("aaaa00000001", steps=(make_step("test"), make_step("test", attempts=2)))

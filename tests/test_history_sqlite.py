@@ -346,6 +346,56 @@ def test_our_own_pid_with_another_token_was_an_earlier_process(
     assert got is not None and got.status is RunStatus.RUNNING
 
 
+def test_starting_a_queued_run_keeps_its_row_and_owner(
+    open_store: Callable[..., SqliteHistory], path: Path
+) -> None:
+    writer = open_store(clock=Clock(T0))
+    writer.start(replace(make_run("queued000001"), status=RunStatus.QUEUED))
+    writer.start(make_run("queued000001", at=5))
+
+    me = current_owner()
+    assert raw(
+        path, "SELECT seq, status, started_at, owner_host, owner_pid, owner_token FROM runs"
+    ) == [(1, "running", stamp(5), me.host, me.pid, me.token)]
+
+
+def test_a_queued_run_of_a_dead_owner_is_interrupted_when_a_store_opens(
+    open_store: Callable[..., SqliteHistory],
+) -> None:
+    me = current_owner()
+    dead = open_store(owner=Owner(me.host, me.pid, "proc:an-earlier-process"))
+    dead.start(replace(make_run("queued000001"), status=RunStatus.QUEUED))
+    dead.close()
+
+    run = open_store().get("queued000001")
+    assert run is not None
+    assert (run.status, run.verdict) == (RunStatus.INTERRUPTED, Verdict.FAILED)
+    assert run.finished_at is not None
+
+
+def test_a_queued_run_of_a_live_owner_keeps_waiting(
+    open_store: Callable[..., SqliteHistory],
+) -> None:
+    writer = open_store()
+    writer.start(replace(make_run("queued000001"), status=RunStatus.QUEUED))
+
+    assert open_store().mark_interrupted() == []
+    assert status_of(open_store(), "queued000001") is RunStatus.QUEUED
+
+
+def test_the_heartbeat_keeps_a_queued_run_alive_and_queued(
+    open_store: Callable[..., SqliteHistory], path: Path
+) -> None:
+    clock = Clock(T0)
+    writer = elsewhere(open_store, clock)
+    writer.start(replace(make_run("remote000001"), status=RunStatus.QUEUED))
+    clock.now = T0 + 100
+    writer.heartbeat()
+
+    assert raw(path, "SELECT status, heartbeat_at FROM runs") == [("queued", T0 + 100)]
+    assert status_of(open_store(clock=Clock(T0 + 200)), "remote000001") is RunStatus.QUEUED
+
+
 def elsewhere(open_store: Callable[..., SqliteHistory], clock: Clock) -> SqliteHistory:
     """A store that writes as a process of another host."""
     return open_store(owner=Owner("elsewhere", 4242, "proc:x:1"), clock=clock)

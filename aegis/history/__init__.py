@@ -76,7 +76,14 @@ class HistoryStore(abc.ABC):
 
     @abc.abstractmethod
     def start(self, run: Run) -> None:
-        """Record ``run`` as it starts (status ``running``), before any step ends."""
+        """Record ``run`` as it starts (status ``running``), before any step ends.
+
+        The API records a run it accepts as ``queued`` first, through ``start`` too. A
+        later ``start`` of the same ``run_id`` updates that record in place: it keeps its
+        order of recording (the tie-break in ``list``) and, in a shared file, its owner.
+        In a shared file, unfinished runs (``queued`` ones included) whose owner is gone
+        are marked ``interrupted`` by the next store that opens it.
+        """
 
     @abc.abstractmethod
     def update_step(self, run_id: str, step: StepResult) -> None:

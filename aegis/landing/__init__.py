@@ -1,0 +1,1 @@
+"""The landing page: ``index.html``, ``app.js`` and ``styles.css``, served by ``aegis serve``."""
