@@ -233,7 +233,34 @@ def _history_show(args: argparse.Namespace, env: _Env, run_id: str) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, env: _Env) -> int:
+    from aegis.api.app import serve
+
+    _check_port(args.port)
+    config = _load(args, env)
+    serve(
+        config,
+        environ=env.environ,
+        stderr=env.stderr,
+        host=args.host,
+        port=args.port,
+        warn=env.warn,
+    )
+    return 0
+
+
+def _check_port(port: int | None) -> None:
+    if port is not None and not 0 <= port <= 65535:
+        raise _usage(f"--port must be from 0 to 65535 (0: any free port), not {port}")
+
+
 def cmd_demo(args: argparse.Namespace, env: _Env) -> int:
+    if args.serve:
+        from aegis.api.app import serve_demo
+
+        _check_port(args.port)
+        serve_demo(stderr=env.stderr, host=args.host, port=args.port, warn=env.warn)
+        return 0
     from aegis.demo_pipeline import run_demo
 
     run = run_demo(progress=env.err(), warn=env.warn)
@@ -311,10 +338,33 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="print JSON on stdout")
     history.set_defaults(handler=cmd_history)
 
+    serve = commands.add_parser(
+        "serve", help="serve the JSON API and the landing page until Ctrl-C or SIGTERM"
+    )
+    _add_listen_options(serve)
+    serve.set_defaults(handler=cmd_serve)
+
     demo = commands.add_parser("demo", help="run the example pipeline against built-in services")
     demo.add_argument("--json", action="store_true", help="print the run as JSON on stdout")
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="then keep serving the API and the landing page with a first run started",
+    )
+    _add_listen_options(demo, "with --serve: ")
     demo.set_defaults(handler=cmd_demo)
     return parser
+
+
+def _add_listen_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    parser.add_argument(
+        "--host", help=f"{prefix}the address to listen on (default: server.host, 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        help=f"{prefix}the port (default: server.port, 8000; 0 picks a free one)",
+    )
 
 
 # -------------------------------------------------------------------------------- main

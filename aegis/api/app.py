@@ -1,0 +1,334 @@
+"""``aegis serve``: the API server with everything behind it, started and stopped in order.
+
+``ApiApp`` assembles one config's server: the history store (the CLI's file, so both see
+the same runs), the event bus and its log, the loop thread with the run manager and the
+health cache on it, and the HTTP server in front. ``serve`` runs one until SIGTERM or
+Ctrl-C; ``serve_demo`` does the same in front of the built-in reference services.
+
+Stopping goes in the order that loses nothing: refuse new connections (requests on open
+ones get 503), cancel queued and running runs (recorded ``cancelled``; a ``?wait=``
+still inside gets its cancelled run), close the open connections, then the loop and the
+history store.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from types import FrameType, TracebackType
+from typing import Any, TextIO
+
+from aegis import __version__
+from aegis.config.model import Config
+from aegis.errors import UsageError
+from aegis.events import EventBus, EventLog
+from aegis.history import HistoryStore, open_history
+from aegis.steps.base import StepType
+
+from .handlers import DEFAULT_HEARTBEAT, ROUTES, ApiContext, load_landing
+from .health import DEFAULT_HEALTH_TTL
+from .routes import Router, dump_json
+from .server import IDLE_TIMEOUT, AccessLog, ApiServer
+
+__all__ = ["ApiApp", "serve", "serve_demo"]
+
+STOP_TIMEOUT = 5.0  # seconds running runs get to record their cancellation at shutdown
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+class ApiApp:
+    """One config's API server and what it needs; a context manager.
+
+    ``host`` and ``port`` default to the config's ``server:`` section (port 0 picks a free
+    one; ``url`` tells which). ``history`` is a store to use instead of opening the
+    config's; it is closed at ``stop`` either way. ``progress`` gets every event (the
+    demo prints them); ``heartbeat`` and ``idle_timeout`` are seconds (tests shorten them).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        environ: Mapping[str, str],
+        host: str | None = None,
+        port: int | None = None,
+        step_types: Mapping[str, StepType] | None = None,
+        history: HistoryStore | None = None,
+        warn: Callable[[str], None] = _ignore,
+        access_log: Callable[[str], None] | None = None,
+        progress: Callable[[Any], None] | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        health_ttl: float = DEFAULT_HEALTH_TTL,
+        open_client: Any = None,
+    ) -> None:
+        self.config = config
+        self.environ = environ
+        self.host = config.server.host if host is None else host
+        self.port = config.server.port if port is None else port
+        self.step_types = step_types
+        self.history = history
+        self.warn = warn
+        self.access_log = access_log
+        self.progress = progress
+        self.heartbeat = heartbeat
+        self.idle_timeout = idle_timeout
+        self.health_ttl = health_ttl
+        self.open_client = open_client
+        self._parts: dict[str, Any] = {}
+
+    # the parts, once started
+
+    @property
+    def server(self) -> ApiServer:
+        return self._part("server")  # type: ignore[no-any-return]
+
+    @property
+    def ctx(self) -> ApiContext:
+        return self.server.ctx
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def _part(self, name: str) -> Any:
+        try:
+            return self._parts[name]
+        except KeyError:
+            raise RuntimeError("the API app is not started") from None
+
+    # lifecycle
+
+    def start(self) -> ApiApp:
+        """Open history, start the loop thread and listen. Raises ``UsageError`` when the
+        address cannot be listened on; nothing is left running then."""
+        if self._parts:
+            raise RuntimeError("the API app is already started")
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        from .health import HealthCache
+        from .loop import LoopThread
+        from .manager import RunManager
+        from .openapi import build_openapi
+
+        config = self.config
+        store = self.history or open_history(config.history, warn=self.warn)
+        self._parts["history"] = store
+        bus = EventBus()
+        events = EventLog(config.event_log_size)
+        bus.subscribe(events.append)
+        if self.progress is not None:
+            bus.subscribe(self.progress)
+        loop = LoopThread()
+        loop.start()
+        self._parts["loop"] = loop
+        runs = RunManager(
+            config,
+            self._step_types(),
+            store,
+            bus=bus,
+            max_concurrent=config.server.max_concurrent_runs,
+            environ=self.environ,
+            open_client=self.open_client,
+        )
+        self._parts["runs"] = runs
+        health = HealthCache(config.services, environ=self.environ, ttl=self.health_ttl)
+        self._parts["health"] = health
+        document = build_openapi(
+            ROUTES,
+            title=f"{config.identity.name} API",
+            version=__version__,
+            description=config.identity.tagline,
+        )
+        ctx = ApiContext(
+            config,
+            loop=loop,
+            runs=runs,
+            health=health,
+            events=events,
+            landing=load_landing(),
+            openapi=dump_json(document),
+            heartbeat=self.heartbeat,
+        )
+        self._parts["server"] = self._listen(ctx).start()
+
+    def _listen(self, ctx: ApiContext) -> ApiServer:
+        try:
+            return ApiServer(
+                (self.host, self.port),
+                ctx,
+                Router(ROUTES),
+                api_key=self.config.auth.api_key,
+                cors_origins=self.config.server.cors_origins,
+                idle_timeout=self.idle_timeout,
+                access_log=self.access_log,
+            )
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise UsageError(f"cannot listen on {self.host}:{self.port}: {reason}") from None
+
+    def _step_types(self) -> Mapping[str, StepType]:
+        if self.step_types is not None:
+            return self.step_types
+        from aegis.steps.registry import default_step_types
+
+        return default_step_types()
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop in the order the module docstring gives; stopping twice does nothing."""
+        parts, self._parts = self._parts, {}
+        server, loop = parts.get("server"), parts.get("loop")
+        if server is not None:
+            server.stop_accepting()
+        if loop is not None:
+            self._on_loop(loop, parts["runs"].shutdown(timeout), timeout + 1)
+        if server is not None:
+            server.close_connections(grace=timeout)
+        if loop is not None:
+            self._on_loop(loop, parts["health"].close(), timeout)
+            loop.stop()
+        if "history" in parts:
+            parts["history"].close()
+
+    @staticmethod
+    def _on_loop(loop: Any, coro: Any, timeout: float) -> None:
+        try:
+            loop.call(coro, timeout)
+        except Exception:  # stopping goes on: the history store must still be closed
+            import logging
+
+            logging.getLogger(__name__).exception("stopping the API server")
+
+    def __enter__(self) -> ApiApp:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# ------------------------------------------------------------------------ serving
+
+
+@contextmanager
+def _stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise ``KeyboardInterrupt`` once; later ones (while stopping)
+    are ignored. Outside the main thread, where signals cannot be caught, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if not received:
+            received.append(signum)
+            raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def serve(
+    config: Config,
+    *,
+    environ: Mapping[str, str],
+    stderr: TextIO,
+    host: str | None = None,
+    port: int | None = None,
+    warn: Callable[[str], None] = _ignore,
+    stop: threading.Event | None = None,
+    first_run: str | None = None,
+    **options: Any,
+) -> None:
+    """Serve ``config``'s API until SIGTERM or Ctrl-C (or ``stop``, when given, is set).
+
+    Prints the URL on ``stderr`` once listening, and one access line per request.
+    ``first_run`` names a workflow to start at once (the demo's). Raises ``UsageError``
+    when the address cannot be listened on.
+    """
+    stop = stop or threading.Event()
+    with _stop_signals():
+        app = ApiApp(
+            config,
+            environ=environ,
+            host=host,
+            port=port,
+            warn=warn,
+            access_log=AccessLog(stderr),
+            **options,
+        ).start()
+        try:
+            print(f"aegis: serving on {app.url} (Ctrl-C to stop)", file=stderr, flush=True)
+            if first_run is not None:
+                run, _ = app.ctx.call(app.ctx.runs.submit(first_run, trigger="demo"))
+                print(f"aegis: started run {run.run_id}: {app.url}/api/runs/{run.run_id}",
+                      file=stderr, flush=True)  # fmt: skip
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            print("aegis: stopping", file=stderr, flush=True)
+            app.stop()
+
+
+def serve_demo(
+    *,
+    stderr: TextIO,
+    host: str | None = None,
+    port: int | None = None,
+    warn: Callable[[str], None] = _ignore,
+    stop: threading.Event | None = None,
+) -> None:
+    """The demo pipeline's config on the built-in reference services, served as ``serve``
+    does, with a first run of it started at once. Nothing is kept after it stops."""
+    import tempfile
+    from pathlib import Path
+
+    from aegis.config import parse_config
+    from aegis.console import Console, ProgressPrinter
+    from aegis.demo import DemoServices, Fault
+    from aegis.demo_pipeline import DEMO_CONFIG
+    from aegis.steps.registry import default_step_types
+
+    step_types = default_step_types()
+    with tempfile.TemporaryDirectory(prefix="aegis-demo-") as workdir, DemoServices() as demo:
+        demo.qaagent.inject("/api/runs", Fault(status=503, times=1))  # so a retry shows
+        environ = {"QAAGENT_URL": demo.qaagent_url, "BUGALIZER_URL": demo.bugalizer_url}
+        config = parse_config(
+            DEMO_CONFIG,
+            file="<demo>",
+            base_dir=Path(workdir),
+            environ=environ,
+            step_types=step_types,
+        )
+        serve(
+            config,
+            environ=environ,
+            stderr=stderr,
+            host=host,
+            port=port,
+            warn=warn,
+            stop=stop,
+            first_run="demo",
+            step_types=step_types,
+            progress=ProgressPrinter(Console(stderr, environ)),
+        )

@@ -1,0 +1,468 @@
+"""The HTTP layer: a ``ThreadingHTTPServer`` that routes requests through the route table.
+
+One thread per connection (daemon threads, so a stuck client never holds the process),
+HTTP/1.1 keep-alive with an idle timeout, a backlog far above ``http.server``'s 5. What
+the server checks before a handler runs, in order::
+
+    the request line and headers     400, 414, 431 (all header lines together over 64 KiB)
+    shutting down?                   503
+    Content-Length                   400, 411 (chunked), 413 (over 1 MiB, nothing read)
+    the route table                  404, 405 with Allow
+    the API key, for POST            401 with WWW-Authenticate
+    the route's parameters           400
+
+Every answer is JSON (the error body for errors) with a ``Content-Length``, except the
+landing files and the event stream. An exception in a handler answers 500 with an error
+id; the traceback goes to the log under that id, never to the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import http.client
+import logging
+import re
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TextIO
+from urllib.parse import parse_qs, unquote
+
+from aegis import __version__
+from aegis.errors import Conflict, NotFound
+
+from .handlers import ApiContext
+from .routes import HttpError, Request, Response, Router, Writer
+
+__all__ = [
+    "IDLE_TIMEOUT",
+    "MAX_BODY_BYTES",
+    "MAX_HEADER_BYTES",
+    "AccessLog",
+    "ApiRequestHandler",
+    "ApiServer",
+    "loggable_target",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+MAX_QUERY_FIELDS = 50
+IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may sit without a request
+REQUEST_QUEUE_SIZE = 1024
+# How often serve_forever looks for a stop request; it bounds how long stopping takes.
+POLL_INTERVAL = 0.1
+CORS_ALLOW_HEADERS = "Content-Type, X-API-Key, Authorization, Idempotency-Key, Last-Event-ID"
+CORS_EXPOSE_HEADERS = "Location, Idempotent-Replayed"
+AUTH_CHALLENGE = 'Bearer realm="aegis"'
+# Query parameters whose values stay out of the access log.
+_SECRET_NAME = re.compile(r"key|token|secret|pass|auth|sig", re.IGNORECASE)
+
+
+class AccessLog:
+    """Writes one line per answered request to ``stream``, whole lines from any thread."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        with self._lock:
+            try:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):  # stderr closed or gone: serving matters more
+                pass
+
+
+def loggable_target(target: str) -> str:
+    """The request target for the log: secret-looking query values hidden, control
+    characters escaped (so a request cannot forge log lines)."""
+    path, sep, query = target.partition("?")
+    if sep:
+        pairs = []
+        for pair in query.split("&"):
+            name, eq, _ = pair.partition("=")
+            pairs.append(f"{name}=***" if eq and _SECRET_NAME.search(unquote(name)) else pair)
+        path = f"{path}?{'&'.join(pairs)}"
+    if path.isascii() and path.isprintable():
+        return path
+    return "".join(c if " " <= c < "\x7f" else f"\\x{ord(c):02x}" for c in path)
+
+
+class _HeaderBudget:
+    """The connection's reader while headers are parsed: all header lines together may
+    take ``budget`` bytes; past that, ``LineTooLong``, which http.server answers with 431."""
+
+    def __init__(self, raw: Any, budget: int) -> None:
+        self._raw = raw
+        self._left = budget
+
+    def readline(self, limit: int = -1) -> bytes:
+        cap = self._left + 1 if limit < 0 else min(limit, self._left + 1)
+        line: bytes = self._raw.readline(cap)
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong(f"header lines over {MAX_HEADER_BYTES} bytes")
+        return line
+
+
+class ApiServer(ThreadingHTTPServer):
+    """The API on ``address``; ``start()`` serves in a background thread.
+
+    ``stop_accepting()`` then ``close_connections()`` end it in two steps, so requests
+    already inside (a ``?wait=`` for a run being cancelled) can still be answered between.
+    """
+
+    daemon_threads = True
+    # Idle keep-alive threads must not hold up server_close(); close_connections() ends them.
+    block_on_close = False
+    request_queue_size = REQUEST_QUEUE_SIZE
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        ctx: ApiContext,
+        router: Router,
+        *,
+        api_key: str = "",
+        cors_origins: Iterable[str] = (),
+        idle_timeout: float = IDLE_TIMEOUT,
+        access_log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.router = router
+        self.api_key = api_key.encode()
+        self.cors_origins = frozenset(cors_origins)
+        self.idle_timeout = idle_timeout
+        self.access_log = access_log
+        self.stopping = ctx.stopping
+        self._connections: set[socket.socket] = set()
+        self._busy: set[socket.socket] = set()  # those with a request being answered
+        self._connections_changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, ApiRequestHandler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        name = host.decode() if isinstance(host, bytes) else host
+        shown = f"[{name}]" if ":" in name else name
+        return f"http://{shown}:{port}"
+
+    def start(self) -> ApiServer:
+        thread = threading.Thread(
+            target=self.serve_forever,
+            kwargs={"poll_interval": POLL_INTERVAL},
+            name="aegis-http",
+            daemon=True,
+        )
+        thread.start()
+        self._thread = thread
+        return self
+
+    def stop_accepting(self) -> None:
+        """Refuse new connections; requests on open ones get 503 from now on."""
+        self.stopping.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self.shutdown()
+            thread.join()
+        self.server_close()
+
+    def close_connections(self, grace: float = 0.0) -> None:
+        """Close every open connection, so idle keep-alive threads end now; connections
+        answering a request get up to ``grace`` seconds to finish first."""
+        with self._connections_changed:
+            self._connections_changed.wait_for(lambda: not self._busy, grace)
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def track(self, connection: socket.socket, open: bool) -> None:
+        with self._connections_changed:
+            if open:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def busy(self, connection: socket.socket, busy: bool) -> None:
+        with self._connections_changed:
+            if busy:
+                self._busy.add(connection)
+            else:
+                self._busy.discard(connection)
+                self._connections_changed.notify_all()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that vanished mid-answer is routine; anything else is a bug worth a trace.
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("connection from %s ended early", client_address, exc_info=True)
+        else:
+            log.exception("error on the connection from %s", client_address)
+
+
+class ApiRequestHandler(BaseHTTPRequestHandler):
+    """One connection: requests in turn until it closes, idles out or the server stops."""
+
+    protocol_version = "HTTP/1.1"
+    # No HTTP/0.9: an answer to a request line without a version still gets a status line.
+    default_request_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server_version = f"aegis/{__version__}"
+    # Buffered, so a response's head and body leave in one send (handle_one_request flushes).
+    wbufsize = 64 * 1024
+    server: ApiServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.idle_timeout)
+        self.server.track(self.connection, True)
+        self._unread = 0
+        self._began = time.perf_counter()
+
+    def finish(self) -> None:
+        self.server.track(self.connection, False)
+        with contextlib.suppress(OSError):  # the client closed first: nothing to flush to
+            super().finish()
+
+    def parse_request(self) -> bool:
+        self._began = time.perf_counter()
+        self._unread = 0
+        raw = self.rfile
+        self.rfile = _HeaderBudget(raw, MAX_HEADER_BYTES)  # type: ignore[assignment]
+        try:
+            return super().parse_request()
+        finally:
+            self.rfile = raw
+
+    def handle_expect_100(self) -> bool:
+        # Refuse an oversized body before the client sends it, rather than after.
+        try:
+            self._content_length()
+        except HttpError as exc:
+            self._answer(exc.response())
+            return False
+        super().handle_expect_100()
+        self.wfile.flush()  # buffered: the client waits for this line before sending
+        return True
+
+    def do_GET(self) -> None:
+        self.server.busy(self.connection, True)
+        try:
+            self._answer(self._respond())
+        finally:
+            self.server.busy(self.connection, False)
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (bad request line, headers too large) as JSON."""
+        self.close_connection = True
+        self._answer(HttpError(code, message).response())
+
+    def version_string(self) -> str:
+        return self.server_version  # without the Python version http.server would add
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # _answer writes the access log, with the duration
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s: " + format, self.address_string(), *args)
+
+    # ------------------------------------------------------------------- answering
+
+    def _respond(self) -> Response:
+        try:
+            return self._route()
+        except HttpError as exc:
+            return exc.response()
+        except NotFound as exc:
+            return HttpError(404, str(exc)).response()
+        except Conflict as exc:
+            return HttpError(409, str(exc)).response()
+        except TimeoutError:
+            return _unavailable("the engine did not answer in time; try again")
+        except Exception:
+            if self.server.stopping.is_set():
+                return _unavailable("the server is shutting down")
+            return self._internal_error()
+
+    def _route(self) -> Response:
+        server = self.server
+        if server.stopping.is_set():
+            self.close_connection = True
+            return _unavailable("the server is shutting down")
+        length = self._content_length()
+        path, _, query = self.path.partition("?")
+        if self.command == "OPTIONS" and self._cors_origin():
+            return self._preflight(path)
+        match = server.router.match(self.command, path)
+        route = match.route
+        if route.auth:
+            self._authorize()
+        request = Request(
+            self.command, path, _query(query), self.headers, self._body(length), match.path_params
+        )
+        request.params = {**match.path_params, **route.parse(request)}
+        return route.handler(server.ctx, request)
+
+    def _content_length(self) -> int:
+        if "Transfer-Encoding" in self.headers:
+            self.close_connection = True
+            raise HttpError(411, "send the request body with a Content-Length, not chunked")
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            return 0
+        raw = values[0].strip()
+        if len(set(values)) > 1 or not (raw.isascii() and raw.isdigit()):
+            self.close_connection = True
+            raise HttpError(400, "the Content-Length header is not a single number")
+        length = int(raw)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            raise HttpError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+        self._unread = length
+        return length
+
+    def _body(self, length: int) -> bytes:
+        if not length:
+            return b""
+        try:
+            body = self.rfile.read(length)
+        except OSError:
+            self.close_connection = True
+            raise HttpError(408, "the request body did not arrive in time") from None
+        self._unread = 0
+        if len(body) < length:
+            self.close_connection = True
+            raise HttpError(400, "the request body is shorter than its Content-Length")
+        return body
+
+    def _authorize(self) -> None:
+        key = self.server.api_key
+        if not key:
+            return
+        sent = self.headers.get("X-API-Key")
+        if sent is None:
+            scheme, _, token = self.headers.get("Authorization", "").strip().partition(" ")
+            sent = token.strip() if scheme.lower() == "bearer" else None
+        # Header values arrive decoded as Latin-1: encoding them back gives the bytes sent.
+        if sent is None or not hmac.compare_digest(sent.encode("latin-1", "replace"), key):
+            raise HttpError(
+                401,
+                "this needs the API key: send X-API-Key: KEY or Authorization: Bearer KEY",
+                headers={"WWW-Authenticate": AUTH_CHALLENGE},
+            )
+
+    def _cors_origin(self) -> str | None:
+        headers = getattr(self, "headers", None)  # unset when the request line was bad
+        origin = headers.get("Origin") if headers is not None else None
+        allowed = self.server.cors_origins
+        if origin and (origin in allowed or "*" in allowed):
+            return str(origin)
+        return None
+
+    def _preflight(self, path: str) -> Response:
+        allowed = self.server.router.allowed(path)
+        if not allowed:
+            raise HttpError(404, f"no route for {path}")
+        headers = {
+            "Access-Control-Allow-Methods": ", ".join(allowed),
+            "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+            "Access-Control-Max-Age": "600",
+        }
+        return Response(204, headers=headers)
+
+    def _internal_error(self) -> Response:
+        error_id = uuid.uuid4().hex[:12]
+        log.exception(
+            "error %s answering %s %s", error_id, self.command, loggable_target(self.path)
+        )
+        return HttpError(
+            500, "internal server error; the log has the details", extra={"error_id": error_id}
+        ).response()
+
+    # --------------------------------------------------------------------- sending
+
+    def _answer(self, response: Response) -> None:
+        """Send ``response`` and log it; a client gone meanwhile just ends the connection."""
+        if self._unread:
+            self.close_connection = True  # the body was never read: the stream is out of step
+        try:
+            self._send(response)
+        except OSError:
+            self.close_connection = True
+        finally:
+            self._log(response.status)
+
+    def _send(self, response: Response) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        if response.stream is not None:
+            self.close_connection = True  # an event stream ends when the connection does
+        elif response.status != 204:
+            self.send_header("Content-Length", str(len(response.body)))
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self._send_cors()
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        elif self.request_version == "HTTP/1.0":
+            self.send_header("Connection", "keep-alive")
+        self.end_headers()
+        if self.command == "HEAD":
+            self.wfile.flush()
+            return
+        self.wfile.write(response.body)
+        self.wfile.flush()
+        if response.stream is not None:
+            response.stream(self._stream_writer())
+
+    def _send_cors(self) -> None:
+        origin = self._cors_origin()
+        if origin:
+            self.send_header("Access-Control-Allow-Origin", origin)
+            self.send_header("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)
+            self.send_header("Vary", "Origin")
+
+    def _stream_writer(self) -> Writer:
+        wfile = self.wfile
+
+        def write(data: bytes) -> None:
+            wfile.write(data)
+            wfile.flush()
+
+        return write
+
+    def _log(self, status: int) -> None:
+        access_log = self.server.access_log
+        if access_log is None:
+            return
+        took = (time.perf_counter() - self._began) * 1000
+        method = getattr(self, "command", None) or "-"
+        target = loggable_target(getattr(self, "path", "") or "-")
+        access_log(f'{self.client_address[0]} "{method} {target}" {status} {took:.1f}ms')
+
+
+def _query(query: str) -> dict[str, list[str]]:
+    if not query:
+        return {}
+    try:
+        return parse_qs(query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
+    except ValueError:
+        raise HttpError(400, f"more than {MAX_QUERY_FIELDS} query parameters") from None
+
+
+def _unavailable(message: str) -> Response:
+    return HttpError(503, message, headers={"Retry-After": "1"}).response()
