@@ -171,7 +171,8 @@ def test_demo_serve_through_main() -> None:
     code, stderr, run = serve_in_main_thread(["demo", "--serve", "--port", "0"], work)
     assert code == 0, stderr.getvalue()
     assert run["status"] == "succeeded" and run["trigger"] == "demo"
-    assert "retry test-web" in stderr.getvalue()  # the demo's progress lines
+    # the demo's progress lines; which of its two parallel tests meets the 503 varies
+    assert re.search(r"retry test-(web|api)", stderr.getvalue())
 
 
 @pytest.mark.parametrize(
