@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,31 +36,22 @@ SERVING = re.compile(r"aegis: serving on (http://\S+) \(Ctrl-C to stop\)")
 
 
 class Stderr(io.StringIO):
-    """A stderr that tells when a line matching a pattern has been written."""
+    """A stderr that tells when a line matching a pattern has been written.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._changed = threading.Condition()
-
-    def write(self, text: str) -> int:
-        with self._changed:
-            written = super().write(text)
-            self._changed.notify_all()
-            return written
+    It polls rather than waiting on a condition: the SIGINT these tests send may land
+    while the main thread is inside ``write``, and a KeyboardInterrupt raised inside
+    ``Condition.notify_all`` can lose a waiter's wake-up (the test then hung for ~100 s).
+    """
 
     def wait_for(self, pattern: re.Pattern[str], timeout: float = TIMEOUT) -> re.Match[str]:
-        found: list[re.Match[str]] = []
-
-        def seen() -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
             match = pattern.search(self.getvalue())
             if match:
-                found.append(match)
-            return bool(match)
-
-        with self._changed:
-            if not self._changed.wait_for(seen, timeout):
+                return match
+            if time.monotonic() > deadline:
                 raise AssertionError(f"never printed {pattern.pattern!r}: {self.getvalue()!r}")
-        return found[0]
+            time.sleep(0.01)
 
 
 def serve_in_main_thread(
