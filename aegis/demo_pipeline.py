@@ -10,13 +10,17 @@ anywhere else.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+from aegis.config.model import Config
 from aegis.console import Console
 from aegis.records import Run
+from aegis.steps.base import StepType
 
-__all__ = ["DEMO_CONFIG", "run_demo"]
+__all__ = ["DEMO_CONFIG", "DemoSetup", "demo_setup", "run_demo"]
 
 DEMO_CONFIG = """\
 aegis:
@@ -68,11 +72,21 @@ history:
 """
 
 
-def run_demo(*, progress: Console | None, warn: Callable[[str], None]) -> Run:
-    """Run the demo pipeline end to end and return its record."""
+@dataclass(frozen=True)
+class DemoSetup:
+    """The demo pipeline's config, bound to running reference services."""
+
+    config: Config
+    environ: dict[str, str]
+    step_types: dict[str, StepType]
+
+
+@contextmanager
+def demo_setup() -> Iterator[DemoSetup]:
+    """Start the reference services (the first test call answers 503 once, so a retry
+    shows) and load the demo config against them; everything stops and is removed after."""
     from aegis.config import parse_config
     from aegis.demo import DemoServices, Fault
-    from aegis.runs import run_workflow
     from aegis.steps.registry import default_step_types
 
     step_types = default_step_types()
@@ -86,12 +100,20 @@ def run_demo(*, progress: Console | None, warn: Callable[[str], None]) -> Run:
             environ=environ,
             step_types=step_types,
         )
+        yield DemoSetup(config, environ, step_types)
+
+
+def run_demo(*, progress: Console | None, warn: Callable[[str], None]) -> Run:
+    """Run the demo pipeline end to end and return its record."""
+    from aegis.runs import run_workflow
+
+    with demo_setup() as demo:
         return run_workflow(
-            config,
+            demo.config,
             "demo",
             progress=progress,
-            environ=environ,
+            environ=demo.environ,
             warn=warn,
-            step_types=step_types,
+            step_types=demo.step_types,
             trigger="demo",
         )

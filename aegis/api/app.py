@@ -300,35 +300,19 @@ def serve_demo(
 ) -> None:
     """The demo pipeline's config on the built-in reference services, served as ``serve``
     does, with a first run of it started at once. Nothing is kept after it stops."""
-    import tempfile
-    from pathlib import Path
-
-    from aegis.config import parse_config
     from aegis.console import Console, ProgressPrinter
-    from aegis.demo import DemoServices, Fault
-    from aegis.demo_pipeline import DEMO_CONFIG
-    from aegis.steps.registry import default_step_types
+    from aegis.demo_pipeline import demo_setup
 
-    step_types = default_step_types()
-    with tempfile.TemporaryDirectory(prefix="aegis-demo-") as workdir, DemoServices() as demo:
-        demo.qaagent.inject("/api/runs", Fault(status=503, times=1))  # so a retry shows
-        environ = {"QAAGENT_URL": demo.qaagent_url, "BUGALIZER_URL": demo.bugalizer_url}
-        config = parse_config(
-            DEMO_CONFIG,
-            file="<demo>",
-            base_dir=Path(workdir),
-            environ=environ,
-            step_types=step_types,
-        )
+    with demo_setup() as demo:
         serve(
-            config,
-            environ=environ,
+            demo.config,
+            environ=demo.environ,
             stderr=stderr,
             host=host,
             port=port,
             warn=warn,
             stop=stop,
             first_run="demo",
-            step_types=step_types,
-            progress=ProgressPrinter(Console(stderr, environ)),
+            step_types=demo.step_types,
+            progress=ProgressPrinter(Console(stderr, demo.environ)),
         )
