@@ -494,11 +494,13 @@ def test_threads_can_share_a_store(store: HistoryStore) -> None:
         except BaseException as exc:  # pragma: no cover - reported by the assert below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(6)]
+    # daemon threads and bounded joins: a deadlock fails this test instead of hanging CI
+    threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(120)
+    assert not any(t.is_alive() for t in threads), "a worker is stuck"
 
     assert errors == []
     assert store.count() == 90
