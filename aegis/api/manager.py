@@ -37,9 +37,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from aegis.config.model import Config, StepSpec, WorkflowSpec
+from aegis.config.model import Config, WorkflowSpec
 from aegis.engine.clock import Clock, SystemClock
-from aegis.engine.runner import ClientFactory, Engine, new_run_id
+from aegis.engine.runner import ClientFactory, Engine, new_run_id, skipped_result
 from aegis.errors import Conflict, NotFound
 from aegis.events import EventBus
 from aegis.history import HistoryStore
@@ -357,17 +357,7 @@ def _final_steps(
 ) -> tuple[StepResult, ...]:
     """Every step in workflow order: as reported, else skipped with ``reason``."""
     ended = {step.name: step for step in reported}
-    return tuple(ended.get(spec.name) or _skipped(spec, reason) for spec in workflow.steps)
-
-
-def _skipped(spec: StepSpec, reason: str) -> StepResult:
-    return StepResult(
-        name=spec.name,
-        type=spec.type,
-        service=spec.service,
-        status=StepStatus.SKIPPED,
-        skip_reason=reason,
-    )
+    return tuple(ended.get(spec.name) or skipped_result(spec, reason) for spec in workflow.steps)
 
 
 def _not_cancellable(run: Run) -> str:

@@ -44,7 +44,7 @@ from aegis.records import (
 )
 from aegis.steps.base import StepContext, StepType
 
-__all__ = ["Engine", "batches", "new_run_id"]
+__all__ = ["Engine", "batches", "new_run_id", "skipped_result"]
 
 log = logging.getLogger("aegis.engine")
 
@@ -64,6 +64,17 @@ def batches(steps: Sequence[StepSpec]) -> list[list[tuple[int, StepSpec]]]:
         else:
             groups.append([(index, spec)])
     return groups
+
+
+def skipped_result(spec: StepSpec, reason: str) -> StepResult:
+    """The record of a step that did not run, and why."""
+    return StepResult(
+        name=spec.name,
+        type=spec.type,
+        service=spec.service,
+        status=StepStatus.SKIPPED,
+        skip_reason=reason,
+    )
 
 
 def _seconds(value: float) -> str:
@@ -258,7 +269,7 @@ class _Execution:
         for index, spec in enumerate(self.workflow.steps):
             result = self.results.get(index)
             if result is None:
-                result = self._skipped(spec, reason)
+                result = skipped_result(spec, reason)
             steps.append(result)
         return tuple(steps)
 
@@ -278,7 +289,7 @@ class _Execution:
     async def run_step(self, index: int, spec: StepSpec) -> StepResult:
         reason = skip_reason(spec.condition, self.state)
         if reason is not None:
-            return self._end(index, self._skipped(spec, reason))
+            return self._end(index, skipped_result(spec, reason))
         step_type = self.engine.step_types[spec.type]
         service = self.engine.config.services.get(spec.service) if spec.service else None
         ctx = StepContext(
@@ -399,16 +410,6 @@ class _Execution:
             duration_ms=_ms(self.clock.monotonic() - began),
             data=data or {},
             attempts=tuple(attempts),
-        )
-
-    @staticmethod
-    def _skipped(spec: StepSpec, reason: str) -> StepResult:
-        return StepResult(
-            name=spec.name,
-            type=spec.type,
-            service=spec.service,
-            status=StepStatus.SKIPPED,
-            skip_reason=reason,
         )
 
     def _end(self, index: int, result: StepResult) -> StepResult:
