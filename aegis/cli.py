@@ -97,6 +97,8 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
     config = _load(args, env)
     if args.workflow not in config.workflows:
         _unknown_workflow(config, args.workflow)
+    if args.junit:
+        _check_writable(args.junit)
     progress = None if args.quiet else env.err()
     run = run_workflow(
         config,
@@ -112,7 +114,57 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
         from aegis.console import render_run
 
         render_run(env.out(), run)
-    return run_exit_code(run)
+    code = run_exit_code(run)
+    return _ci_outputs(args, env, run, code)
+
+
+def _check_writable(path: str) -> None:
+    """Fail before the run, not after it, when the JUnit file cannot be written."""
+    import tempfile
+    from pathlib import Path
+
+    directory = Path(path).parent
+    try:
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"'{path}' is a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise _usage(f"--junit: cannot write '{path}': {exc.strerror or exc}") from None
+
+
+def _ci_outputs(args: argparse.Namespace, env: _Env, run: Run, code: int) -> int:
+    """The JUnit file and GitHub Actions output of a finished run; returns the exit code."""
+    if env.environ.get("GITHUB_ACTIONS") == "true":
+        from aegis.ci.github import annotation_lines
+
+        stream = env.stderr if args.json else env.stdout
+        for line in annotation_lines(run):
+            print(line, file=stream)
+        stream.flush()
+    summary = env.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        from aegis.ci.github import step_summary
+
+        try:
+            with open(summary, "a", encoding="utf-8") as stream:
+                stream.write(step_summary(run))
+        except OSError as exc:
+            env.warn(f"cannot append to GITHUB_STEP_SUMMARY '{summary}': {exc.strerror or exc}")
+    if args.junit:
+        from aegis.ci.junit import write_junit
+
+        try:
+            write_junit(run, args.junit)
+        except OSError as exc:
+            print(
+                f"aegis: error: cannot write the JUnit report '{args.junit}': "
+                f"{exc.strerror or exc} (run {run.run_id} is recorded)",
+                file=env.stderr,
+            )
+            return code or EXIT["usage"]
+    return code
 
 
 def _unknown_workflow(config: Config, key: str) -> None:
@@ -309,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the run as JSON on stdout")
     run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     run.add_argument("--no-history", action="store_true", help="do not record this run")
+    run.add_argument(
+        "--junit",
+        metavar="PATH",
+        help="also write the run as JUnit XML (a testcase per step and per failing test)",
+    )
     run.set_defaults(handler=cmd_run)
 
     status = commands.add_parser(

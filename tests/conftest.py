@@ -9,6 +9,14 @@ from typing import Any
 import httpx
 import pytest
 from pyz_helpers import build_pyz, snapshot_project
+from reliability_report import (  # noqa: F401  (hooks and fixture of the reliability suite)
+    pytest_collection_finish,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    reliability,
+)
 
 from aegis.config.model import ServiceSpec, StepSpec, WorkflowSpec, frozen_mapping
 from aegis.demo import DemoServices

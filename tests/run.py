@@ -1,7 +1,9 @@
 """The whole check, from a fresh clone: `python3 tests/run.py`.
 
 Creates `.venv` (if missing), installs the project with its test extra, then runs ruff,
-mypy and the test suite with the coverage bars.
+mypy and the test suite with the coverage bars. The suite includes the reliability tests,
+which rewrite docs/RELIABILITY.md; in a git checkout the rewritten file must equal the
+committed one, so the published table cannot drift from what the tests observe.
 
 The suite runs on Python 3.12 or 3.13 when one is installed (`AEGIS_TEST_PYTHON` names
 another): CPython 3.11 stops reporting lines of the frames that were waiting while anyio
@@ -104,6 +106,27 @@ def check_file_coverage(report: Path) -> None:
         sys.exit(f"FAILED: coverage below its bar in {', '.join(failed)}")
 
 
+def check_reliability_report() -> None:
+    """docs/RELIABILITY.md is written by the reliability tests; it must match the commit."""
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        return
+    name = "docs/RELIABILITY.md"
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--", name],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if changed:
+        subprocess.call(["git", "--no-pager", "diff", "--stat", "--", name], cwd=ROOT)
+        sys.exit(
+            f"FAILED: {name} differs from what the reliability tests observed now; "
+            "review the change and commit the regenerated file"
+        )
+    print(f"{name}: matches what the reliability tests observed")
+
+
 def main(pytest_args: list[str]) -> None:
     ensure_environment()
     step("ruff", PYTHON, "-m", "ruff", "check", "aegis", "tests", "build.py")
@@ -124,6 +147,7 @@ def main(pytest_args: list[str]) -> None:
         *pytest_args,
     )
     check_file_coverage(report)
+    check_reliability_report()
     print("\nall checks passed")
 
 
