@@ -2,14 +2,17 @@
 
 ``run_workflow`` owns an asyncio loop for the length of one run. SIGINT and SIGTERM
 cancel the run; the engine records it as ``cancelled`` and the record comes back, so the
-caller can report it and exit 130.
+caller can report it and exit 130. Webhook deliveries still pending at the end (also of a
+cancelled run) get up to ``aegis.webhooks.EXIT_WAIT`` seconds before it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from aegis.config.model import Config
 from aegis.console import Console, ProgressPrinter
@@ -17,6 +20,9 @@ from aegis.engine.runner import Engine, new_run_id
 from aegis.events import EventBus
 from aegis.records import Run
 from aegis.steps.base import StepType
+
+if TYPE_CHECKING:
+    from aegis.webhooks import WebhookDispatcher
 
 __all__ = ["run_workflow"]
 
@@ -48,6 +54,7 @@ def run_workflow(
     bus = EventBus()
     if progress is not None:
         bus.subscribe(ProgressPrinter(progress))
+    hooks = _attach_webhooks(config, bus)
     engine = Engine(config, step_types, history=store, bus=bus, environ=environ)
     run_id = new_run_id()
     try:
@@ -60,6 +67,25 @@ def run_workflow(
             return run
     finally:
         store.close()
+        if hooks is not None:
+            _finish_deliveries(hooks)
+
+
+def _attach_webhooks(config: Config, bus: EventBus) -> WebhookDispatcher | None:
+    if not config.webhooks:
+        return None
+    from aegis.webhooks import WebhookDispatcher
+
+    return WebhookDispatcher(config.webhooks).attach(bus)
+
+
+def _finish_deliveries(hooks: WebhookDispatcher) -> None:
+    """Give pending webhook deliveries a few seconds, so a CI run does not drop them."""
+    from aegis.webhooks import EXIT_WAIT
+
+    # A second Ctrl-C while waiting stops the wait; the run is still returned.
+    with contextlib.suppress(KeyboardInterrupt):
+        hooks.close(EXIT_WAIT)
 
 
 async def _run_until_signalled(engine: Engine, key: str, run_id: str, trigger: str) -> Run:

@@ -7,8 +7,8 @@ Ctrl-C; ``serve_demo`` does the same in front of the built-in reference services
 
 Stopping goes in the order that loses nothing: refuse new connections (requests on open
 ones get 503), cancel queued and running runs (recorded ``cancelled``; a ``?wait=``
-still inside gets its cancelled run), close the open connections, then the loop and the
-history store.
+still inside gets its cancelled run), close the open connections, then the loop, the
+webhooks (pending deliveries get up to the stop timeout) and the history store.
 """
 
 from __future__ import annotations
@@ -130,6 +130,10 @@ class ApiApp:
         bus.subscribe(events.append)
         if self.progress is not None:
             bus.subscribe(self.progress)
+        if config.webhooks:
+            from aegis.webhooks import WebhookDispatcher
+
+            self._parts["webhooks"] = WebhookDispatcher(config.webhooks).attach(bus)
         loop = LoopThread()
         loop.start()
         self._parts["loop"] = loop
@@ -198,6 +202,8 @@ class ApiApp:
         if loop is not None:
             self._on_loop(loop, parts["health"].close(), timeout)
             loop.stop()
+        if "webhooks" in parts:  # after the runs, whose last events it still delivers
+            parts["webhooks"].close(timeout)
         if "history" in parts:
             parts["history"].close()
 
