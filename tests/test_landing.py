@@ -19,6 +19,7 @@ from pyz_helpers import load_build_module
 
 from aegis.config.load import load_config
 from aegis.config.model import ServiceSpec, StepSpec, WorkflowSpec
+from aegis.events import EVENT_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "aegis.example.yaml"
@@ -164,13 +165,29 @@ def test_index_is_semantic_and_has_the_ids_the_script_fills(page: _Elements) -> 
     for ident in ("aegis-name", "aegis-tagline", "aegis-version", "service-list",
                   "workflow-list", "run-list", "run-list-status", "run-detail"):  # fmt: skip
         assert ident in ids, ident
-    for section in ("services", "workflows", "runs"):
+    for section in ("services", "workflows", "runs", "events"):
         assert ids[section][0] == "section"
     _, notice = ids["offline-notice"]
     assert notice.get("aria-live") == "polite" and notice.get("role") == "status"
     (viewport,) = [a["content"] for a in elements(page, "meta") if a.get("name") == "viewport"]
     assert "width=device-width" in viewport
     assert elements(page, "html")[0].get("lang") == "en"
+
+
+def test_the_events_panel_is_announced_politely_and_reachable(page: _Elements) -> None:
+    ids = {attrs["id"]: (tag, attrs) for tag, attrs in page.tags if "id" in attrs}
+    tags = [(tag, attrs.get("id")) for tag, attrs in page.tags]
+    # the panel comes after the runs, its heading names it
+    assert tags.index(("section", "events")) > tags.index(("section", "runs"))
+    assert ids["events"][1]["aria-labelledby"] == "events-title"
+    assert ids["events-title"][0] == "h2"
+    tag, events = ids["event-list"]
+    assert tag == "ol"
+    assert events.get("aria-live") == "polite" and events.get("aria-relevant") == "additions"
+    assert events.get("aria-label") and events.get("tabindex") == "0"  # a scrolling region
+    tag, state = ids["events-state"]
+    assert tag == "p" and state.get("role") == "status"
+    assert ids["event-list-empty"][1].get("class") == "placeholder"
 
 
 def test_the_fallback_is_the_example_config(page: _Elements) -> None:
@@ -216,8 +233,40 @@ def test_app_js_fetches_only_this_servers_api() -> None:
     code = read("app.js")
     assert re.findall(r"\bfetch\(\s*(\w+)", code) == ["path"]  # through api() only
     paths = set(re.findall(r"api\(\s*[`\"']([^`\"'$?]+)", code))
-    assert paths == {"api/portfolio", "api/workflows", "api/services", "api/history", "api/runs/"}
+    assert paths == {
+        "api/portfolio",
+        "api/workflows",
+        "api/services",
+        "api/history",
+        "api/runs/",
+        "api/events",
+        "health",  # its uptime tells a restarted server, whose event ids start again
+    }
     assert "15000" in code  # health and runs are polled every 15 s
+    # the one stream, relative to the page, like every fetch
+    assert re.findall(r"new\s+(?:window\.)?EventSource\(\s*`([^`$?]+)", code) == [
+        "api/events/stream"
+    ]
+
+
+def test_app_js_follows_every_event_type_the_engine_emits() -> None:
+    code = read("app.js")
+    declared = re.search(r"const EVENT_TYPES = \[([^\]]*)\]", code)
+    assert declared is not None
+    assert tuple(re.findall(r'"([a-z.]+)"', declared.group(1))) == EVENT_TYPES
+    for event_type in EVENT_TYPES:  # each has its own sentence in the panel
+        assert f'case "{event_type}":' in code, event_type
+
+
+def test_app_js_falls_back_to_polling_and_bounds_the_panel() -> None:
+    code = read("app.js")
+    assert "api/events?after=${events.lastId}" in code  # polling resumes after the last id
+    assert re.search(r"const EVENTS_POLL_MS = [1-5]000;", code)  # every few seconds
+    assert re.search(r"const STREAM_FAILURES = \d;", code)
+    max_rows = re.search(r"const EVENTS_MAX = (\d+);", code)
+    assert max_rows is not None and 10 <= int(max_rows.group(1)) <= 200
+    assert "box.children.length > EVENTS_MAX" in code
+    assert 'typeof window.EventSource !== "function"' in code  # a browser without it polls
 
 
 # -- all files ---------------------------------------------------------------------------

@@ -1,34 +1,40 @@
-"""The landing page in headless Chromium (Debian's ``chromium``), driven by its own flags.
+"""The landing page in headless Chromium (Debian's ``chromium``), driven over DevTools.
 
 Live: ``aegis serve``'s app (``ApiApp``) with the demo services behind it and a history of
-runs the engine made; the dumped DOM (``--dump-dom`` after the page's scripts ran) must show
-the identity, services with health, workflows and runs that the API served, with hostile
-names as text.
+runs the engine made; the page must show the identity, services with health, workflows and
+runs that the API served, with hostile names as text. Runs started through the API show
+their steps live (started, retrying, completed, with attempts) in the recent runs and in
+the Recent events panel, from the event stream or, without one, by polling.
 Offline: ``index.html`` from disk, and from a server whose API is missing, must show the
-example data and the offline notice. Screenshots of both, at 375 and 1280 px wide, go to
-``docs/screenshots/``.
+example data, the offline notice and a "not live" events panel. Screenshots of both, at
+375 and 1280 px wide, go to ``docs/screenshots/``.
 
-Chromium missing: the tests skip, or fail when CI is set.
+Every wait polls the page for a condition with a timeout (``Tab.wait_for``); nothing sleeps
+to synchronise. Chromium missing: the tests skip, or fail when CI is set.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
-import socket
-import struct
-import subprocess
-import threading
+import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from html.parser import HTMLParser
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
+import httpx
 import pytest
-from pyz_helpers import unavailable
+from browser_helpers import (
+    LANDING,
+    SCREENSHOTS,
+    Chromium,
+    Node,
+    Tab,
+    api_server,
+    chromium_binary,
+    free_port,
+    static_only_server,
+)
 
 from aegis import __version__
 from aegis.api.app import ApiApp
@@ -38,198 +44,29 @@ from aegis.demo import DemoServices, Fault
 from aegis.runs import run_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
-LANDING = ROOT / "aegis" / "landing"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 EXAMPLE = ROOT / "aegis.example.yaml"
-CHROMIUM_TIMEOUT = 60
-# Window heights that hold the whole page, so each screenshot shows every section.
-HEIGHTS = {"live-375": 3400, "live-1280": 1900, "offline-375": 2000, "offline-1280": 1300}
 HOSTILE_IMG = "<img src=x onerror=alert(1)>"
 NBSP = "\N{NO-BREAK SPACE}"  # between a number and its unit on the page
 
 
-# -- Chromium --------------------------------------------------------------------------------
-
-
-def chromium_binary() -> str:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    unavailable("chromium is not installed (apt-get install -y chromium)")
-
-
-@dataclass
-class Browser:
-    binary: str
-    profiles: Path
-    runs: int = 0
-
-    def _run(self, url: str, *flags: str) -> str:
-        self.runs += 1
-        profile = self.profiles / f"profile-{self.runs}"
-        command = [
-            self.binary,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--force-color-profile=srgb",
-            f"--user-data-dir={profile}",
-            "--virtual-time-budget=8000",
-            *flags,
-            url,
-        ]
-        try:
-            done = subprocess.run(
-                command, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT, check=False
-            )
-        finally:
-            shutil.rmtree(profile, ignore_errors=True)
-        assert done.returncode == 0, f"chromium failed ({done.returncode}): {done.stderr[-2000:]}"
-        return done.stdout
-
-    def dom(self, url: str) -> Node:
-        """The page's DOM after its scripts ran, parsed."""
-        return parse_html(self._run(url, "--dump-dom"))
-
-    def screenshot(self, url: str, name: str, width: int) -> Path:
-        """docs/screenshots/NAME-WIDTH.png of ``url`` in a window ``width`` px wide."""
-        path = SCREENSHOTS / f"{name}-{width}.png"
-        height = HEIGHTS[f"{name}-{width}"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        self._run(url, f"--screenshot={path}", f"--window-size={width},{height}")
-        assert png_size(path) == (width, height)
-        return path
-
-
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Browser:
-    return Browser(chromium_binary(), tmp_path_factory.mktemp("chromium"))
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    with Chromium(chromium_binary(), tmp_path_factory.mktemp("chromium")) as browser:
+        yield browser
 
 
-def png_size(path: Path) -> tuple[int, int]:
-    head = path.read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    width, height = struct.unpack(">II", head[16:24])
-    return width, height
-
-
-# -- a small DOM to query the dump with ------------------------------------------------------
-
-VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
-        "track", "wbr"}  # fmt: skip
-
-
-@dataclass
-class Node:
-    tag: str
-    attrs: dict[str, str] = field(default_factory=dict)
-    children: list[Node | str] = field(default_factory=list)
-
-    @property
-    def classes(self) -> set[str]:
-        return set(self.attrs.get("class", "").split())
-
-    @property
-    def text(self) -> str:
-        return "".join(c if isinstance(c, str) else c.text for c in self.children)
-
-    def iter(self) -> Iterator[Node]:
-        yield self
-        for child in self.children:
-            if isinstance(child, Node):
-                yield from child.iter()
-
-    def all(self, tag: str | None = None, cls: str | None = None, **attrs: str) -> list[Node]:
-        """Descendants by tag, class and attributes (``data_key`` for data-key)."""
-        wanted = {name.replace("_", "-"): value for name, value in attrs.items()}
-        return [
-            node
-            for node in self.iter()
-            if node is not self
-            and (tag is None or node.tag == tag)
-            and (cls is None or cls in node.classes)
-            and all(node.attrs.get(name) == value for name, value in wanted.items())
-        ]
-
-    def one(self, tag: str | None = None, cls: str | None = None, **attrs: str) -> Node:
-        found = self.all(tag, cls, **attrs)
-        assert len(found) == 1, f"expected one {tag or ''}.{cls or ''}{attrs}, found {len(found)}"
-        return found[0]
-
-    def by_id(self, ident: str) -> Node:
-        return self.one(id=ident)
-
-
-class _TreeBuilder(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.root = Node("#document")
-        self.stack = [self.root]
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        node = Node(tag, {name: value or "" for name, value in attrs})
-        self.stack[-1].children.append(node)
-        if tag not in VOID:
-            self.stack.append(node)
-
-    def handle_endtag(self, tag: str) -> None:
-        for depth in range(len(self.stack) - 1, 0, -1):
-            if self.stack[depth].tag == tag:
-                del self.stack[depth:]
-                return
-
-    def handle_data(self, data: str) -> None:
-        self.stack[-1].children.append(data)
-
-
-def parse_html(markup: str) -> Node:
-    builder = _TreeBuilder()
-    builder.feed(markup)
-    builder.close()
-    return builder.root
-
-
-# -- the servers -----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _serving(server: ThreadingHTTPServer) -> Iterator[str]:
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
+@pytest.fixture
+def tab(chromium: Chromium) -> Iterator[Tab]:
+    page = chromium.tab(1280, 900)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
+        yield page
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+        page.close()
 
 
-@contextlib.contextmanager
-def api_server(config_path: Path) -> Iterator[str]:
-    """``aegis serve``'s app for the config at ``config_path``, on an ephemeral port."""
-    with ApiApp(load_config(config_path, environ={}), environ={}, port=0) as app:
-        yield f"{app.url}/"
-
-
-class _QuietFiles(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def static_only_server() -> Iterator[str]:
-    """The page's files and nothing else: every /api route answers 404 (not JSON)."""
-    handler = partial(_QuietFiles, directory=str(LANDING))
-    with _serving(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as url:
-        yield url
+def js(value: object) -> str:
+    """A Python string or number as a JavaScript literal."""
+    return json.dumps(value)
 
 
 # -- the live sites: demo services, a config, runs made by the engine --------------------------
@@ -308,14 +145,18 @@ PLAIN_NAMES = {
 class LiveSite:
     url: str
     config: Config
+    config_path: Path
     run_ids: list[str]  # oldest first: full_pipeline, smoke, regression
     failed_run: str  # the regression one: its test step failed twice with 503
+    app: ApiApp
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    def start(self, workflow: str, wait: float | None = None) -> dict[str, object]:
+        """POST a run of ``workflow`` (waiting up to ``wait`` s for it); the answer."""
+        query = f"?wait={wait}" if wait else ""
+        answer = httpx.post(f"{self.url}api/workflows/{workflow}/run{query}", timeout=60)
+        assert answer.status_code in (200, 202), answer.text
+        body: dict[str, object] = answer.json()
+        return body
 
 
 @pytest.fixture(scope="module")
@@ -348,8 +189,9 @@ def live_site(demo: DemoServices, tmp: Path, names: dict[str, str]) -> Iterator[
         demo.qaagent.clear_faults()
     assert [r.status.value for r in runs] == ["succeeded", "succeeded", "failed"]
     assert len(runs[0].steps[1].attempts) == 2
-    with api_server(config_path) as url:
-        yield LiveSite(url, config, [r.run_id for r in runs], runs[-1].run_id)
+    with api_server(config_path) as app:
+        ids = [r.run_id for r in runs]
+        yield LiveSite(f"{app.url}/", config, config_path, ids, runs[-1].run_id, app)
 
 
 @pytest.fixture(scope="module")
@@ -368,8 +210,24 @@ def showcase(
         yield site
 
 
-def test_the_live_page_shows_what_the_api_serves(browser: Browser, live: LiveSite) -> None:
-    page = browser.dom(f"{live.url}#run={live.failed_run}")
+# What the page shows once it has loaded: identity, health of every service, the runs, and
+# the linked run's detail when the URL names one.
+LOADED = """document.body.dataset.mode === 'live'
+  && !document.querySelector('#service-list .badge.health[data-status="checking"]')
+  && document.querySelector('#run-list-status').dataset.state !== undefined
+  && (!location.hash || !!document.querySelector('#run-detail .step-result'))
+  && document.querySelector('#events-state').dataset.state === 'live'"""
+
+
+def open_live(tab: Tab, url: str) -> Node:
+    """Load ``url`` of a live site, wait until it has drawn everything, return its DOM."""
+    tab.open(url)
+    tab.wait_for(LOADED)
+    return tab.dom()
+
+
+def test_the_live_page_shows_what_the_api_serves(tab: Tab, live: LiveSite) -> None:
+    page = open_live(tab, f"{live.url}#run={live.failed_run}")
     assert page.one("body").attrs["data-mode"] == "live"
     assert page.by_id("offline-notice").text == ""
     assert page.by_id("aegis-name").text == "Aegis Live Deck"
@@ -447,10 +305,192 @@ def test_the_live_page_shows_what_the_api_serves(browser: Browser, live: LiveSit
     ]
 
 
-@pytest.mark.parametrize("width", [375, 1280])
-def test_live_screenshot(browser: Browser, showcase: LiveSite, width: int) -> None:
-    url = f"{showcase.url}#run={showcase.failed_run}"
-    browser.screenshot(url, "live", width)
+def test_live_screenshot(tab: Tab, showcase: LiveSite, demo_pair: DemoServices) -> None:
+    """A finished run and one in its slow test step, the events of both in the panel."""
+    showcase.start("smoke", wait=30)
+    demo_pair.qaagent.inject("/api/runs", Fault(status=None, delay=60, times=1))
+    run_id = str(showcase.start("full_pipeline")["run_id"])
+    try:
+        tab.open(f"{showcase.url}#run={run_id}")
+        tab.wait_for(LOADED)
+        tab.wait_for(
+            f"{step_in_detail('test')} && {step_in_detail('test')}.dataset.status === 'running'"
+        )
+        for width in (1280, 375):
+            tab.screenshot(SCREENSHOTS / f"live-{width}.png", width)
+    finally:
+        demo_pair.qaagent.clear_faults()
+        httpx.post(f"{showcase.url}api/runs/{run_id}/cancel", timeout=30)
+
+
+# -- live progress: the event stream, and polling without it ----------------------------------
+
+
+def row(run_id: str) -> str:
+    return f"document.querySelector('#run-list .run-row[data-run-id=\"' + {js(run_id)} + '\"]')"
+
+
+def step_in_detail(name: str) -> str:
+    return f"document.querySelector('#run-detail .step-result[data-step=\"' + {js(name)} + '\"]')"
+
+
+def event_types(tab: Tab, run_id: str) -> list[str]:
+    """The types of the events the panel lists for ``run_id``, newest first."""
+    types = tab.evaluate(
+        f"""Array.from(document.querySelectorAll('#event-list .event'))
+              .filter((e) => e.dataset.runId === {js(run_id)}).map((e) => e.dataset.type)"""
+    )
+    return list(types)
+
+
+def test_a_running_runs_steps_update_live(
+    tab: Tab, showcase: LiveSite, demo_pair: DemoServices
+) -> None:
+    page = open_live(tab, showcase.url)
+    assert page.by_id("events").one("h2").text == "Recent events"
+    tab.evaluate("window.__sameDocument = true")
+    # The test step's first call answers 503 after 5 s (the time to look at the running
+    # run); the retry gets the normal answer.
+    demo_pair.qaagent.inject("/api/runs", Fault(status=503, delay=5, times=1))
+    try:
+        run_id = str(showcase.start("full_pipeline")["run_id"])
+
+        # the new run's row appears by itself and says which step is going
+        tab.wait_for(f"{row(run_id)} && {row(run_id)}.dataset.status === 'running'")
+        progress = tab.wait_for(
+            f"""(({row(run_id)}.querySelector('.run-progress') || {{}}).textContent || '')
+                  .includes('test running, attempt 1 of 3') && {row(run_id)}
+                  .querySelector('.run-progress').textContent"""
+        )
+        assert progress == "1 of 5 steps done · test running, attempt 1 of 3"
+
+        # opened from the keyboard, the run shows every step: done, going and to come
+        tab.evaluate(f"{row(run_id)}.focus()")
+        tab.press("Enter")
+        tab.wait_for(
+            f"{step_in_detail('test')} && {step_in_detail('test')}.dataset.status === 'running'"
+        )
+        detail = tab.dom().by_id("run-detail")
+        assert detail.attrs["data-run-id"] == run_id
+        steps = {s.attrs["data-step"]: s for s in detail.all(cls="step-result")}
+        assert list(steps) == ["discover", "test", "submit_bugs", "verify", "report"]
+        assert {name: s.attrs["data-status"] for name, s in steps.items()} == {
+            "discover": "succeeded",
+            "test": "running",
+            "submit_bugs": "pending",
+            "verify": "pending",
+            "report": "pending",
+        }
+        assert steps["test"].one(cls="step-attempts").text == "attempt 1 of 3"
+        assert steps["discover"].one("caption").text == "1 attempt"
+        assert event_types(tab, run_id) == ["step.started", "step.completed", "step.started",
+                                             "workflow.started"]  # fmt: skip
+
+        # then, with no reload, the retry and the rest of the run
+        tab.wait_for(f"{step_in_detail('test')}.dataset.status === 'succeeded'", timeout=30)
+        tab.wait_for(f"{row(run_id)}.dataset.status === 'succeeded'", timeout=30)
+        tab.wait_for(
+            f"""document.querySelector('#run-detail .run-facts .badge.status')
+                  .dataset.status === 'succeeded'
+                && !!{step_in_detail("test")}.querySelector('table.attempts')"""
+        )
+    finally:
+        demo_pair.qaagent.clear_faults()
+    detail = tab.dom().by_id("run-detail")
+    test_step = detail.one(cls="step-result", data_step="test")
+    assert test_step.one("caption").text == "2 attempts"
+    assert [a.attrs["data-attempt"] for a in test_step.all(cls="attempt")] == ["1", "2"]
+    assert {s.attrs["data-status"] for s in detail.all(cls="step-result")} == {"succeeded"}
+    types = event_types(tab, run_id)
+    assert types[0] == "workflow.completed" and types[-1] == "workflow.started"
+    assert "step.retrying" in types and types.count("step.completed") == 5
+    events = tab.dom().by_id("event-list").all(cls="event", data_run_id=run_id)
+    retrying = next(e for e in events if e.attrs["data-type"] == "step.retrying")
+    assert retrying.one(cls="event-workflow").text == "Full QA Pipeline"
+    assert retrying.one(cls="event-run").one("code").text == run_id[:8]
+    assert retrying.one(cls="event-text").text == (
+        f"test: attempt 1 failed (http), retrying after 0.01{NBSP}s"
+    )
+    assert retrying.one("time").attrs["datetime"].endswith("Z")
+    assert tab.evaluate("window.__sameDocument") is True  # updated in place, never reloaded
+    assert tab.errors() == []
+
+
+# A stand-in for EventSource whose connection fails at once, every time.
+FAILING_STREAM = """
+window.__streams = 0;
+window.EventSource = class extends EventTarget {
+  constructor(url) {
+    super();
+    window.__streams += 1;
+    this.readyState = 0;
+    this.timer = setInterval(() => this.dispatchEvent(new Event("error")), 20);
+  }
+  close() { clearInterval(this.timer); this.readyState = 2; }
+};
+"""
+
+
+@pytest.mark.parametrize(
+    "setup",
+    ["delete window.EventSource;", FAILING_STREAM],
+    ids=["no-eventsource", "stream-keeps-failing"],
+)
+def test_without_a_stream_the_page_polls_for_events(
+    tab: Tab, showcase: LiveSite, setup: str
+) -> None:
+    tab.before_scripts(setup)
+    tab.open(showcase.url)
+    tab.wait_for("document.querySelector('#events-state').dataset.state === 'polling'")
+    assert "polling every 3" in tab.text("#events-state")
+    run_id = str(showcase.start("smoke", wait=30)["run_id"])
+    # the next poll (every 3 s) brings the run's events, and the run's row follows them
+    tab.wait_for(f"""Array.from(document.querySelectorAll('#event-list .event')).some(
+        (e) => e.dataset.runId === {js(run_id)} && e.dataset.type === 'workflow.completed')""")
+    tab.wait_for(f"{row(run_id)} && {row(run_id)}.dataset.status === 'succeeded'")
+    types = event_types(tab, run_id)
+    assert types[0] == "workflow.completed" and types[-1] == "workflow.started"
+    assert types.count("step.started") == types.count("step.completed") == 3
+    assert tab.text("#events-state").startswith("Not streaming")
+    if setup == FAILING_STREAM:
+        assert tab.evaluate("window.__streams") == 1  # given up after 3 errors, not retried yet
+    assert tab.errors() == []
+
+
+def test_polling_follows_a_restarted_server(tab: Tab, showcase: LiveSite) -> None:
+    """Its event ids start again from 1: the page must not wait for the old ones to pass."""
+    tab.before_scripts("delete window.EventSource;")
+    has_completed = """(runId) => Array.from(document.querySelectorAll('#event-list .event'))
+        .some((e) => e.dataset.runId === runId && e.dataset.type === 'workflow.completed')"""
+    with api_server(showcase.config_path) as first:
+        port = first.server.server_address[1]
+        tab.open(f"{first.url}/")
+        tab.wait_for("document.querySelector('#events-state').dataset.state === 'polling'")
+        for _ in range(2):  # more events than the second server will have made
+            run_id = str(
+                httpx.post(f"{first.url}/api/workflows/smoke/run?wait=30").json()["run_id"]
+            )
+            tab.wait_for(f"({has_completed})({js(run_id)})")
+    tab.wait_for("document.querySelector('#events-state').dataset.state === 'offline'")
+    with api_server(showcase.config_path, port=port) as second:
+        run_id = str(httpx.post(f"{second.url}/api/workflows/smoke/run?wait=30").json()["run_id"])
+        tab.wait_for(f"({has_completed})({js(run_id)})")
+        assert tab.evaluate("document.querySelector('#events-state').dataset.state") == "polling"
+    assert event_types(tab, run_id)[-1] == "workflow.started"
+    assert tab.errors() == []
+
+
+def test_when_the_server_goes_away_the_events_panel_says_not_live(
+    tab: Tab, showcase: LiveSite
+) -> None:
+    with api_server(showcase.config_path) as app:
+        tab.open(f"{app.url}/")
+        tab.wait_for(LOADED)
+    # the stream drops; after three failed reconnects the page polls, and polling fails
+    tab.wait_for("document.querySelector('#events-state').dataset.state === 'offline'", 30)
+    assert tab.text("#events-state").startswith("Not live: the API cannot be reached")
+    assert tab.evaluate("document.body.dataset.mode") == "live"  # what it showed stays
+    assert tab.errors() == []
 
 
 # -- offline ---------------------------------------------------------------------------------
@@ -473,19 +513,32 @@ def assert_shows_the_example(page: Node) -> None:
         assert [s.attrs["data-step"] for s in card.all(cls="step")] == [s.name for s in spec.steps]
     assert page.by_id("run-list").all(cls="run-row") == []
     assert page.by_id("run-list-status").attrs["data-state"] == "offline"
+    state = page.by_id("events-state")
+    assert state.attrs["data-state"] == "offline"
+    assert state.text == "Not live: events come from a running Aegis server (aegis serve)."
+    assert page.by_id("event-list").all("li") == []
+    assert page.by_id("event-list-empty").text == "No events to show."
 
 
-def test_from_disk_the_page_shows_the_example_data(browser: Browser) -> None:
-    assert_shows_the_example(browser.dom((LANDING / "index.html").as_uri()))
+def open_offline(tab: Tab, url: str) -> Node:
+    tab.open(url)
+    tab.wait_for("document.body.dataset.mode === 'offline'")
+    assert tab.errors() == []
+    return tab.dom()
 
 
-def test_without_an_api_the_page_shows_the_example_data(browser: Browser) -> None:
+def test_from_disk_the_page_shows_the_example_data(tab: Tab) -> None:
+    assert_shows_the_example(open_offline(tab, (LANDING / "index.html").as_uri()))
+
+
+def test_without_an_api_the_page_shows_the_example_data(tab: Tab) -> None:
     with static_only_server() as url:
-        page = browser.dom(url)
+        page = open_offline(tab, url)
     assert_shows_the_example(page)
     assert "The API did not answer" in page.by_id("offline-notice").text
 
 
-@pytest.mark.parametrize("width", [375, 1280])
-def test_offline_screenshot(browser: Browser, width: int) -> None:
-    browser.screenshot((LANDING / "index.html").as_uri(), "offline", width)
+def test_offline_screenshot(tab: Tab) -> None:
+    open_offline(tab, (LANDING / "index.html").as_uri())
+    for width in (1280, 375):
+        tab.screenshot(SCREENSHOTS / f"offline-{width}.png", width)

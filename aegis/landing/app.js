@@ -1,15 +1,35 @@
-/* Aegis landing page: identity, tools with live health, workflows, recent runs.
+/* Aegis landing page: identity, tools with live health, workflows, recent runs, and
+ * recent events with the progress of running runs.
  *
  * Data comes from this server's /api. Every string from it goes into the page as a text
  * node (el() and textContent below; never innerHTML), so a name like "<img onerror=...>"
  * shows as text. Opened from disk, or when the API does not answer, the page renders the
  * example data embedded in index.html (#aegis-fallback) and says it is offline.
+ *
+ * Events come from /api/events/stream (Server-Sent Events; the browser resumes with
+ * Last-Event-ID after a dropped connection). Without EventSource, or when the stream keeps
+ * failing, the page polls /api/events?after=LAST_ID instead and says so.
  */
 "use strict";
 
 (() => {
   const POLL_MS = 15000;
   const RUNS_LIMIT = 20;
+  const EVENTS_MAX = 50; // rows kept in the Recent events panel
+  const EVENTS_POLL_MS = 3000; // polling /api/events when there is no stream
+  const STREAM_FAILURES = 3; // stream errors in a row before falling back to polling
+  const STREAM_RETRY_POLLS = 20; // while polling, try the stream again every 20 polls (60 s)
+  const REFRESH_DELAY_MS = 250; // coalesces the refetches that a burst of events asks for
+  const EVENT_TYPES = [
+    "workflow.started",
+    "step.started",
+    "step.retrying",
+    "step.completed",
+    "failure.detected",
+    "workflow.completed",
+  ];
+  const ACTIVE = new Set(["queued", "running"]); // run statuses that can still change
+  const STEP_ACTIVE = new Set(["running", "retrying"]);
   const NBSP = "\u00a0"; // keeps a number and its unit on one line
   const $ = (id) => document.getElementById(id);
 
@@ -17,8 +37,23 @@
     live: false, // the API answered /api/portfolio and /api/workflows
     serviceKeys: "", // keys of the rendered service cards, to notice a changed config
     workflowNames: new Map(), // workflow key -> display name
+    workflowSteps: new Map(), // workflow key -> its step definitions
     selectedRun: null, // run_id whose detail is shown
+    detailRun: null, // the run JSON last fetched for the detail
+    progress: new Map(), // run_id -> what its events said: {workflow, status, total, steps}
     timer: null,
+    refreshTimer: null,
+    events: {
+      started: false,
+      lastId: 0, // the newest event id seen
+      source: null, // the EventSource while streaming
+      failures: 0, // stream errors since it last delivered
+      polls: 0,
+      down: false, // the last poll failed
+      serverStart: null, // when the server started (ms since the epoch), to notice a restart
+      reason: "", // why it polls
+      timer: null,
+    },
   };
 
   // -- DOM helpers: strings always become text nodes ----------------------------------------
@@ -226,6 +261,7 @@
 
   function renderWorkflows(workflows) {
     page.workflowNames = new Map(workflows.map((w) => [w.key, text(w.name, w.key)]));
+    page.workflowSteps = new Map(workflows.map((w) => [w.key, list(w.steps)]));
     if (!workflows.length) {
       fill($("workflow-list"), el("p", { className: "placeholder" }, "No workflows configured."));
       return;
@@ -315,6 +351,15 @@
     return true;
   }
 
+  /** Refetch the runs (and the run shown) soon; a burst of events asks only once. */
+  function scheduleRefresh() {
+    clearTimeout(page.refreshTimer);
+    page.refreshTimer = setTimeout(() => {
+      refreshRuns();
+      if (page.selectedRun !== null) refreshDetail(page.selectedRun);
+    }, REFRESH_DELAY_MS);
+  }
+
   function renderRuns(runs, total) {
     const status = $("run-list-status");
     const active = document.activeElement;
@@ -337,19 +382,26 @@
 
   const workflowName = (key) => page.workflowNames.get(key) || text(key);
 
+  /** A run's status: a finished one's from the API, else what its events said last. */
+  function runStatus(run) {
+    const live = page.progress.get(run.run_id);
+    return ACTIVE.has(run.status) && live && live.status ? live.status : run.status;
+  }
+
   function runRow(run) {
+    const status = runStatus(run);
     return el(
       "button",
       {
         type: "button",
         className: "run-row",
-        dataset: { runId: run.run_id, status: run.status },
+        dataset: { runId: run.run_id, status },
         "aria-controls": "run-detail",
         "aria-expanded": String(run.run_id === page.selectedRun),
         onclick: () => showRun(run.run_id, true),
       },
       el("span", { className: "run-workflow" }, workflowName(run.workflow)),
-      badge("status", run.status),
+      badge("status", status),
       run.verdict
         ? badge("verdict", run.verdict, "verdict ", run.verdict)
         : badge("verdict", "none", "no verdict"),
@@ -357,11 +409,46 @@
       el("span", { className: "run-started" }, when(run.started_at)),
       el("span", { className: "run-trigger" }, `via ${text(run.trigger)}`),
       el("code", { className: "run-id" }, shortId(run.run_id)),
+      el("span", { className: "run-progress" }, ACTIVE.has(status) ? progressText(run.run_id) : ""),
     );
+  }
+
+  /** Redraw the status and progress of a run's row in place (keeping focus); false if absent. */
+  function patchRunRow(runId) {
+    const row = Array.from(document.querySelectorAll("#run-list .run-row")).find(
+      (r) => r.dataset.runId === runId,
+    );
+    const live = page.progress.get(runId);
+    if (!row || !live) return false;
+    row.dataset.status = live.status;
+    const mark = row.querySelector(".badge.status");
+    mark.dataset.status = live.status;
+    fill(mark, live.status);
+    fill(row.querySelector(".run-progress"), ACTIVE.has(live.status) ? progressText(runId) : "");
+    return true;
+  }
+
+  /** "2 of 5 steps done · test running, attempt 1 of 3" from a run's events. */
+  function progressText(runId) {
+    const live = page.progress.get(runId);
+    if (!live) return "";
+    const steps = Array.from(live.steps.values());
+    const done = steps.filter((s) => !STEP_ACTIVE.has(s.status)).length;
+    const total = live.total || list(page.workflowSteps.get(live.workflow)).length;
+    const active = steps.filter((s) => STEP_ACTIVE.has(s.status)).map(stepProgress);
+    return [total ? `${done} of ${plural(total, "step")} done` : "", active.join(", ")]
+      .filter(Boolean)
+      .join(" · ");
+  }
+
+  function stepProgress(step) {
+    const tries = step.attempts_allowed > 1 ? `, attempt ${step.attempt} of ${step.attempts_allowed}` : "";
+    return `${text(step.name)} ${step.status}${tries}`;
   }
 
   async function showRun(runId, scroll = false) {
     page.selectedRun = runId;
+    page.detailRun = null;
     for (const row of document.querySelectorAll("#run-list .run-row")) {
       row.setAttribute("aria-expanded", String(row.dataset.runId === runId));
     }
@@ -370,31 +457,41 @@
     detail.dataset.runId = runId;
     fill(detail, el("p", { className: "placeholder" }, "Loading the run…"));
     window.history.replaceState(null, "", `#run=${encodeURIComponent(runId)}`);
-    try {
-      const run = await api(`api/runs/${encodeURIComponent(runId)}`);
-      if (page.selectedRun === runId) renderRunDetail(run);
-    } catch (err) {
-      if (page.selectedRun === runId) {
-        fill(detail, el("p", { className: "error" }, `Could not load run ${runId}: ${err.message}`));
-      }
-    }
+    await refreshDetail(runId, true);
     if (scroll) detail.scrollIntoView({ block: "nearest" });
   }
 
-  /** Draw one run (the full run JSON) in #run-detail; live progress can call this again. */
+  /** Fetch a run and draw it, if it is still the one selected. */
+  async function refreshDetail(runId, first = false) {
+    try {
+      const run = await api(`api/runs/${encodeURIComponent(runId)}`);
+      if (page.selectedRun === runId) {
+        page.detailRun = run;
+        renderRunDetail(run);
+      }
+    } catch (err) {
+      if (page.selectedRun === runId && first) {
+        fill($("run-detail"), el("p", { className: "error" }, `Could not load run ${runId}: ${err.message}`));
+      }
+    }
+  }
+
+  /** Draw one run (the full run JSON) in #run-detail, with what its events said since.
+   * Drawn again for the same run, only the parts that changed are replaced, so the live
+   * region announces a step's new state rather than the whole run. */
   function renderRunDetail(run) {
     const detail = $("run-detail");
-    const steps = list(run.steps);
+    const status = runStatus(run);
+    const steps = detailSteps(run, status);
     const fact = (label, ...value) => [el("dt", {}, label), el("dd", {}, value)];
-    detail.hidden = false;
-    detail.dataset.runId = run.run_id;
-    fill(
-      detail,
+    const progress = ACTIVE.has(status) ? progressText(run.run_id) : "";
+    const fresh = [
       el("h3", {}, `Run ${shortId(run.run_id)} · ${workflowName(run.workflow)}`),
       el(
         "dl",
         { className: "run-facts" },
-        fact("Status", badge("status", run.status)),
+        fact("Status", badge("status", status)),
+        progress ? fact("Progress", progress) : null,
         fact("Verdict", run.verdict ? badge("verdict", run.verdict) : "—"),
         fact("Started", when(run.started_at)),
         fact("Finished", run.finished_at ? when(run.finished_at) : "—"),
@@ -405,11 +502,68 @@
       steps.length
         ? el("ol", { className: "step-results" }, steps.map(stepResult))
         : el("p", { className: "placeholder" }, "No steps recorded."),
-    );
+    ];
+    detail.hidden = false;
+    if (detail.dataset.runId === run.run_id && detail.children.length === fresh.length) {
+      const old = Array.from(detail.children);
+      fresh.forEach((node, i) => patch(old[i], node));
+    } else {
+      detail.dataset.runId = run.run_id;
+      fill(detail, fresh);
+    }
+  }
+
+  /** Put `fresh` where `old` is unless they are equal; a list of the same length item by item. */
+  function patch(old, fresh) {
+    if (old.isEqualNode(fresh)) return;
+    if (old.tagName === "OL" && fresh.tagName === "OL" && old.children.length === fresh.children.length) {
+      const items = Array.from(fresh.children);
+      const olds = Array.from(old.children);
+      items.forEach((item, i) => {
+        if (!olds[i].isEqualNode(item)) olds[i].replaceWith(item);
+      });
+      return;
+    }
+    old.replaceWith(fresh);
+  }
+
+  /** The recorded steps; for a run still going, also the started and the pending ones. */
+  function detailSteps(run, status) {
+    const recorded = list(run.steps);
+    const live = page.progress.get(run.run_id);
+    if (!live && !ACTIVE.has(status)) return recorded;
+    const defs = new Map(list(page.workflowSteps.get(run.workflow)).map((s) => [s.name, s]));
+    const byName = new Map(recorded.map((s) => [s.name, s]));
+    const names = new Set([
+      ...(ACTIVE.has(status) ? defs.keys() : []),
+      ...byName.keys(),
+      ...(live ? live.steps.keys() : []),
+    ]);
+    return Array.from(names, (name) => byName.get(name) || (live && live.steps.get(name)) || pending(defs.get(name)));
+  }
+
+  function pending(spec) {
+    return {
+      name: spec.name,
+      type: spec.type,
+      service: spec.service,
+      status: "pending",
+      attempts_allowed: (Number(spec.retries) || 0) + 1,
+    };
+  }
+
+  /** "attempt 1 of 3" for a running step, "2 attempts" for one that events say ended. */
+  function attemptsLabel(step) {
+    if (Array.isArray(step.attempts)) return ""; // the attempts table says how many
+    if (STEP_ACTIVE.has(step.status)) {
+      return step.attempts_allowed > 1 ? `attempt ${step.attempt} of ${step.attempts_allowed}` : "";
+    }
+    return typeof step.attempts === "number" && step.attempts ? plural(step.attempts, "attempt") : "";
   }
 
   function stepResult(step) {
     const attempts = list(step.attempts);
+    const ended = !STEP_ACTIVE.has(step.status) && step.status !== "pending";
     return el(
       "li",
       { className: "step-result", dataset: { step: step.name, status: step.status } },
@@ -418,9 +572,11 @@
         { className: "step-head" },
         el("span", { className: "step-name" }, text(step.name)),
         badge("status", step.status),
-        el("span", { className: "step-duration" }, duration(step.duration_ms)),
+        el("span", { className: "step-attempts" }, attemptsLabel(step)),
+        el("span", { className: "step-duration" }, ended ? duration(step.duration_ms) : ""),
       ),
       el("p", { className: "step-meta" }, [step.type, step.service].filter(Boolean).join(" · ")),
+      step.note ? el("p", { className: "retry-note" }, step.note) : null,
       step.skip_reason ? el("p", { className: "skip-reason" }, step.skip_reason) : null,
       step.error
         ? el("p", { className: "error" }, step.error_kind ? el("code", {}, step.error_kind) : null, " ", step.error)
@@ -464,6 +620,252 @@
     );
   }
 
+  // -- events: the stream, or polling, and the Recent events panel ----------------------------
+
+  /** state "connecting", "live", "polling" or "offline" (not live), with a sentence. */
+  function setEventsState(state, message) {
+    const node = $("events-state");
+    node.dataset.state = state;
+    fill(node, message);
+  }
+
+  /** Fill the panel with the latest events, then follow the stream (or poll). */
+  async function startEvents() {
+    const events = page.events;
+    if (events.started) return;
+    events.started = true;
+    setEventsState("connecting", "Connecting to the event stream…");
+    const box = $("event-list");
+    box.setAttribute("aria-busy", "true"); // one update for the backlog, not fifty
+    try {
+      events.serverStart = await serverStart();
+      const answer = await api(`api/events?limit=${EVENTS_MAX}`);
+      list(answer.events).forEach((event) => receive(event));
+    } catch {
+      // the stream, or polling, says what is wrong
+    }
+    box.removeAttribute("aria-busy");
+    connectStream();
+  }
+
+  function connectStream() {
+    const events = page.events;
+    if (typeof window.EventSource !== "function") {
+      startPolling("this browser cannot stream events");
+      return;
+    }
+    setEventsState("connecting", "Connecting to the event stream…");
+    // Reconnecting, the browser sends Last-Event-ID, which the server prefers to ?after=.
+    const source = new window.EventSource(`api/events/stream?after=${events.lastId}`);
+    events.source = source;
+    events.failures = 0;
+    source.addEventListener("open", () => {
+      if (events.source === source) setEventsState("live", "Live: events appear as they happen.");
+    });
+    for (const type of EVENT_TYPES) {
+      source.addEventListener(type, (message) => {
+        events.failures = 0;
+        try {
+          receive(JSON.parse(message.data), true);
+        } catch {
+          // not an event: ignored
+        }
+      });
+    }
+    source.addEventListener("error", () => {
+      if (events.source !== source) return;
+      events.failures += 1;
+      if (source.readyState === 2 || events.failures >= STREAM_FAILURES) {
+        source.close(); // 2 is CLOSED: the browser gave up on it
+        events.source = null;
+        startPolling("the live stream is unavailable");
+      } else {
+        setEventsState("connecting", "Reconnecting to the event stream…");
+      }
+    });
+  }
+
+  function startPolling(reason) {
+    const events = page.events;
+    events.polls = 0;
+    events.reason = reason;
+    pollEvents();
+  }
+
+  async function pollEvents() {
+    const events = page.events;
+    clearTimeout(events.timer);
+    const every = seconds(EVENTS_POLL_MS / 1000);
+    try {
+      if (events.down) await noticeRestart();
+      const answer = await api(`api/events?after=${events.lastId}&limit=1000`);
+      events.down = false;
+      setEventsState("polling", `Not streaming (${events.reason}): polling every ${every}.`);
+      list(answer.events).forEach((event) => receive(event));
+    } catch (err) {
+      events.down = true;
+      setEventsState("offline", `Not live: ${err.message}. Trying again every ${every}.`);
+    }
+    events.polls += 1;
+    if (events.polls % STREAM_RETRY_POLLS === 0 && typeof window.EventSource === "function") {
+      connectStream();
+    } else {
+      events.timer = setTimeout(pollEvents, EVENTS_POLL_MS);
+    }
+  }
+
+  /** When this server started (by the page's clock, from its uptime), or null. */
+  async function serverStart() {
+    const health = await api("health");
+    return typeof health.uptime_s === "number" ? Date.now() - health.uptime_s * 1000 : null;
+  }
+
+  /** A restarted server numbers its events from 1 again: then poll from its first. */
+  async function noticeRestart() {
+    const events = page.events;
+    const started = await serverStart();
+    if (started !== null && events.serverStart !== null && started - events.serverStart > 1000) {
+      events.lastId = 0;
+    }
+    events.serverStart = started;
+  }
+
+  /** One event from the stream or a poll: the panel, the run's row, the run shown. The
+   * stream is `trusted` to send only new events (the server resumes it after the last id,
+   * or from now when a restarted server's ids have started again); a poll is not. */
+  function receive(event, trusted = false) {
+    if (!event || typeof event.id !== "number") return;
+    if (!trusted && event.id <= page.events.lastId) return;
+    page.events.lastId = event.id;
+    applyProgress(event);
+    addEventItem(event);
+    const shown = patchRunRow(event.run_id);
+    if (event.run_id === page.selectedRun && page.detailRun) renderRunDetail(page.detailRun);
+    if (!shown || event.type === "step.completed" || event.type === "workflow.completed") {
+      scheduleRefresh(); // new runs, and the attempts and verdicts events do not carry
+    }
+  }
+
+  /** What a run's events say about it and its steps, kept in page.progress. */
+  function applyProgress(event) {
+    const d = event.data && typeof event.data === "object" ? event.data : {};
+    let live = page.progress.get(event.run_id);
+    if (!live) {
+      live = { workflow: event.workflow, status: "running", total: 0, steps: new Map() };
+      page.progress.set(event.run_id, live);
+      if (page.progress.size > RUNS_LIMIT * 5) page.progress.delete(page.progress.keys().next().value);
+    }
+    const name = String(d.step);
+    const base = { name, type: d.type, service: d.service };
+    if (event.type === "workflow.started") {
+      live.status = "running";
+      live.total = Number(d.steps) || 0;
+    } else if (event.type === "step.started") {
+      const allowed = Number(d.attempts_allowed) || 1;
+      live.steps.set(name, { ...base, status: "running", attempt: 1, attempts_allowed: allowed });
+    } else if (event.type === "step.retrying") {
+      const step = live.steps.get(name) || { ...base, attempts_allowed: 0 };
+      const kind = d.error_kind ? ` (${d.error_kind})` : "";
+      live.steps.set(name, {
+        ...step,
+        status: "retrying",
+        attempt: d.next_attempt,
+        attempts_allowed: Math.max(step.attempts_allowed, Number(d.next_attempt) || 0),
+        note: `Attempt ${text(d.attempt)} failed${kind}: ${text(d.error)}. Next attempt after ${seconds(d.wait_s)}.`,
+      });
+    } else if (event.type === "step.completed") {
+      live.steps.set(name, {
+        ...base,
+        status: d.status,
+        attempts: Number(d.attempts) || 0,
+        duration_ms: d.duration_ms,
+        error: d.error,
+        error_kind: d.error_kind,
+        skip_reason: d.skip_reason,
+      });
+    } else if (event.type === "workflow.completed") {
+      live.status = text(d.status);
+    }
+  }
+
+  function addEventItem(event) {
+    const box = $("event-list");
+    box.prepend(eventItem(event));
+    while (box.children.length > EVENTS_MAX) box.lastElementChild.remove();
+    $("event-list-empty").hidden = true;
+  }
+
+  function eventItem(event) {
+    const runId = String(event.run_id);
+    return el(
+      "li",
+      { className: "event", dataset: { eventId: event.id, type: event.type, runId } },
+      el(
+        "div",
+        { className: "event-head" },
+        badge("event-type", eventStatus(event), text(event.type)),
+        el("span", { className: "event-workflow" }, workflowName(event.workflow)),
+        el(
+          "button",
+          {
+            type: "button",
+            className: "event-run",
+            "aria-label": `Show run ${runId}`,
+            onclick: () => showRun(runId, true),
+          },
+          "run ",
+          el("code", {}, shortId(runId)),
+        ),
+        el("span", { className: "event-time" }, clock(event.timestamp)),
+      ),
+      el("p", { className: "event-text" }, describe(event)),
+    );
+  }
+
+  /** The status an event's badge is coloured by. */
+  function eventStatus(event) {
+    const d = event.data || {};
+    return {
+      "workflow.started": "running",
+      "step.started": "running",
+      "step.retrying": "retrying",
+      "failure.detected": "failed",
+    }[event.type] || text(d.status, "none");
+  }
+
+  /** A short sentence for an event, e.g. "test succeeded · 2 attempts · 1.20 s". */
+  function describe(event) {
+    const d = event.data || {};
+    const step = text(d.step);
+    switch (event.type) {
+      case "workflow.started":
+        return `started via ${text(d.trigger)} · ${plural(Number(d.steps) || 0, "step")}`;
+      case "step.started":
+        return d.attempts_allowed > 1
+          ? `${step} started · up to ${plural(d.attempts_allowed, "attempt")}`
+          : `${step} started`;
+      case "step.retrying":
+        return `${step}: attempt ${text(d.attempt)} failed (${text(d.error_kind)}), retrying after ${seconds(d.wait_s)}`;
+      case "step.completed":
+        return d.skip_reason
+          ? `${step} ${text(d.status)}: ${d.skip_reason}`
+          : `${step} ${text(d.status)} · ${plural(Number(d.attempts) || 0, "attempt")} · ${duration(d.duration_ms)}`;
+      case "failure.detected":
+        return `${step} failed: ${text(d.error)}`;
+      case "workflow.completed":
+        return `${text(d.status)}${d.verdict ? `, verdict ${d.verdict}` : ""} · ${duration(d.duration_ms)}`;
+      default:
+        return "";
+    }
+  }
+
+  /** The time of day of a timestamp, the whole timestamp on hover. */
+  function clock(iso) {
+    const date = new Date(iso);
+    if (!iso || Number.isNaN(date.getTime())) return el("span", {}, text(iso));
+    return el("time", { datetime: iso, title: iso }, date.toLocaleTimeString(undefined, { timeStyle: "medium" }));
+  }
+
   // -- offline: the example data embedded in index.html --------------------------------------
 
   function fallbackData() {
@@ -487,6 +889,10 @@
     fill(status, "Run history comes from a running Aegis server (aegis serve).");
     fill($("run-list"));
     $("run-detail").hidden = true;
+    setEventsState("offline", "Not live: events come from a running Aegis server (aegis serve).");
+    fill($("event-list"));
+    fill($("event-list-empty"), "No events to show.");
+    $("event-list-empty").hidden = false;
     setNotice("offline", `Offline — showing example data. ${reason}`);
   }
 
@@ -503,6 +909,7 @@
     await Promise.all([refreshHealth(), refreshRuns()]);
     const linked = linkedRun();
     if (linked && page.selectedRun === null) await showRun(linked);
+    startEvents();
   }
 
   /** The run named by a "#run=RUN_ID" link, if any. */
