@@ -211,7 +211,7 @@ def stage(project: Path, dependencies: Path, site_packages: Path) -> None:
 def run_shiv(python: str, site_packages: Path, output: Path, epoch: int) -> None:
     run(
         [python, "-m", "shiv", "--site-packages", site_packages, "--entry-point", ENTRY_POINT,
-         "--python", SHEBANG, "--reproducible", "--output-file", output],
+         "--python", SHEBANG, "--reproducible", "--compile-pyc", "--output-file", output],
         env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)},
     )  # fmt: skip
 

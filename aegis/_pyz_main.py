@@ -276,6 +276,28 @@ def use_root(bootstrap: Any, root: Path) -> None:
     bootstrap.cache_path = cache_path
 
 
+def site_directories() -> list[str]:
+    """This interpreter's site-packages directories, the user's one included."""
+    import site
+
+    found = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
+    if site.ENABLE_USER_SITE:
+        found.append(site.getusersitepackages())
+    return found
+
+
+def without_site_packages(path: list[str], site_dirs: list[str]) -> list[str]:
+    """``path`` less ``site_dirs``: Aegis runs on what the archive holds, never on what
+    happens to be installed beside the interpreter.
+
+    Optional extras found there were imported by our dependencies (httpx loads click,
+    pygments and rich for its command line, httpcore loads trio): 6 MB and a dependence on
+    the state of the host. ``PYTHONPATH`` entries stay; they are the user's explicit choice.
+    """
+    dropped = {os.path.realpath(d) for d in site_dirs}
+    return [p for p in path if not p or os.path.realpath(p) not in dropped]
+
+
 def main(archive_path: str, environ: Mapping[str, str]) -> int:
     """Settle the root, sweep, then run shiv's bootstrap, which exits with Aegis's code.
 
@@ -297,4 +319,6 @@ def main(archive_path: str, environ: Mapping[str, str]) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover - runs inside the archive
+    if not os.environ.get("SHIV_INTERPRETER"):  # a Python shell keeps the host's packages
+        sys.path[:] = without_site_packages(sys.path, site_directories())
     sys.exit(main(sys.argv[0], os.environ))

@@ -250,7 +250,7 @@ def cmd_history(args: argparse.Namespace, env: _Env) -> int:
     workflow = words[0] if words else None
     if workflow is not None and workflow not in config.workflows:
         _unknown_workflow(config, workflow)
-    store = open_history(config.history, warn=env.warn)
+    store = open_history(config.history, warn=env.warn, reading=True)
     try:
         runs = store.list(workflow=workflow, limit=args.limit)
     finally:
@@ -269,7 +269,7 @@ def _history_show(args: argparse.Namespace, env: _Env, run_id: str) -> int:
     from aegis.history import open_history
 
     config = _load(args, env)
-    store = open_history(config.history, warn=env.warn)
+    store = open_history(config.history, warn=env.warn, reading=True)
     try:
         run = store.get(run_id)
     finally:
@@ -446,10 +446,17 @@ def _setup_logging(stream: TextIO, debug: bool) -> Callable[[], None]:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(_PlainFormatter(debug))
     logger = logging.getLogger("aegis")
+    saved = (logger.level, logger.propagate)
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.WARNING)
     logger.propagate = False
-    return lambda: logger.removeHandler(handler)
+
+    def teardown() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+    return teardown
 
 
 def main(

@@ -7,13 +7,14 @@ plain ASCII apart from names and messages that come from the config or the servi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 from aegis.events import Event
 from aegis.records import Run, StepResult
 
-__all__ = ["Console", "ProgressPrinter", "render_run", "render_runs", "step_detail"]
+__all__ = ["Console", "ProgressPrinter", "printable", "render_run", "render_runs", "step_detail"]
 
 _CODES = {"red": "31", "green": "32", "yellow": "33", "dim": "2", "bold": "1"}
 _STATUS_COLOURS = {
@@ -28,6 +29,16 @@ _STATUS_COLOURS = {
     "skipped": "dim",
     "running": "bold",
 }
+
+
+# Control characters (C0, DEL, C1) and bidirectional overrides: text from a config or a
+# service must not move the cursor, retitle the terminal or reorder what is shown.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """``text`` with every control character shown as its escape (``\\x1b``, ``\\n``)."""
+    return _UNSAFE.sub(lambda match: repr(match.group())[1:-1], str(text))
 
 
 def wants_colour(stream: TextIO, environ: Mapping[str, str]) -> bool:
@@ -95,30 +106,31 @@ class ProgressPrinter:
 
     def _workflow_started(self, data: dict[str, Any], event: Event) -> None:
         self.console.line(
-            f"aegis: running {event.workflow} (run {event.run_id}, {data['steps']} steps)"
+            f"aegis: running {printable(event.workflow)} (run {event.run_id}, "
+            f"{data['steps']} steps)"
         )
 
     def _step_started(self, data: dict[str, Any], event: Event) -> None:
-        service = f" on {data['service']}" if data.get("service") else ""
-        self.console.line(f"  > {data['step']}{service}")
+        service = f" on {printable(data['service'])}" if data.get("service") else ""
+        self.console.line(f"  > {printable(data['step'])}{service}")
 
     def _step_retrying(self, data: dict[str, Any], event: Event) -> None:
         self.console.line(
-            f"  {self.console.paint('retry', 'yellow')} {data['step']}: attempt {data['attempt']}"
-            f" failed ({data['error']}); next attempt in {data['wait_s']:g}s"
+            f"  {self.console.paint('retry', 'yellow')} {printable(data['step'])}: attempt "
+            f"{data['attempt']} failed ({printable(data['error'])}); "
+            f"next attempt in {data['wait_s']:g}s"
         )
 
     def _step_completed(self, data: dict[str, Any], event: Event) -> None:
         status = data["status"]
         label = self.console.status(status)
+        step = printable(data["step"])
         if status == "skipped":
-            self.console.line(f"  - {data['step']} {label}: {data['skip_reason']}")
+            self.console.line(f"  - {step} {label}: {printable(data['skip_reason'])}")
             return
-        tail = f": {data['error']}" if data.get("error") else ""
+        tail = f": {printable(data['error'])}" if data.get("error") else ""
         tries = f", {data['attempts']} attempts" if data.get("attempts", 1) > 1 else ""
-        self.console.line(
-            f"  < {data['step']} {label} in {_seconds(data['duration_ms'])}{tries}{tail}"
-        )
+        self.console.line(f"  < {step} {label} in {_seconds(data['duration_ms'])}{tries}{tail}")
 
 
 def _step_row(step: StepResult) -> list[str]:
@@ -130,7 +142,7 @@ def _step_row(step: StepResult) -> list[str]:
         detail = step_detail(step.data)
     time = "" if step.skipped else _seconds(step.duration_ms)
     attempts = str(len(step.attempts)) if step.attempts else ""
-    return [step.name, step.status.value, time, attempts, detail]
+    return [printable(step.name), step.status.value, time, attempts, printable(detail)]
 
 
 def _table(console: Console, headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
@@ -152,7 +164,7 @@ def render_run(console: Console, run: Run) -> None:
     """The readable summary of one run: a headline, a table of steps, failing tests."""
     verdict = run.verdict.value if run.verdict else "-"
     console.line(
-        f"Run {run.run_id} of {run.workflow}: {console.status(run.status.value)}, "
+        f"Run {run.run_id} of {printable(run.workflow)}: {console.status(run.status.value)}, "
         f"verdict {console.status(verdict)} ({_seconds(run.duration_ms)}, {run.trigger})"
     )
     console.line(f"  started {run.started_at}")
@@ -161,7 +173,7 @@ def render_run(console: Console, run: Run) -> None:
     if failing:
         console.line("Failing tests:")
         for test, message in failing:
-            console.line(f"  - {test}: {message}")
+            console.line(f"  - {printable(test)}: {printable(message)}")
 
 
 def _failing_tests(steps: Sequence[StepResult]) -> list[tuple[str, str]]:
@@ -185,7 +197,7 @@ def render_runs(console: Console, runs: Sequence[Run]) -> None:
     rows = [
         [
             r.run_id,
-            r.workflow,
+            printable(r.workflow),
             r.status.value,
             r.verdict.value if r.verdict else "-",
             r.started_at,

@@ -3,7 +3,9 @@
 ``QaAgent`` discovers routes and runs tests; ``Bugalizer`` files bug reports. Both answer
 with deterministic data on loopback, each on its own ``ThreadingHTTPServer`` in a
 background thread, and both take injected faults (fail the next N calls, answer slowly,
-drop the connection) and log every call so tests can see what was sent::
+drop or reset the connection, stall, trickle, send bodies that are not the contract,
+huge or compressed ones, redirects; see ``Fault``) and log every call so tests can see
+what was sent::
 
     with DemoServices() as demo:
         demo.qaagent.inject("/api/runs", Fault(status=503, times=1))
@@ -11,7 +13,7 @@ drop the connection) and log every call so tests can see what was sent::
         assert demo.bugalizer.calls[-1].json["project_id"] == "web-shop"
 
 ``python -m aegis.demo`` runs both in the foreground on the ports that
-``aegis.example.yaml`` names, until Ctrl-C.
+``aegis.example.yaml`` names, until Ctrl-C; ``--fault SERVICE:PATH=SPEC`` injects faults.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import contextlib
 import hmac
 import json
 import logging
+import select
 import signal
 import socket
+import struct
 import sys
 import threading
+import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -41,6 +46,7 @@ __all__ = [
     "DEFAULT_BUGALIZER_PORT",
     "DEFAULT_PROJECTS",
     "DEFAULT_QAAGENT_PORT",
+    "FAULT_MODES",
     "ROUTES",
     "SEVERITIES",
     "TESTS",
@@ -52,6 +58,7 @@ __all__ = [
     "Fault",
     "QaAgent",
     "main",
+    "padded_json",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,8 @@ MAX_CALLS = 10_000  # the call log is a ring, so a long benchmark cannot exhaust
 IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may sit idle
 # How often serve_forever looks for a stop request; it bounds how long stop() takes.
 POLL_INTERVAL = 0.02
+# How often a stalled answer looks whether its client hung up.
+STALL_POLL = 0.05
 MAX_TITLE = 500
 SEVERITIES = ("critical", "high", "medium", "low")
 DEFAULT_PROJECTS = ("web-shop",)
@@ -72,15 +81,45 @@ DEFAULT_PROJECTS = ("web-shop",)
 # --------------------------------------------------------------------------- faults
 
 
+# How a faulty call is answered (``Fault.mode``).
+FAULT_MODES = ("answer", "drop", "reset", "reset_mid_body", "stall", "raw")
+# Pieces of a trickled body, and of a streamed large one.
+TRICKLE_BYTES = 16
+STREAM_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class Fault:
     """A misbehaviour injected into one endpoint (or every endpoint, with path ``*``).
 
-    It affects the next ``times`` calls (``None``: every call until cleared). Each call
-    first waits ``delay`` seconds, then drops the connection without an answer (``down``),
-    or answers ``status`` with an optional ``Retry-After``; with ``status=None`` the call
-    gets its normal answer, so ``Fault(status=None, delay=2)`` is merely slow. A service
-    that refuses connections altogether is ``service.stop()``.
+    It affects the next ``times`` calls (``None``: every call until cleared), after letting
+    the first ``after`` calls through unharmed. Each call it affects first waits ``delay``
+    seconds, then is answered as ``mode`` says:
+
+    ``answer`` (the default)
+        ``status`` with an error body and an optional ``Retry-After`` (and ``Location``,
+        for redirects); with ``status=None`` the call gets its normal answer, so
+        ``Fault(status=None, delay=2)`` is merely slow. ``body`` (raw bytes or text) or
+        ``payload`` (any JSON) replace the answer's body, with ``status`` or else 200;
+        ``size`` replaces it with a valid JSON document of that many bytes, streamed
+        without building it in memory.
+    ``drop`` (also ``down=True``)
+        close the connection without an answer.
+    ``reset``
+        reset the connection (TCP RST) without an answer.
+    ``reset_mid_body``
+        send the headers and part of the body, then reset the connection.
+    ``stall``
+        read the request and never answer, until the client hangs up or the service
+        stops.
+    ``raw``
+        send ``body`` as the whole answer, status line and headers included (or not:
+        anything that is not HTTP), then close the connection.
+
+    Whatever the body, ``trickle`` sends it a few bytes at a time with that many seconds
+    between pieces, ``chunked`` sends it without a length, ``gzip`` compresses it (with
+    ``Content-Encoding: gzip``) and ``content_type`` replaces ``application/json``. A
+    service that refuses connections altogether is ``service.stop()``.
     """
 
     status: int | None = 503
@@ -88,6 +127,16 @@ class Fault:
     retry_after: str | float | None = None
     delay: float = 0.0
     down: bool = False
+    mode: str = "answer"
+    body: bytes | str | None = None
+    payload: Any = None
+    size: int | None = None
+    location: str | None = None
+    content_type: str | None = None
+    trickle: float = 0.0
+    chunked: bool = False
+    gzip: bool = False
+    after: int = 0
 
     def __post_init__(self) -> None:
         if self.status is not None and not 100 <= self.status <= 599:
@@ -96,6 +145,41 @@ class Fault:
             raise ValueError(f"times must be >= 1 or None, got {self.times}")
         if self.delay < 0:
             raise ValueError(f"delay must be >= 0, got {self.delay}")
+        if self.after < 0:
+            raise ValueError(f"after must be >= 0, got {self.after}")
+        if self.mode not in FAULT_MODES:
+            raise ValueError(f"mode must be one of {', '.join(FAULT_MODES)}, got {self.mode!r}")
+        if self.trickle < 0:
+            raise ValueError(f"trickle must be >= 0, got {self.trickle}")
+        if self.size is not None and self.size < len(_PADDED_HEAD + _PADDED_TAIL):
+            raise ValueError(f"size must be >= {len(_PADDED_HEAD + _PADDED_TAIL)}")
+        replacements = [x is not None for x in (self.body, self.payload, self.size)]
+        if sum(replacements) > 1:
+            raise ValueError("give at most one of body, payload and size")
+
+    @property
+    def effective_mode(self) -> str:
+        return "drop" if self.down else self.mode
+
+    @property
+    def replaces_body(self) -> bool:
+        return self.body is not None or self.payload is not None or self.size is not None
+
+
+# A large answer is a valid discover answer padded to size: {"routes":[],"padding":"xx…"}
+_PADDED_HEAD = b'{"routes":[],"padding":"'
+_PADDED_TAIL = b'"}'
+
+
+def padded_json(size: int) -> Iterator[bytes]:
+    """A JSON document of exactly ``size`` bytes, in pieces of at most ``STREAM_BYTES``."""
+    padding = size - len(_PADDED_HEAD) - len(_PADDED_TAIL)
+    yield _PADDED_HEAD
+    piece = b"x" * STREAM_BYTES
+    while padding > 0:
+        yield piece[:padding]
+        padding -= len(piece)
+    yield _PADDED_TAIL
 
 
 @dataclass(frozen=True)
@@ -149,6 +233,7 @@ class Response:
     status: int
     payload: Any
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # sent as is instead of the payload as JSON
 
 
 Handler = Callable[[Request], Response]
@@ -162,11 +247,56 @@ def _error(status: int, detail: str | None = None) -> Response:
     return Response(status, {"detail": detail or HTTPStatus(status).phrase})
 
 
-def _fault_response(status: int, retry_after: str | float | None) -> Response:
-    response = _error(status, f"injected fault: HTTP {status}")
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(retry_after)
+def _fault_response(fault: Fault) -> Response:
+    status = fault.status or 200
+    if fault.payload is not None:
+        response = Response(status, fault.payload)
+    elif fault.body is not None:
+        raw = fault.body.encode() if isinstance(fault.body, str) else fault.body
+        response = Response(status, None, raw=raw)
+    elif fault.size is not None:
+        response = Response(status, None, raw=b"")  # the body is streamed by the handler
+    else:
+        response = _error(status, f"injected fault: HTTP {status}")
+    if fault.retry_after is not None:
+        response.headers["Retry-After"] = str(fault.retry_after)
+    if fault.location is not None:
+        response.headers["Location"] = fault.location
     return response
+
+
+def _encode(response: Response) -> bytes:
+    if response.raw is not None:
+        return response.raw
+    return json.dumps(response.payload, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _shaped_body(response: Response, fault: Fault) -> tuple[Iterable[bytes], int | None]:
+    """The body of a faulty answer as pieces, and its length (``None``: not known ahead)."""
+    if fault.size is not None:
+        if fault.gzip:  # a "gzip bomb": padding shrinks a thousandfold, so this stays small
+            body = b"".join(_gzipped(padded_json(fault.size)))
+            return [body], len(body)
+        return padded_json(fault.size), fault.size
+    body = _encode(response)
+    if fault.gzip:
+        body = b"".join(_gzipped([body]))
+    return [body], len(body)
+
+
+def _gzipped(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    compressor = zlib.compressobj(wbits=31)  # 31: the gzip container
+    for piece in pieces:
+        out = compressor.compress(piece)
+        if out:
+            yield out
+    yield compressor.flush()
+
+
+def _sliced(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+    for piece in pieces:
+        for start in range(0, len(piece), size):
+            yield piece[start : start + size]
 
 
 class _Server(ThreadingHTTPServer):
@@ -233,12 +363,28 @@ class _RequestHandler(BaseHTTPRequestHandler):
         fault = service.take_fault(request.path)
         response = service.respond(request, fault)
         service.record(request, response)
-        if fault is not None and fault.delay and self.server.stopping.wait(fault.delay):
-            response = None  # stopped while waiting: answer nothing, as a dead server would
-        if response is None:
+        if fault is None:
+            if response is not None:
+                self._send(response)
+            return
+        if fault.delay and self.server.stopping.wait(fault.delay):
+            self._drop()  # stopped while waiting: answer nothing, as a dead server would
+            return
+        mode = fault.effective_mode
+        if mode == "stall":
+            self._stall()
+            self._drop()
+        elif mode == "reset":
+            self._reset()
+        elif mode == "raw":
+            raw = fault.body.encode() if isinstance(fault.body, str) else fault.body
+            with contextlib.suppress(OSError):
+                self.wfile.write(raw or b"")
+            self._drop()
+        elif response is None:
             self._drop()
         else:
-            self._send(response)
+            self._send(response, fault)
 
     def _request(self) -> Request:
         split = urlsplit(self.path)
@@ -261,22 +407,93 @@ class _RequestHandler(BaseHTTPRequestHandler):
             raise BadRequest(413, {"detail": "Request body too large"})
         return self.rfile.read(int(length))
 
-    def _send(self, response: Response) -> None:
-        body = json.dumps(response.payload, separators=(",", ":"), allow_nan=False).encode()
+    def _send(self, response: Response, fault: Fault | None = None) -> None:
+        if fault is None:  # the usual answer, kept short: benchmarks go through here
+            body = _encode(response)
+            self._send_head(response, "application/json", len(body))
+            self.wfile.write(body)
+            return
+        pieces, length = _shaped_body(response, fault)
+        if fault.chunked:
+            length = None
+        extra = {"Content-Encoding": "gzip"} if fault.gzip else {}
+        self._send_head(response, fault.content_type or "application/json", length, extra)
+        cut_at = None
+        if fault.effective_mode == "reset_mid_body":
+            cut_at = length // 2 if length is not None else STREAM_BYTES
+        self._send_body(pieces, chunked=length is None, trickle=fault.trickle, cut_at=cut_at)
+
+    def _send_head(
+        self,
+        response: Response,
+        content_type: str,
+        length: int | None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(response.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", content_type)
+        if length is None:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(length))
         for name, value in response.headers.items():
+            self.send_header(name, value)
+        for name, value in (extra or {}).items():
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+
+    def _send_body(
+        self, pieces: Iterable[bytes], *, chunked: bool, trickle: float, cut_at: int | None
+    ) -> None:
+        """Write the body; ``trickle`` paces it, ``cut_at`` resets the line after that many
+        bytes. Stopping the service mid-way drops the line."""
+        if trickle:
+            pieces = _sliced(pieces, TRICKLE_BYTES)
+        sent = 0
+        for piece in pieces:
+            if cut_at is not None and sent + len(piece) >= cut_at:
+                self._write_piece(piece[: cut_at - sent], chunked)
+                self._reset()
+                return
+            self._write_piece(piece, chunked)
+            sent += len(piece)
+            if trickle and self.server.stopping.wait(trickle):
+                self._drop()
+                return
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _write_piece(self, piece: bytes, chunked: bool) -> None:
+        if not piece:
+            return  # an empty chunk would end a chunked body
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
 
     def _drop(self) -> None:
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _reset(self) -> None:
+        """Abort the connection: with a zero linger time, closing it sends a TCP RST."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # The socket really closes (and resets) when finish() closes rfile and wfile.
+            self.connection.close()
+
+    def _stall(self) -> None:
+        """Answer nothing until the client hangs up or the service stops."""
+        while not self.server.stopping.is_set():
+            try:
+                readable, _, _ = select.select([self.connection], [], [], STALL_POLL)
+                if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                    return  # the client hung up
+            except OSError:
+                return
+            if readable and self.server.stopping.wait(STALL_POLL):
+                return  # more request bytes we will not read: wait without spinning
 
 
 # --------------------------------------------------------------------------- services
@@ -298,7 +515,8 @@ class DemoService:
         self._port = port
         self.api_key = api_key
         self._lock = threading.Lock()
-        self._faults: dict[str, tuple[Fault, int | None]] = {}  # path -> (fault, calls left)
+        # path -> (fault, calls to let through, calls left to spoil)
+        self._faults: dict[str, tuple[Fault, int, int | None]] = {}
         self._calls: deque[Call] = deque(maxlen=MAX_CALLS)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -355,7 +573,7 @@ class DemoService:
     def inject(self, path: str, fault: Fault) -> None:
         """Make ``path`` (``*``: every path) misbehave as ``fault`` says, from the next call."""
         with self._lock:
-            self._faults[path] = (fault, fault.times)
+            self._faults[path] = (fault, fault.after, fault.times)
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -368,11 +586,14 @@ class DemoService:
             entry = self._faults.get(key)
             if entry is None:
                 return None
-            fault, left = entry
+            fault, spared, left = entry
+            if spared:
+                self._faults[key] = (fault, spared - 1, left)
+                return None
             if left is None:
                 return fault
             if left > 1:
-                self._faults[key] = (fault, left - 1)
+                self._faults[key] = (fault, 0, left - 1)
             else:
                 del self._faults[key]
             return fault
@@ -406,10 +627,10 @@ class DemoService:
 
     def respond(self, request: Request, fault: Fault | None) -> Response | None:
         """The answer to ``request`` as ``fault`` bends it; ``None`` means drop the line."""
-        if fault is not None and fault.down:
+        if fault is not None and fault.effective_mode in ("drop", "reset", "stall", "raw"):
             return None
-        if fault is not None and fault.status is not None:
-            return _fault_response(fault.status, fault.retry_after)
+        if fault is not None and (fault.status is not None or fault.replaces_body):
+            return _fault_response(fault)
         try:
             return self._dispatch(request)
         except BadRequest as exc:
@@ -741,7 +962,77 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--bugalizer-port", type=int, default=DEFAULT_BUGALIZER_PORT, metavar="PORT"
     )
     parser.add_argument("--api-key", help="require this X-API-Key on both services")
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        type=_fault_argument,
+        metavar="SERVICE:PATH=SPEC",
+        help="inject a fault (repeatable): SPEC is KEY=VALUE,... of Fault's fields or a JSON "
+        "object, e.g. qaagent:/api/runs=status=503,times=2,retry_after=5 or "
+        "qaagent:/api/routes=mode=stall,times=none",
+    )
     return parser.parse_args(argv)
+
+
+SERVICE_NAMES = ("qaagent", "bugalizer")
+
+
+def parse_fault(text: str) -> tuple[str, str, Fault]:
+    """``SERVICE:PATH=SPEC`` as (service, path, fault); raises ``ValueError`` if unusable.
+
+    SPEC is ``KEY=VALUE`` pairs joined by commas, or a JSON object, naming ``Fault``'s
+    fields. Values read as ``none``, ``true``/``false``, a number, or else as text.
+    """
+    target, equals, spec = text.partition("=")
+    service, colon, path = target.partition(":")
+    if not equals or not colon or not path:
+        raise ValueError(f"expected SERVICE:PATH=SPEC, got {text!r}")
+    if service not in SERVICE_NAMES:
+        raise ValueError(f"unknown service {service!r} (known: {', '.join(SERVICE_NAMES)})")
+    fields = _spec_fields(spec)
+    known = set(Fault.__dataclass_fields__)
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown fault field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    try:
+        return service, path, Fault(**fields)
+    except TypeError as exc:  # a value of the wrong type, say delay=soon
+        raise ValueError(f"bad fault {spec!r}: {exc}") from exc
+
+
+def _spec_fields(spec: str) -> dict[str, Any]:
+    if spec.lstrip().startswith("{"):
+        fields = json.loads(spec)  # JSONDecodeError is a ValueError
+        if not isinstance(fields, dict):
+            raise ValueError("a JSON fault spec must be an object")
+        return fields
+    parsed: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals:
+            raise ValueError(f"expected KEY=VALUE in the fault spec, got {item!r}")
+        parsed[key.strip()] = _spec_value(value.strip())
+    return parsed
+
+
+def _spec_value(text: str) -> Any:
+    words: dict[str, Any] = {"none": None, "null": None, "true": True, "false": False}
+    if text.lower() in words:
+        return words[text.lower()]
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _fault_argument(text: str) -> tuple[str, str, Fault]:
+    try:
+        return parse_fault(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = None) -> int:
@@ -757,11 +1048,25 @@ def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = No
         with demo:
             print(f"qaagent    {demo.qaagent_url}", flush=True)
             print(f"bugalizer  {demo.bugalizer_url}", flush=True)
+            for service, path, fault in args.fault:
+                getattr(demo, service).inject(path, fault)
+                print(f"fault      {service} {path}: {_describe(fault)}", flush=True)
             print("Press Ctrl-C to stop.", flush=True)
             _wait(stop or threading.Event())
     except KeyboardInterrupt:
         pass  # Ctrl-C is how this is meant to end
     return 0
+
+
+def _describe(fault: Fault) -> str:
+    """Its status and the fields that differ from a plain ``Fault()``, as ``key=value``."""
+    plain = Fault()
+    changed = [
+        f"{name}={getattr(fault, name)!r}"
+        for name in Fault.__dataclass_fields__
+        if name != "status" and getattr(fault, name) != getattr(plain, name)
+    ]
+    return ", ".join([f"status={fault.status}", *changed])
 
 
 def _wait(stop: threading.Event) -> None:

@@ -14,10 +14,10 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from aegis.records import format_timestamp
+from aegis.records import current_timestamp, format_timestamp, make_record
 
 __all__ = ["EVENT_TYPES", "Event", "EventBus", "EventLog", "Listener"]
 
@@ -63,7 +63,7 @@ class EventBus:
     def __init__(self, now: Callable[[], datetime] | None = None) -> None:
         self._ids = itertools.count(1)
         self._listeners: list[Listener] = []
-        self._now = now or (lambda: datetime.now(timezone.utc))
+        self._now = now
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Add ``listener``; returns a function that removes it again."""
@@ -71,7 +71,17 @@ class EventBus:
         return lambda: self._listeners.remove(listener)
 
     def emit(self, type: str, run_id: str, workflow: str, /, **data: Any) -> Event:
-        event = Event(next(self._ids), type, format_timestamp(self._now()), run_id, workflow, data)
+        event = make_record(  # two events per step: see make_record
+            Event,
+            id=next(self._ids),
+            type=type,
+            timestamp=current_timestamp() if self._now is None else format_timestamp(self._now()),
+            run_id=run_id,
+            workflow=workflow,
+            data=data,
+        )
+        if not self._listeners:
+            return event
         for listener in tuple(self._listeners):
             try:
                 listener(event)

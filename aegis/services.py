@@ -54,17 +54,19 @@ async def check_service(
     timeout: float = DEFAULT_HEALTH_TIMEOUT,
 ) -> Health:
     """GET the service's health endpoint; any 2xx within ``timeout`` is up."""
-    from aegis.steps.http import describe_failure, service_headers
+    from aegis.secrets import hide_url_passwords
+    from aegis.steps.http import describe_failure, service_headers, status_of
 
     url = service.url.rstrip("/") + service.health_endpoint
     began = time.perf_counter()
     error: str | None = None
     try:
-        response = await asyncio.wait_for(
-            client.get(url, headers=service_headers(service, environ)), timeout
+        # the status is enough: the body is never read, however large it is
+        status = await asyncio.wait_for(
+            status_of(client, url, service_headers(service, environ)), timeout
         )
-        if not 200 <= response.status_code < 300:
-            error = f"HTTP {response.status_code} from {url}"
+        if not 200 <= status < 300:
+            error = f"HTTP {status} from {url}"
     except asyncio.TimeoutError:
         error = f"no answer from {url} within {timeout:g}s"
     except Exception as exc:  # every transport failure is "down", with its reason
@@ -73,10 +75,10 @@ async def check_service(
     return Health(
         key=service.key,
         name=service.name,
-        url=service.url,
+        url=hide_url_passwords(service.url),  # what `aegis status` and the API show
         status="down" if error else "up",
         latency_ms=None if error else latency,
-        error=error,
+        error=None if error is None else hide_url_passwords(error),
         checked_at=format_timestamp(datetime.now(timezone.utc)),
     )
 

@@ -13,6 +13,7 @@ from reliability_report import (  # noqa: F401  (hooks and fixture of the reliab
     pytest_collection_finish,
     pytest_collection_modifyitems,
     pytest_configure,
+    pytest_deselected,
     pytest_runtest_makereport,
     pytest_sessionfinish,
     reliability,

@@ -11,7 +11,8 @@ what it tried and what it saw::
             observed=f"{len(step.attempts)} attempts, kind {step.error_kind}",
         )
 
-When a session ran every reliability test (``pytest -m reliability``, or the whole suite),
+When a session ran every reliability test (``pytest -m reliability``, the whole suite, or
+``pytest tests/reliability``; not a single file, a ``-k`` selection or a stopped run),
 the rows become the table in ``docs/RELIABILITY.md``, with each test's verdict. Observed
 texts must be deterministic (no raw timings; say "under 2 s", not "0.43 s"), because
 ``tests/run.py`` fails when the regenerated file differs from the committed one.
@@ -57,6 +58,7 @@ class Recorder:
     rows: dict[str, list[Row]] = field(default_factory=dict)
     verdicts: dict[str, str] = field(default_factory=dict)
     expected_ids: set[str] = field(default_factory=set)
+    partial: bool = False  # some reliability tests were left out of this session
 
 
 _RECORDER = pytest.StashKey[Recorder]()
@@ -76,9 +78,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.reliability)
 
 
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _in_suite(item):
+            item.config.stash[_RECORDER].partial = True
+
+
+def _selects_whole_suite(args: list[str], cwd: Path) -> bool:
+    """Whether the command line names the reliability suite whole (a parent directory)."""
+    whole = False
+    for arg in args:
+        path = (cwd / arg.split("::")[0]).resolve()
+        inside = path.is_relative_to(HERE)
+        if inside and ("::" in arg or path != HERE):
+            return False  # a single file or test of the suite
+        whole = whole or (HERE.is_relative_to(path) and "::" not in arg)
+    return whole
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     recorder = session.config.stash[_RECORDER]
     recorder.expected_ids = {item.nodeid for item in session.items if _in_suite(item)}
+    config = session.config
+    if not _selects_whole_suite(list(config.args), config.invocation_params.dir):
+        recorder.partial = True
 
 
 class Reliability:
@@ -127,8 +150,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     recorder = session.config.stash[_RECORDER]
-    if not recorder.expected_ids or recorder.expected_ids - recorder.verdicts.keys():
-        return  # not the whole suite ran (deselected with -k, or stopped early)
+    if (
+        recorder.partial
+        or not recorder.expected_ids
+        or recorder.expected_ids - recorder.verdicts.keys()
+    ):
+        return  # not the whole suite ran (a file or -k chosen, or stopped early)
     if getattr(session.config.option, "collectonly", False):
         return
     rows = []

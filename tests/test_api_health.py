@@ -8,7 +8,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,6 +198,25 @@ async def test_the_api_key_goes_to_the_health_endpoint(demo: DemoServices) -> No
     assert demo.qaagent.calls[-1].headers.get("x-api-key") == "s3cret"
 
 
+async def test_a_huge_health_answer_is_not_read(demo: DemoServices) -> None:
+    """Only the status matters: a 50 MiB (or gzip-bombed) body costs no memory."""
+    import tracemalloc
+
+    spec = ServiceSpec(key="qaagent", name="QA", url=demo.qaagent_url)
+    for fault in (Fault(status=200, size=50 << 20), Fault(status=200, size=50 << 20, gzip=True)):
+        demo.qaagent.inject("/health", fault)
+        cache = HealthCache({"qaagent": spec}, environ={})
+        tracemalloc.start()
+        try:
+            health = await cache.one("qaagent")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            await cache.close()
+        assert health.up, health.error
+        assert peak < 5 << 20, f"{peak / 2**20:.1f} MiB"
+
+
 # ------------------------------------------------------- order and the client
 
 
@@ -213,11 +232,12 @@ class HeldClient:
         self.requests: list[asyncio.Future[Answer]] = []
         self.arrived = asyncio.Event()
 
-    async def get(self, url: str, headers: dict[str, str]) -> Answer:
+    @contextlib.asynccontextmanager
+    async def stream(self, method: str, url: str, headers: dict[str, str]) -> AsyncIterator[Answer]:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.requests.append(future)
         self.arrived.set()
-        return await future
+        yield await future
 
     async def request(self, number: int) -> asyncio.Future[Answer]:
         while len(self.requests) < number:

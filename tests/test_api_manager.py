@@ -331,6 +331,22 @@ async def test_an_idempotency_key_is_per_workflow(
     assert store.count() == 2
 
 
+async def test_only_the_newest_idempotency_keys_are_remembered(
+    make_manager: MakeManager, store: HistoryStore
+) -> None:
+    manager = make_manager(max_idempotency_keys=2)
+    first, _ = await manager.submit("quick", idempotency_key="a")
+    second, _ = await manager.submit("quick", idempotency_key="b")
+    await manager.submit("quick", idempotency_key="c")  # forgets "a", the oldest
+
+    again_b, b_created = await manager.submit("quick", idempotency_key="b")
+    again_a, a_created = await manager.submit("quick", idempotency_key="a")
+
+    assert (again_b.run_id, b_created) == (second.run_id, False)
+    assert a_created and again_a.run_id != first.run_id
+    assert len(manager._keys) == 2
+
+
 async def test_an_idempotency_key_whose_run_history_dropped_starts_a_new_run(
     make_manager: MakeManager,
 ) -> None:

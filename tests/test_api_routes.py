@@ -26,6 +26,7 @@ from aegis.api.handlers import (
     sse_message,
 )
 from aegis.api.routes import (
+    MAX_INTEGER,
     Answer,
     HttpError,
     Match,
@@ -183,10 +184,52 @@ def test_integers_are_plain_decimals_within_bounds(raw: str) -> None:
     assert caught.value.message == "query parameter 'limit' must be an integer from 1 to 1000"
 
 
-@pytest.mark.parametrize("raw", ["0", "-1", "300.5", "nan", "inf", "1e2", "0x10", "abc"])
+@pytest.mark.parametrize(
+    "raw",
+    ["0", "-1", "300.5", "nan", "inf", "1e3", "1e999", "1e-999", "0x10", "abc", "+5", "1_0", ""],
+)
 def test_numbers_reject_out_of_range_and_non_decimals(raw: str) -> None:
     with pytest.raises(HttpError, match="must be a number above 0 and at most 300"):
         WAIT.parse(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        # as Python and JavaScript print floats: many decimals, exponents (found by the fuzz)
+        ("74.97306956744937", 74.97306956744937),
+        ("0.30000000000000004", 0.30000000000000004),
+        ("1e-05", 1e-05),
+        ("5e-324", 5e-324),
+        ("1E2", 100.0),
+        ("2.5e+1", 25.0),
+    ],
+)
+def test_numbers_as_languages_print_them(raw: str, value: float) -> None:
+    assert WAIT.parse(raw) == value
+
+
+def test_integers_have_a_bound_even_when_none_is_declared() -> None:
+    # Found by the fuzz: 10**22 was refused with 400 while the document allowed it.
+    offset = Param("offset", type="integer", minimum=0)
+    assert offset.parse(str(MAX_INTEGER)) == MAX_INTEGER
+    for raw in [str(MAX_INTEGER + 1), "1" * 65, "9" * 40]:
+        with pytest.raises(HttpError, match=f"an integer from 0 to {MAX_INTEGER}"):
+            offset.parse(raw)
+    assert offset.schema() == {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
+    assert offset.parse("0007") == 7
+    free = Param("n", type="integer")
+    assert free.schema()["minimum"] == -MAX_INTEGER and free.parse("-12") == -12
+
+
+def test_header_values_without_surrounding_blanks() -> None:
+    key = Param("Idempotency-Key", "header", max_length=3)
+    assert key.parse(" \tabc ") == "abc"
+    with pytest.raises(HttpError, match="must be a non-empty string"):
+        key.parse(" \t ")
+    assert key.schema() == {"type": "string", "minLength": 1, "maxLength": 3, "pattern": "[^ \t]"}
+    resume = Param("Last-Event-ID", "header", type="integer", minimum=0)
+    assert resume.parse(" 12 ") == 12
 
 
 def test_good_values_parse() -> None:
@@ -200,8 +243,10 @@ def test_good_values_parse() -> None:
     assert key.parse("abc") == "abc"
     with pytest.raises(HttpError, match="header parameter 'Idempotency-Key' must be a non-empty"):
         key.parse("abcd")
-    with pytest.raises(HttpError, match="at least 0"):
+    with pytest.raises(HttpError, match=f"an integer from 0 to {MAX_INTEGER}"):
         Param("after", type="integer", minimum=0).parse("-3")
+    with pytest.raises(HttpError, match=r"a number above 0$"):
+        Param("x", type="number", exclusive_minimum=0).parse("0")
 
 
 def test_parameter_declarations_are_checked() -> None:
@@ -232,6 +277,8 @@ def test_schemas_of_parameters() -> None:
     assert LIMIT.schema() == {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}
     assert WAIT.schema() == {"type": "number", "maximum": 300, "exclusiveMinimum": 0}
     assert Param("s", enum=("a",)).schema() == {"type": "string", "enum": ["a"]}
+    # the server refuses an empty string, so the document says so (found by the fuzz)
+    assert Param("s").schema() == {"type": "string", "minLength": 1}
 
 
 def test_errors_and_json() -> None:

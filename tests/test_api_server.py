@@ -10,7 +10,10 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -150,7 +153,7 @@ def still_serving(server: ApiServer) -> bool:
         (b"GET / HTTP/1.1 extra\r\n\r\n", 400),
         (b"GET / FTP/1.0\r\n\r\n", 400),
         (b"GET / HTTP/2.0\r\n\r\n", 505),
-        (b"BREW /pot HTTP/1.1\r\n\r\n", 501),
+        (b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", 501),
         (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
         (b"GET / HTTP/1.1\r\n" + b"X-Long: " + b"a" * 70_000 + b"\r\n\r\n", 431),
         (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n", 431),
@@ -187,7 +190,8 @@ def test_the_header_budget_is_all_lines_together(server: ApiServer) -> None:
     each = 1000
     fits = MAX_HEADER_BYTES // (each + 20) - 2
     headers = b"".join(b"X-%d: %s\r\n" % (i, b"a" * each) for i in range(fits))
-    assert raw(server, b"GET /health HTTP/1.1\r\n" + headers + b"\r\n").status == 200
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\n" + headers
+    assert raw(server, head + b"\r\n").status == 200
 
 
 def test_an_empty_request_line_closes_quietly(server: ApiServer) -> None:
@@ -714,3 +718,184 @@ def test_a_bug_after_the_answer_began_is_logged_as_an_error(
     finally:
         server.stop_accepting()
         server.close_connections()
+
+
+def test_serving_without_auth_or_problems_loads_no_hash_library() -> None:
+    # an idle `aegis serve` is measured by its RSS (bench/): OpenSSL's hashes (hmac, 0.7 MB),
+    # uuid and difflib load only when a request needs them
+    code = (
+        "import sys, aegis.api.app, aegis.api.server, aegis.engine.runner, aegis.config;"
+        "print(','.join(m for m in ('hmac', 'uuid', 'difflib', 'httpx') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+# ------------------------------------------- defects found by tests/reliability/
+
+
+def _closed_without_answer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_request_line_trickled_under_the_idle_timeout_is_cut_off(
+    make_server: MakeServer,
+) -> None:
+    # Before: each byte reset the idle timeout, so a byte every 0.1 s held a thread forever.
+    server = make_server(idle_timeout=0.5, request_timeout=0.3)
+    with socket.create_connection(("127.0.0.1", port_of(server)), timeout=TIMEOUT) as sock:
+        began = time.monotonic()
+        pause = threading.Event()
+        for byte in b"GET /health?" + b"x" * 100:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            pause.wait(0.05)
+            if time.monotonic() - began > 1.0:
+                break
+        assert _closed_without_answer(sock)
+        assert time.monotonic() - began < 3
+    assert still_serving(server)
+
+
+def test_headers_trickled_under_the_idle_timeout_get_408(make_server: MakeServer) -> None:
+    server = make_server(idle_timeout=0.5, request_timeout=0.3)
+    with socket.create_connection(("127.0.0.1", port_of(server)), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(20):  # a header line every 0.1 s: never idle, never finished
+            sock.sendall(b"X-A: b\r\n")
+            answered, _, _ = select.select([sock], [], [], 0.1)
+            if answered:
+                break
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 408
+        assert json.loads(response.read())["error"]["code"] == "request_timeout"
+
+
+def test_headers_that_stop_coming_get_408_not_silence(make_server: MakeServer) -> None:
+    server = make_server(idle_timeout=0.2)
+    answer = raw(server, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Half: ")
+    assert answer.status == 408 and answer.headers["connection"] == "close"
+
+
+def test_a_body_trickled_under_the_idle_timeout_gets_408(make_server: MakeServer) -> None:
+    server = make_server(idle_timeout=0.5, request_timeout=0.3)
+    with socket.create_connection(("127.0.0.1", port_of(server)), timeout=TIMEOUT) as sock:
+        sock.sendall(
+            b"POST /api/workflows/smoke/run HTTP/1.1\r\nHost: x\r\nX-API-Key: "
+            + KEY.encode()
+            + b"\r\nContent-Length: 50\r\n\r\n"
+        )
+        pause = threading.Event()
+        for _ in range(20):
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                break
+            pause.wait(0.1)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 408
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        # the header parser stopped at the bad line and dropped the rest: here the
+        # Content-Length, so the body would have been read as the next request
+        ("this is no header\r\nContent-Length: 2\r\n", "malformed"),
+        ("X-\x00: 1\r\n", "malformed"),
+        (": no name\r\n", "malformed"),
+        ("X-Folded: a\r\n b\r\n", "folded"),
+        ("Host: other\r\n", "Host header is given more than once"),
+        (f"X-API-Key: {KEY}\r\nX-API-Key: wrong\r\n", "X-API-Key header is given more"),
+        ("Authorization: Bearer a\r\nAuthorization: Bearer b\r\n", "Authorization header"),
+        ("Idempotency-Key: a\r\nIdempotency-Key: b\r\n", "Idempotency-Key header"),
+    ],
+)
+def test_malformed_or_ambiguous_headers_are_400(
+    server: ApiServer, headers: str, message: str
+) -> None:
+    head = f"POST /api/workflows/smoke/run HTTP/1.1\r\nHost: x\r\n{headers}\r\n{{}}"
+    answer = raw(server, head.encode("latin-1"))
+    assert answer.status == 400 and message in answer.error()["message"]
+    assert answer.headers["connection"] == "close"
+    assert still_serving(server)
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /health HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 needs a Host
+        (b"GET /health HTTP/1.1\r\nHost: " + b"h" * 300 + b"\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nHost: example.test:8000\r\n\r\n", 200),
+        (b"GET /health HTTP/1.1\r\nHost: [::1]:8000\r\n\r\n", 200),
+        (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 200),
+        (b"GET /health HTTP/1.0\r\n\r\n", 200),  # HTTP/1.0 may leave it out
+    ],
+)
+def test_the_host_header(server: ApiServer, head: bytes, status: int) -> None:
+    answer = raw(server, head)
+    assert answer.status == status
+    if status == 400:
+        assert "Host" in answer.error()["message"]
+
+
+def test_expect_100_continue_is_not_granted_to_a_bad_head(server: ApiServer) -> None:
+    head = (
+        b"POST /api/workflows/smoke/run HTTP/1.1\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    )
+    answer = raw(server, head)  # no Host: 400 at once, no 100 Continue first
+    assert answer.status == 400 and "Host" in answer.error()["message"]
+
+
+def test_http_0_9_is_refused_at_once(make_server: MakeServer) -> None:
+    # Before: the server waited for headers a 0.9 client never sends, until the idle
+    # timeout, then closed without an answer.
+    server = make_server(idle_timeout=30.0)
+    began = time.monotonic()
+    answer = raw(server, b"GET /health\r\n")
+    assert answer.status == 505 and "HTTP/0.9" in answer.error()["message"]
+    assert time.monotonic() - began < 5
+
+
+@pytest.mark.parametrize(
+    ("target", "status"),
+    [
+        ("http://127.0.0.1/health", 200),
+        ("HTTPS://example.test/api/workflows/smoke", 200),
+        ("http://example.test", 200),  # the landing page
+        ("http://example.test/../../etc/passwd", 404),
+        ("ftp://example.test/health", 404),
+    ],
+)
+def test_absolute_form_targets_are_routed_by_their_path(
+    server: ApiServer, target: str, status: int
+) -> None:
+    answer = raw(server, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert answer.status == status
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 50_000])
+def test_json_nested_too_deeply_is_400_not_500(server: ApiServer, body: bytes) -> None:
+    answer = request(
+        server, "POST", "/api/workflows/smoke/run", body=body, headers={"X-API-Key": KEY}
+    )
+    assert answer.status == 400 and "nested too deeply" in answer.error()["message"]
+
+
+def test_connection_count(make_server: MakeServer) -> None:
+    server = make_server(idle_timeout=0.3)
+    assert server.connection_count == 0
+    with socket.create_connection(("127.0.0.1", port_of(server)), timeout=TIMEOUT):
+        assert poll(lambda: server.connection_count == 1)
+    assert poll(lambda: server.connection_count == 0)

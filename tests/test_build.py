@@ -128,6 +128,10 @@ def test_archive_is_a_shiv_zipapp_with_our_main(pyz: Path, project: Path) -> Non
     assert env["entry_point"] == "aegis.cli:main"
     assert env["script"] is None  # -e, not -c
     assert env["reproducible"] is True
+    # bytecode is written once, when the archive is unpacked: a host that sets
+    # PYTHONDONTWRITEBYTECODE (common in CI images) would otherwise compile every module
+    # on every start
+    assert env["compile_pyc"] is True
     with zipfile.ZipFile(pyz) as archive:
         assert archive.read("__main__.py") == (project / "aegis" / "_pyz_main.py").read_bytes()
         assert "_bootstrap/__init__.py" in archive.namelist()
@@ -248,6 +252,25 @@ def test_version_runs_on_each_python(pyz: Path, tmp_path: Path, python: str) -> 
     done = run_pyz(require_python(python), pyz, ["--version"], base_environ(SHIV_ROOT=str(root)))
     assert_version(done)
     assert unpackings(root) == [f"aegis.pyz_{build_id(pyz)}"]
+
+
+def test_the_archive_runs_without_the_interpreters_site_packages(pyz: Path, tmp_path: Path) -> None:
+    # packages installed beside the interpreter (click, trio, pygments...) were imported
+    # as optional extras of httpx and httpcore: 6 MB more for a server's first run
+    python = require_python("3.12")
+    site_dirs = subprocess.run(
+        [python, "-c", "import site; print(site.getsitepackages()[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    env = base_environ(SHIV_ROOT=str(tmp_path / "root"), SHIV_ENTRY_POINT="site:_script")
+    done = run_pyz(python, pyz, [], env)
+    path = done.stdout.split("]")[0]
+    assert "site-packages" in path and f"'{site_dirs}'" not in path, done.stdout
+    shell = run_pyz(python, pyz, ["-c", "import sys; print(sys.path)"],
+                    {**env, "SHIV_INTERPRETER": "1"})  # fmt: skip
+    assert site_dirs in shell.stdout  # a Python shell on the archive keeps them
 
 
 @pytest.mark.parametrize("python", PYTHONS)

@@ -409,7 +409,8 @@ def test_a_crashing_step_is_logged_without_traceback_unless_debugging(good: Path
 
         from aegis.cli import _setup_logging
 
-        before = list(logging.getLogger("aegis").handlers)
+        logger = logging.getLogger("aegis")
+        before = (list(logger.handlers), logger.level, logger.propagate)
         teardown = _setup_logging(err, debug=bool(environ))
         try:
             run = run_workflow(
@@ -420,7 +421,7 @@ def test_a_crashing_step_is_logged_without_traceback_unless_debugging(good: Path
         assert run.steps[0].error == "ZeroDivisionError: oops"
         assert "aegis: error: step discover of run" in err.getvalue()
         assert ("Traceback" in err.getvalue()) is traceback_shown
-        assert logging.getLogger("aegis").handlers == before
+        assert (logger.handlers, logger.level, logger.propagate) == before  # as it was
 
 
 def test_unwritable_history_warns_once_and_still_runs(tmp_path: Path, demo_services: Any) -> None:

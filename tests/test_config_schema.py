@@ -948,6 +948,16 @@ def test_a_secret_of_the_wrong_type_is_not_echoed() -> None:
     assert problems == [("auth.api_key", "expected a string (quote the value)")]
 
 
+def test_the_password_of_a_malformed_url_is_not_echoed() -> None:
+    problems = problems_of(with_service("{url: 'htp://bot:pa55word@qa:1'}"))
+    assert problems == [
+        (
+            "services.qaagent.url",
+            "expected an http:// or https:// URL with a host, got 'htp://bot:***@qa:1'",
+        )
+    ]
+
+
 # -- step types --------------------------------------------------------------------------------
 
 

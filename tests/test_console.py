@@ -142,3 +142,35 @@ def test_progress_lines_for_each_event() -> None:
         "  < test failed in 2.50 s, 3 attempts: HTTP 503",
         "  - v skipped: because",
     ]
+
+
+def test_text_from_services_cannot_drive_the_terminal() -> None:
+    evil = "x\x1b]0;owned\x07\x1b[2J\r\nfake line\u202egnp.exe\x9b"
+    bus = EventBus()
+    stream = Tty()
+    console = Console(stream, {})  # a colour terminal: our own escapes stay
+    bus.subscribe(ProgressPrinter(console))
+    bus.emit("workflow.started", "r1", evil, steps=1)
+    bus.emit("step.started", "r1", "w", step=evil, service=evil)
+    bus.emit("step.retrying", "r1", "w", step="s", attempt=1, error=evil, wait_s=0.5)
+    bus.emit("step.completed", "r1", "w", step="s", status="skipped", skip_reason=evil)
+    bus.emit("step.completed", "r1", "w", step=evil, status="failed", duration_ms=5, error=evil)
+    failing = StepResult(
+        evil,
+        "test",
+        "q",
+        StepStatus.SUCCEEDED,
+        data={"total": 1, "passed": 0, "failed": 1, "failures": [{"test": evil, "message": evil}]},
+    )
+    run = Run("r1", evil, RunStatus.SUCCEEDED, "2026-01-01T00:00:00.000Z", steps=(failing,))
+    render_run(console, run)
+    render_runs(console, [run])
+    text = stream.getvalue()
+    foreign = text.replace("\033[0m", "").replace("\n", "")
+    for code in _ESCAPES:
+        foreign = foreign.replace(f"\033[{code}m", "")
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c == "\u202e" for c in foreign)
+    assert "x\\x1b]0;owned\\x07\\x1b[2J\\r\\nfake line\\u202egnp.exe\\x9b" in text
+
+
+_ESCAPES = ("31", "32", "33", "2", "1")

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+import aegis.demo as demo_module
 from aegis.demo import (
     ROUTES,
     TESTS,
@@ -26,6 +30,8 @@ from aegis.demo import (
     Fault,
     QaAgent,
     main,
+    padded_json,
+    parse_fault,
     validate_report,
 )
 
@@ -367,6 +373,178 @@ def test_stop_ends_a_slow_answer_without_answering(
     assert [type(e) for e in outcome] == [httpx.RemoteProtocolError]
 
 
+def raw_exchange(port: int, path: str = "/api/routes") -> tuple[bytes, BaseException | None]:
+    """Send a GET on a bare socket; what came back, and how the line ended (None: closed)."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except OSError as exc:
+            return received, exc
+    return received, None
+
+
+def split_answer(raw: bytes) -> tuple[dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")[1:]
+    return {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}, body
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"mode": "explode"},
+        {"trickle": -1},
+        {"after": -1},
+        {"size": 3},
+        {"body": b"x", "payload": {"a": 1}},
+        {"payload": {"a": 1}, "size": 1000},
+    ],
+)
+def test_new_fault_fields_are_validated(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Fault(**bad)
+
+
+def test_the_old_positional_form_still_works() -> None:
+    fault = Fault(503, 2, "5", 0.5, False)
+    assert (fault.status, fault.times, fault.retry_after, fault.delay, fault.down) == (
+        503,
+        2,
+        "5",
+        0.5,
+        False,
+    )
+    assert fault.mode == "answer" and Fault(down=True).effective_mode == "drop"
+
+
+def test_reset_answers_nothing_and_resets_the_line(demo: DemoServices) -> None:
+    demo.qaagent.inject("/api/routes", Fault(status=None, mode="reset"))
+    received, ended = raw_exchange(demo.qaagent.port)
+    assert (received, type(ended)) == (b"", ConnectionResetError)
+    assert demo.qaagent.calls[-1].status is None
+
+
+def test_reset_mid_body_sends_headers_and_part_of_the_body(demo: DemoServices) -> None:
+    demo.qaagent.inject("/api/routes", Fault(status=None, mode="reset_mid_body"))
+    received, ended = raw_exchange(demo.qaagent.port)
+    headers, body = split_answer(received)
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert 0 < len(body) < int(headers["content-length"])
+    assert isinstance(ended, ConnectionResetError)
+
+
+def test_stall_never_answers_and_does_not_hold_up_stop(
+    demo: DemoServices, client: httpx.Client
+) -> None:
+    demo.qaagent.inject("/api/routes", Fault(status=None, mode="stall", times=2))
+    with pytest.raises(httpx.ReadTimeout):
+        client.get(demo.qaagent_url + "/api/routes", timeout=0.3)
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            httpx.get(demo.qaagent_url + "/api/routes", timeout=30)
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 10
+    while len(demo.qaagent.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the call log, not timing the service
+    started = time.monotonic()
+    demo.qaagent.stop()
+    caller.join(10)
+    assert time.monotonic() - started < 5
+    assert [type(e) for e in outcome] == [httpx.RemoteProtocolError]
+
+
+def test_trickle_sends_the_real_answer_slowly(demo: DemoServices, client: httpx.Client) -> None:
+    normal = client.get(demo.qaagent_url + "/api/routes").content
+    demo.qaagent.inject("/api/routes", Fault(status=None, trickle=0.01))
+    started = time.monotonic()
+    with client.stream("GET", demo.qaagent_url + "/api/routes") as answer:
+        pieces = list(answer.iter_raw())
+    assert b"".join(pieces) == normal
+    assert len(pieces) > 5  # it came in several pieces, a few bytes each
+    assert time.monotonic() - started >= 0.01 * (len(normal) // 16 - 1)
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "body", "content_type"),
+    [
+        (Fault(200, body="{oops"), 200, b"{oops", "application/json"),
+        (Fault(200, body=b""), 200, b"", "application/json"),
+        (Fault(None, body="<html/>", content_type="text/html"), 200, b"<html/>", "text/html"),
+        (Fault(201, payload={"routes": "all"}), 201, b'{"routes":"all"}', "application/json"),
+        (Fault(status=None, content_type="text/plain"), 200, None, "text/plain"),
+    ],
+)  # fmt: skip
+def test_bodies_and_content_types_can_be_replaced(
+    demo: DemoServices,
+    client: httpx.Client,
+    fault: Fault,
+    status: int,
+    body: bytes | None,
+    content_type: str,
+) -> None:
+    demo.qaagent.inject("/api/routes", fault)
+    answer = client.get(demo.qaagent_url + "/api/routes")
+    assert (answer.status_code, answer.headers["content-type"]) == (status, content_type)
+    if body is None:
+        assert answer.json()["routes"] == list(ROUTES)
+    else:
+        assert answer.content == body
+
+
+def test_redirects_carry_a_location(demo: DemoServices, client: httpx.Client) -> None:
+    target = demo.bugalizer_url + "/health"
+    demo.qaagent.inject("/api/routes", Fault(307, location=target, retry_after=1))
+    answer = client.get(demo.qaagent_url + "/api/routes")
+    assert (answer.status_code, answer.headers["location"]) == (307, target)
+    assert answer.headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize("size", [26, 1000, 3 * 65536 + 7])
+def test_padded_json_has_exactly_the_size_asked_for(size: int) -> None:
+    document = b"".join(padded_json(size))
+    assert len(document) == size
+    assert json.loads(document)["routes"] == []
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_large_answer_is_streamed(demo: DemoServices, chunked: bool) -> None:
+    size = 3 * 1024 * 1024
+    demo.qaagent.inject("/api/routes", Fault(200, size=size, chunked=chunked))
+    with httpx.stream("GET", demo.qaagent_url + "/api/routes", timeout=10) as answer:
+        length = answer.headers.get("content-length")
+        body = answer.read()
+    assert length == (None if chunked else str(size))
+    assert answer.headers.get("transfer-encoding") == ("chunked" if chunked else None)
+    assert len(body) == size and json.loads(body)["routes"] == []
+
+
+def test_gzip_compresses_whatever_the_body(demo: DemoServices, client: httpx.Client) -> None:
+    demo.qaagent.inject("/api/routes", Fault(status=None, gzip=True))
+    answer = client.get(demo.qaagent_url + "/api/routes")
+    assert answer.headers["content-encoding"] == "gzip"
+    assert answer.json()["routes"] == list(ROUTES)
+    demo.qaagent.inject("/api/routes", Fault(200, size=20 * 1024 * 1024, gzip=True))
+    with client.stream("GET", demo.qaagent_url + "/api/routes") as bomb:
+        compressed = b"".join(bomb.iter_raw())
+    assert len(compressed) < 100_000  # a bomb: tiny on the wire
+    assert len(zlib.decompress(compressed, wbits=31)) == 20 * 1024 * 1024
+
+
+def test_after_lets_the_first_calls_through(demo: DemoServices, client: httpx.Client) -> None:
+    demo.qaagent.inject("/api/routes", Fault(500, after=2, times=1))
+    statuses = [client.get(demo.qaagent_url + "/api/routes").status_code for _ in range(4)]
+    assert statuses == [200, 200, 500, 200]
+
+
 def test_the_call_log(demo: DemoServices, client: httpx.Client) -> None:
     client.post(demo.qaagent_url + "/api/runs?suite=api", json={"routes": [1]})
     client.post(demo.qaagent_url + "/api/runs", content=b"{oops")
@@ -450,6 +628,79 @@ def test_main_in_another_thread(capsys: pytest.CaptureFixture[str]) -> None:
     worker.start()
     worker.join(10)
     assert codes == [0]
+
+
+@pytest.mark.parametrize(
+    ("text", "service", "path", "fault"),
+    [
+        ("qaagent:/api/runs=status=503,times=2,retry_after=5", "qaagent", "/api/runs",
+         Fault(503, times=2, retry_after=5)),
+        ("bugalizer:*=mode=stall, times=none", "bugalizer", "*",
+         Fault(mode="stall", times=None)),
+        ("qaagent:/api/routes=status=none,trickle=0.5,gzip=true", "qaagent", "/api/routes",
+         Fault(status=None, trickle=0.5, gzip=True)),
+        ('qaagent:/api/routes={"status": 200, "payload": {"routes": "x"}}', "qaagent",
+         "/api/routes", Fault(200, payload={"routes": "x"})),
+        ("qaagent:/api/routes=body={oops", "qaagent", "/api/routes", Fault(body="{oops")),
+        ("qaagent:/x=", "qaagent", "/x", Fault()),
+    ],
+)  # fmt: skip
+def test_parse_fault(text: str, service: str, path: str, fault: Fault) -> None:
+    assert parse_fault(text) == (service, path, fault)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("qaagent/api/runs=status=503", "expected SERVICE:PATH=SPEC"),
+        ("qaagent:/api/runs", "expected SERVICE:PATH=SPEC"),
+        ("bugalyzer:/x=status=500", "unknown service 'bugalyzer'"),
+        ("qaagent:/x=staus=500", "unknown fault field 'staus'"),
+        ("qaagent:/x=status", "expected KEY=VALUE in the fault spec, got 'status'"),
+        ("qaagent:/x=status=42", "status must be an HTTP status code, got 42"),
+        ("qaagent:/x=delay=soon", "bad fault 'delay=soon'"),
+        ("qaagent:/x=[1]", "expected KEY=VALUE"),
+        ("qaagent:/x={1: 2}", "Expecting property name"),
+        ("qaagent:/x={} ", ""),
+    ],
+)
+def test_parse_fault_rejects(text: str, problem: str) -> None:
+    if not problem:
+        assert parse_fault(text)[2] == Fault()
+        return
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        parse_fault(text)
+
+
+def test_main_injects_faults_given_on_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    statuses: list[int] = []
+
+    def call_while_serving(stop: threading.Event) -> None:
+        url = capsys.readouterr().out.split()[1]
+        with httpx.Client(timeout=10) as client:
+            statuses.extend(client.get(url + "/api/routes").status_code for _ in range(3))
+
+    monkeypatch.setattr(demo_module, "_wait", call_while_serving)
+    argv = ["--qaagent-port", "0", "--bugalizer-port", "0"]
+    assert main([*argv, "--fault", "qaagent:/api/routes=status=502,times=2"]) == 0
+    assert statuses == [502, 502, 200]
+
+
+def test_main_refuses_a_bad_fault(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--fault", "qaagent:/x=mode=explode"])
+    assert exited.value.code == 2
+    assert "argument --fault: mode must be one of" in capsys.readouterr().err
+
+
+def test_a_fault_line_says_what_was_injected(capsys: pytest.CaptureFixture[str]) -> None:
+    stop = threading.Event()
+    stop.set()
+    argv = ["--qaagent-port", "0", "--bugalizer-port", "0", "--fault", "bugalizer:*=mode=reset"]
+    assert main(argv, stop=stop) == 0
+    assert "fault      bugalizer *: status=503, mode='reset'" in capsys.readouterr().out
 
 
 def test_main_reports_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:

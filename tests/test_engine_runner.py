@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fakes import FakeClock, config, step, step_type
 
+from aegis.engine.retry import RETRY_AFTER_CAP
 from aegis.engine.runner import Engine, batches
 from aegis.errors import NotFound, StepError
 from aegis.events import Event, EventBus
@@ -114,6 +115,23 @@ async def test_retry_after_replaces_backoff_and_is_capped() -> None:
     cfg = config(step("flaky", retries=2, retry_delay=1, max_retry_delay=30))
     await engine(cfg, [step_type("flaky", flaky(errors))], clock).run("wf")
     assert clock.sleeps == [7, 30]
+
+
+async def test_retry_after_without_max_retry_delay_is_still_capped() -> None:
+    # The service picks Retry-After; a day-long one must not park the run for a day.
+    clock = FakeClock()
+    errors = [http_error(503, retry_after=86_400), http_error(429, retry_after=5)]
+    cfg = config(step("flaky", retries=2, retry_delay=1))
+    await engine(cfg, [step_type("flaky", flaky(errors))], clock).run("wf")
+    assert clock.sleeps == [RETRY_AFTER_CAP, 5]
+
+
+async def test_a_configured_max_retry_delay_may_allow_longer_retry_after() -> None:
+    clock = FakeClock()
+    errors = [http_error(503, retry_after=300)]
+    cfg = config(step("flaky", retries=1, retry_delay=1, max_retry_delay=600))
+    await engine(cfg, [step_type("flaky", flaky(errors))], clock).run("wf")
+    assert clock.sleeps == [300]
 
 
 @pytest.mark.parametrize(
@@ -446,3 +464,24 @@ async def test_no_attempt_starts_once_an_overshooting_wait_passed_the_deadline()
     result = run.steps[0]
     assert len(result.attempts) == 1
     assert result.error == "HTTP 500 from svc (no retry: step deadline of 4s reached)"
+
+
+def test_run_ids_are_twelve_random_hex_digits() -> None:
+    from aegis.engine.runner import new_run_id
+
+    ids = {new_run_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 12 and int(i, 16) >= 0 for i in ids)
+
+
+def test_the_system_clock_stamps_attempts_with_the_current_millisecond() -> None:
+    from datetime import datetime, timezone
+
+    from aegis.engine.clock import SystemClock
+    from aegis.records import format_timestamp
+
+    clock = SystemClock()
+    before = format_timestamp(datetime.now(timezone.utc))
+    stamp = clock.timestamp()
+    after = format_timestamp(clock.now())
+    assert before <= stamp <= after and stamp.endswith("Z") and len(stamp) == 24

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from datetime import datetime, timezone
 
-from aegis.events import EventBus, EventLog
+import pytest
+
+from aegis.events import Event, EventBus, EventLog
 
 
 def test_bus_numbers_events_and_survives_a_broken_listener() -> None:
@@ -17,6 +21,17 @@ def test_bus_numbers_events_and_survives_a_broken_listener() -> None:
     bus.emit("step.completed", "r", "w")
     assert seen == [first.id] and first.to_dict()["data"] == {"step": "s"}
     assert first.timestamp.endswith("Z")
+
+
+def test_emit_builds_the_same_frozen_event_as_its_constructor() -> None:
+    moment = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+    event = EventBus(now=lambda: moment).emit("step.started", "r", "w", step="s")
+
+    expected = Event(1, "step.started", "2026-01-02T03:04:05.678Z", "r", "w", {"step": "s"})
+    assert event == expected
+    assert vars(event).keys() == {f.name for f in dataclasses.fields(Event)}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.type = "other"  # type: ignore[misc]
 
 
 def test_log_keeps_the_latest_and_filters() -> None:

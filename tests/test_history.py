@@ -633,7 +633,8 @@ def test_a_file_locked_beyond_the_busy_timeout_gives_one_warning(
         holder.close()
 
     assert warnings == [
-        f"history: cannot write {path} (database is locked); keeping this run's history in memory"
+        f"history: cannot write {path} (database is locked: another process has held it "
+        "for over 0.01 s); keeping this run's history in memory"
     ]
     _assert_keeps_history_in_memory(store)
 
@@ -660,3 +661,35 @@ def test_history_unavailable_names_the_path_and_reason() -> None:
 
     assert str(error) == "history: cannot write /x/h.db (disk I/O error)"
     assert (error.path, error.reason) == ("/x/h.db", "disk I/O error")
+
+
+def test_a_reader_gets_the_file_read_only_when_it_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "history.db"
+    with SqliteHistory(path) as store:
+        store.finish(finished(make_run("aaaa00000001")))
+    real = sqlite_module.SqliteHistory
+
+    def unwritable(*args: Any, **options: Any) -> SqliteHistory:
+        if not options.get("read_only"):
+            raise HistoryUnavailable(str(path), "attempt to write a readonly database")
+        return real(*args, **options)
+
+    monkeypatch.setattr(sqlite_module, "SqliteHistory", unwritable)
+    warnings: list[str] = []
+    with open_history(HistorySpec(path=str(path)), warn=warnings.append, reading=True) as store:
+        assert isinstance(store, real) and store.read_only
+        assert ids(store.list()) == ["aaaa00000001"]
+    assert warnings == []
+
+
+def test_a_reader_of_a_file_it_cannot_read_either_gets_one_warning(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    path.write_bytes(b"garbage" * 1000)
+    warnings: list[str] = []
+    store = open_history(HistorySpec(path=str(path)), warn=warnings.append, reading=True)
+    assert isinstance(store, MemoryHistory) and store.list() == []
+    assert warnings == [
+        f"history: cannot write {path} (file is not a database); no runs can be read from it"
+    ]

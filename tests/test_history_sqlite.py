@@ -22,6 +22,7 @@ import pytest
 from test_history import finished, make_run, make_step, stamp
 
 import aegis.history.sqlite as sqlite_module
+from aegis.history import HistoryUnavailable
 from aegis.history.memory import MemoryHistory
 from aegis.history.owners import Owner, current_owner, process_state
 from aegis.history.sqlite import SqliteHistory
@@ -216,6 +217,46 @@ def test_listing_reads_steps_of_many_runs_in_chunks(
     listed = store.list(limit=10)
     assert len(listed) == 10
     assert all(r.steps == (replace(make_step("test"), data={}, attempts=()),) for r in listed)
+
+
+def test_the_page_cache_is_bounded_small(open_store: Callable[..., SqliteHistory]) -> None:
+    # a server's RSS grew by SQLite's default 2 MiB cache as its history grew (bench/)
+    store = open_store()
+    assert store._db.execute("PRAGMA cache_size").fetchone()[0] == -sqlite_module.CACHE_KIB
+    assert sqlite_module.CACHE_KIB <= 1024
+
+
+def test_a_page_read_again_unchanged_comes_from_the_cache(
+    open_store: Callable[..., SqliteHistory], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store()
+    store.finish(finished(make_run("run000000001", at=1)))
+    first, total = store.list(limit=5), store.count()
+    reads: list[str] = []
+    real_page, real_count = store._page, store._count
+    monkeypatch.setattr(store, "_page", lambda *a: reads.append("page") or real_page(*a))
+    monkeypatch.setattr(store, "_count", lambda *a: reads.append("count") or real_count(*a))
+
+    assert store.list(limit=5) == first and store.count() == total == 1
+    assert reads == []
+    assert store.list(limit=6) == first  # another page is read
+    assert reads == ["page"]
+
+
+def test_the_page_cache_sees_our_writes_and_other_connections_commits(
+    open_store: Callable[..., SqliteHistory],
+) -> None:
+    store, other = open_store(), open_store()
+    assert store.list() == [] and store.count() == 0
+
+    store.finish(finished(make_run("run000000001", at=1)))  # our own write
+    assert [r.run_id for r in store.list()] == ["run000000001"]
+    other.finish(finished(make_run("run000000002", at=2)))  # another connection's
+    assert [r.run_id for r in store.list()] == ["run000000002", "run000000001"]
+    assert store.count() == 2
+    listed = store.list()
+    listed.clear()  # a caller's copy: the cached page is not changed by it
+    assert len(store.list()) == 2
 
 
 def test_text_sqlite_cannot_hold_is_stored_replaced(
@@ -696,8 +737,8 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(directory)
 
 
-def open_unprivileged(path: Path) -> dict[str, Any]:
-    """Runs PROBE on ``path`` as a user that file permissions apply to."""
+def open_unprivileged(path: Path, script: str = PROBE) -> dict[str, Any]:
+    """Runs ``script`` (PROBE) on ``path`` as a user that file permissions apply to."""
     options: dict[str, Any] = {}
     pythons = [sys.executable]
     if os.geteuid() == 0:  # root ignores permissions: drop to nobody
@@ -706,7 +747,7 @@ def open_unprivileged(path: Path) -> dict[str, Any]:
     for python in pythons:  # pragma: no branch - the loop ends by break or skip
         try:
             done = subprocess.run(
-                [python, "-c", PROBE, str(path)],
+                [python, "-c", script, str(path)],
                 capture_output=True,
                 text=True,
                 env={**worker_env(), "PYTHONPATH": str(path.parent.parent / "src")},
@@ -766,6 +807,117 @@ def test_a_read_only_file_gives_one_warning_and_memory(
     }
     target.chmod(0o777)
     assert raw(path, "SELECT run_id FROM runs") == [("older0000001",)]
+
+
+# Lists a history as `aegis history` does: opened for reading.
+READ_PROBE = r"""
+import json, sys
+from aegis.config.model import HistorySpec
+from aegis.history import open_history
+warnings = []
+store = open_history(HistorySpec(path=sys.argv[1]), warn=warnings.append, reading=True)
+print(json.dumps({"store": type(store).__name__, "warnings": warnings,
+                  "runs": [r.run_id for r in store.list()],
+                  "shown": getattr(store.get("older0000001"), "status", None) is not None}))
+"""
+
+
+@pytest.mark.parametrize(("file_mode", "dir_mode"), [(0o444, 0o777), (0o444, 0o555)])
+def test_a_read_only_file_is_still_listed_when_only_reading(
+    shared_dir: Path, file_mode: int, dir_mode: int
+) -> None:
+    target = shared_dir / "d"
+    target.mkdir()
+    path = target / "history.db"
+    with SqliteHistory(path) as store:
+        store.finish(finished(make_run("older0000001")))
+    path.chmod(file_mode)
+    target.chmod(dir_mode)
+
+    result = open_unprivileged(path, READ_PROBE)
+
+    assert result == {
+        "store": "SqliteHistory",
+        "warnings": [],
+        "runs": ["older0000001"],
+        "shown": True,
+    }
+    target.chmod(0o777)
+
+
+def test_a_read_only_store_reads_and_never_writes(
+    path: Path, open_store: Callable[..., SqliteHistory], warnings: list[str]
+) -> None:
+    with SqliteHistory(path) as writer:
+        writer.finish(finished(make_run("older0000001")))
+        writer.start(make_run("going0000001"))
+        reader = open_store(read_only=True)
+        assert reader.read_only and not reader.degraded
+        assert [r.run_id for r in reader.list()] == ["going0000001", "older0000001"]
+        assert reader.count(status="running") == 1
+        assert reader.mark_interrupted() == []  # marking is a write: never done here
+        got = reader.get("older")
+        assert got is not None and got.run_id == "older0000001"
+
+        reader.start(make_run("probe0000001"))  # a write falls back to memory, with a warning
+
+    assert reader.degraded and len(warnings) == 1
+    assert "attempt to write a readonly database" in warnings[0]
+    assert raw(path, "SELECT run_id FROM runs ORDER BY seq") == [
+        ("older0000001",),
+        ("going0000001",),
+    ]
+
+
+def test_a_read_only_store_reads_past_another_process_write_lock(
+    path: Path, open_store: Callable[..., SqliteHistory]
+) -> None:
+    with SqliteHistory(path) as writer:
+        writer.finish(finished(make_run("older0000001")))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        reader = open_store(read_only=True, busy_timeout=0.01)
+        assert [r.run_id for r in reader.list()] == ["older0000001"]
+    finally:
+        holder.close()
+
+
+@pytest.mark.parametrize(
+    ("prepare", "reason"),
+    [
+        (lambda p: None, "unable to open database file"),
+        (lambda p: sqlite3.connect(p).close(), "not an aegis history file"),
+        (
+            lambda p: sqlite3.connect(p).execute("PRAGMA user_version = 99").connection.close(),
+            "written by a newer aegis: schema version 99",
+        ),
+        (lambda p: p.write_bytes(b"x" * 4096), "file is not a database"),
+    ],
+    ids=["missing", "empty", "newer", "garbage"],
+)
+def test_a_read_only_open_of_a_file_it_cannot_read_raises(
+    path: Path, prepare: Callable[[Path], object], reason: str
+) -> None:
+    prepare(path)
+    with pytest.raises(HistoryUnavailable) as caught:
+        SqliteHistory(path, read_only=True)
+    assert reason in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_opening_waits_one_busy_timeout_not_all_of_them(path: Path) -> None:
+    SqliteHistory(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    began = time.monotonic()
+    try:
+        with pytest.raises(HistoryUnavailable) as caught:
+            SqliteHistory(path, busy_timeout=0.5)
+    finally:
+        holder.close()
+    # LOCK_ROUNDS (4) timeouts would be 2 s: a run would wait that long before it starts
+    assert time.monotonic() - began < 0.5 * sqlite_module.LOCK_ROUNDS - 0.5
+    assert "database is locked: another process has held it for over 0.5 s" in str(caught.value)
 
 
 # -------------------------------------------------------------- many writers

@@ -351,3 +351,23 @@ def test_is_same_file_notices_an_unlinked_or_replaced_file(tmp_path: Path) -> No
         assert not wrapper.is_same_file(fd, path)
     finally:
         os.close(fd)
+
+
+def test_site_packages_are_dropped_from_the_path_but_pythonpath_stays(tmp_path: Path) -> None:
+    site_dir, other = tmp_path / "site-packages", tmp_path / "mine"
+    site_dir.mkdir()
+    other.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(site_dir)
+    path = ["", "/archive.pyz", str(other), str(site_dir), str(link), "/lib/python3"]
+
+    kept = wrapper.without_site_packages(path, [str(site_dir)])
+    assert kept == ["", "/archive.pyz", str(other), "/lib/python3"]
+    assert wrapper.without_site_packages(path, []) == path
+
+
+def test_site_directories_name_this_interpreters_site_packages() -> None:
+    import site
+
+    found = wrapper.site_directories()
+    assert set(site.getsitepackages()) <= set(found)

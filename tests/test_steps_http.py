@@ -6,6 +6,8 @@ import json
 import socket
 import subprocess
 import sys
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -126,26 +128,59 @@ async def test_connect_timeout_is_kind_timeout(
 
 
 @pytest.mark.parametrize(
-    ("exc", "reason"),
+    ("exc", "message"),
     [
-        (httpx.ConnectError("[Errno 111] Connection refused"), "connection refused"),
-        (httpx.ConnectError("[Errno -2] Name or service not known"), "name or service not known"),
-        (httpx.ConnectError(""), "connectError"),
+        (httpx.ConnectError("[Errno 111] Connection refused"),
+         "cannot connect to svc at URL: connection refused"),
+        (httpx.ConnectError("[Errno -2] Name or service not known"),
+         "cannot connect to svc at URL: name or service not known"),
+        (httpx.ConnectError(""), "cannot connect to svc at URL: connectError"),
         (httpx.RemoteProtocolError("Server disconnected without sending a response."),
+         "connection to svc at URL lost before an answer: "
          "server disconnected without sending a response"),
-        (httpx.ReadError("Connection reset by peer"), "connection reset by peer"),
+        (httpx.ReadError("Connection reset by peer"),
+         "connection to svc at URL lost before an answer: connection reset by peer"),
+        (httpx.WriteError("Broken pipe"),
+         "connection to svc at URL lost before an answer: broken pipe"),
         (httpx.UnsupportedProtocol("Request URL has an unsupported protocol 'ftp://'."),
-         "request URL has an unsupported protocol 'ftp://'"),
+         "cannot connect to svc at URL: request URL has an unsupported protocol 'ftp://'"),
     ],
 )  # fmt: skip
 async def test_transport_errors_are_kind_connection(
-    make_context: MakeContext, respx_mock: respx.Router, exc: Exception, reason: str
+    make_context: MakeContext, respx_mock: respx.Router, exc: Exception, message: str
 ) -> None:
     respx_mock.get(URL).mock(side_effect=exc)
     error = await fail(make_context("discover"))
     assert error.kind == "connection"
-    assert error.message == f"cannot connect to svc at {URL}: {reason}"
+    assert error.message == message.replace(" at URL", f" at {URL}")
     assert error.__cause__ is exc
+
+
+@pytest.mark.parametrize(
+    "text", ["bad Content-Length", "illegal status line: bytearray(b'SSH-2.0')"]
+)
+async def test_an_answer_that_is_not_http_is_kind_protocol(
+    make_context: MakeContext, respx_mock: respx.Router, text: str
+) -> None:
+    respx_mock.get(URL).mock(side_effect=httpx.RemoteProtocolError(text))
+    error = await fail(make_context("discover"))
+    assert (error.kind, error.message) == (
+        "protocol",
+        f"svc at {URL} did not answer in valid HTTP: {text}",
+    )
+
+
+async def test_a_body_cut_short_is_kind_connection(
+    make_context: MakeContext, respx_mock: respx.Router
+) -> None:
+    cut = httpx.RemoteProtocolError(
+        "peer closed connection without sending complete message body (received 2 bytes, "
+        "expected 100)"
+    )
+    respx_mock.get(URL).respond(200, content=chunks(b"{}", then=cut))
+    error = await fail(make_context("discover"))
+    assert error.kind == "connection"
+    assert error.message.startswith(f"connection to svc at {URL} lost while reading the answer: ")
 
 
 @pytest.mark.parametrize(
@@ -276,6 +311,25 @@ async def test_redirects_are_not_followed(
     assert len(respx_mock.calls) == 1
 
 
+async def test_control_characters_in_an_answer_are_shown_escaped(
+    make_context: MakeContext, respx_mock: respx.Router
+) -> None:
+    detail = "\x1b[2J\x1b]0;owned\x07 gone\u200b"
+    respx_mock.get(URL).respond(503, json={"detail": detail})
+    error = await fail(make_context("discover"))
+    assert error.message == "HTTP 503 from svc: \\x1b[2J\\x1b]0;owned\\x07 gone\\u200b"
+    assert error.message.isprintable()
+
+
+async def test_a_huge_location_is_quoted_as_an_excerpt(
+    make_context: MakeContext, respx_mock: respx.Router
+) -> None:
+    respx_mock.get(URL).respond(302, headers={"Location": "/" + "a" * 20_000})
+    error = await fail(make_context("discover"))
+    assert error.message.startswith("HTTP 302 from svc: redirect to /aaa")
+    assert len(error.message) < 400
+
+
 async def test_retry_after_seconds_on_429(
     make_context: MakeContext, respx_mock: respx.Router
 ) -> None:
@@ -333,14 +387,64 @@ def test_describe_answer_survives_bad_utf8() -> None:
 # --------------------------------------------------------------------------- success bodies
 
 
-@pytest.mark.parametrize("body", [b"<html>hello</html>", b"", b"\xff\xfe{}"])
+@pytest.mark.parametrize(
+    ("body", "ending"),
+    [
+        (b"<html>hello</html>", "with a body that is not JSON: '<html>hello</html>'"),
+        (b"\xff\xfe{}", "with a body that is not JSON: '\ufffd\ufffd{}'"),
+        (b"\x1b[2J{", "with a body that is not JSON: '\\x1b[2J{'"),
+        (b"", "with an empty body"),
+        (b" \r\n ", "with an empty body"),
+        (b"[" * 100_000 + b"]" * 100_000, "with JSON nested too deeply to read"),
+    ],
+)
 async def test_success_that_is_not_json_is_kind_protocol(
+    make_context: MakeContext, respx_mock: respx.Router, body: bytes, ending: str
+) -> None:
+    respx_mock.get(URL).respond(200, content=body)
+    error = await fail(make_context("discover"))
+    assert (error.kind, error.message) == (
+        "protocol",
+        f"svc answered HTTP 200 to GET {URL} {ending}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "answer"),
+    [
+        (b'{"t\\ud800": ["a\\uDFFFb", "\\ud83d\\ude00", 1, null]}',
+         {"t\ufffd": ["a\ufffdb", "\U0001f600", 1, None]}),
+        (b'\xef\xbb\xbf{"bom": "\\u00e9"}', {"bom": "\u00e9"}),
+    ],
+)  # fmt: skip
+async def test_lone_surrogates_become_replacement_characters(
+    make_context: MakeContext, respx_mock: respx.Router, body: bytes, answer: Any
+) -> None:
+    respx_mock.get(URL).respond(200, content=body)
+    decoded = await request_json(make_context("discover"), "GET", "/api/routes")
+    assert decoded == answer
+    json.dumps(decoded, ensure_ascii=False).encode("utf-8")  # printable and storable
+
+
+@pytest.mark.parametrize(
+    "body", ['{"t": "a\ud800"}'.encode("utf-8", "surrogatepass"), '{"t": 1}'.encode("utf-16")]
+)
+async def test_json_that_is_not_utf8_is_kind_protocol(
+    make_context: MakeContext, respx_mock: respx.Router, body: bytes
+) -> None:
+    respx_mock.get(URL).respond(200, content=body)
+    error = await fail(make_context("discover"))
+    assert error.kind == "protocol" and "with a body that is not JSON" in error.message
+
+
+@pytest.mark.parametrize("body", [b'{"n": NaN}', b'{"n": -Infinity}', b'{"n": 1e999}'])
+async def test_nan_and_infinities_are_kind_protocol(
     make_context: MakeContext, respx_mock: respx.Router, body: bytes
 ) -> None:
     respx_mock.get(URL).respond(200, content=body)
     error = await fail(make_context("discover"))
     assert error.kind == "protocol"
-    assert error.message.startswith(f"svc answered HTTP 200 to GET {URL} with a body that is not")
+    assert error.message.endswith(", which JSON does not allow")
 
 
 async def test_declared_huge_answer_is_refused_unread(
@@ -361,6 +465,72 @@ async def test_streamed_huge_answer_stops_at_the_limit(
     error = await fail(make_context("discover"))
     assert error.kind == "protocol"
     assert "larger than 10 MiB" in error.message
+
+
+def gzipped(data: bytes, repeat: int = 1, wbits: int = 31) -> bytes:
+    compressor = zlib.compressobj(wbits=wbits)
+    return b"".join(compressor.compress(data) for _ in range(repeat)) + compressor.flush()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "wbits"),
+    [("gzip", 31), ("x-gzip", 31), ("deflate", 15), ("deflate", -15), ("GZip ", 31)],
+)
+async def test_compressed_answers_are_decoded(
+    make_context: MakeContext, respx_mock: respx.Router, encoding: str, wbits: int
+) -> None:
+    body = gzipped(b'{"routes": [1, 2]}', wbits=wbits)
+    respx_mock.get(URL).respond(200, headers={"Content-Encoding": encoding}, content=body)
+    assert await request_json(make_context("discover"), "GET", "/api/routes") == {"routes": [1, 2]}
+
+
+async def test_a_gzip_bomb_stops_at_the_limit_with_bounded_memory(
+    make_context: MakeContext, demo: DemoServices
+) -> None:
+    # 50 MiB of padding shrink to about 50 KiB; inflating it at once took 127 MiB.
+    # (Over loopback: respx inflates a mocked gzip body itself, whole.)
+    demo.qaagent.inject("/api/routes", Fault(status=None, size=50 * 1024 * 1024, gzip=True))
+    ctx = make_context("discover", demo.qaagent_url, service="qaagent")
+    tracemalloc.start()
+    try:
+        error = await fail(ctx)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (error.kind, error.message) == (
+        "protocol",
+        f"answer from qaagent to GET {demo.qaagent_url}/api/routes is larger than 10 MiB",
+    )
+    assert peak < 16 * 1024 * 1024
+
+
+async def test_a_compressed_error_answer_is_quoted_and_read_no_further(
+    make_context: MakeContext, respx_mock: respx.Router
+) -> None:
+    bomb = gzipped(b'{"detail": "busy"}' + b" " * (1024 * 1024), repeat=1)
+    headers = {"Content-Encoding": "gzip"}
+    respx_mock.get(URL).respond(503, headers=headers, content=bomb)
+    error = await fail(make_context("discover"))
+    assert (error.kind, error.message) == ("http", "HTTP 503 from svc: busy")
+
+
+async def test_an_unsupported_encoding_is_kind_protocol(
+    make_context: MakeContext, respx_mock: respx.Router
+) -> None:
+    respx_mock.get(URL).respond(200, headers={"Content-Encoding": "br"}, content=b"??")
+    error = await fail(make_context("discover"))
+    assert (error.kind, error.message) == (
+        "protocol",
+        f"cannot decode the answer of svc at {URL}: unsupported Content-Encoding 'br'",
+    )
+
+
+async def test_only_encodings_it_can_bound_are_asked_for(
+    make_context: MakeContext, respx_mock: respx.Router
+) -> None:
+    route = respx_mock.get(URL).respond(200, json={})
+    await request_json(make_context("discover"), "GET", "/api/routes")
+    assert route.calls.last.request.headers["accept-encoding"] == "gzip, deflate"
 
 
 async def test_answer_of_exactly_the_limit_is_read(
@@ -474,6 +644,24 @@ async def test_a_stopped_service_refuses_even_pooled_connections(
     assert (await fail(ctx)).kind == "connection"
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [Fault(200, size=50 * 1024 * 1024), Fault(200, size=50 * 1024 * 1024, gzip=True)],
+    ids=["50 MiB", "gzip bomb"],
+)
+async def test_status_of_reads_no_body(demo: DemoServices, fault: Fault) -> None:
+    demo.qaagent.inject("/health", fault)
+    async with open_client() as client:
+        tracemalloc.start()
+        try:
+            status = await http.status_of(client, demo.qaagent_url + "/health", {"X-A": "b"})
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert status == 200 and peak < 4 * 1024 * 1024
+    assert demo.qaagent.calls[-1].headers["x-a"] == "b"
+
+
 async def test_loopback_bypasses_proxies(
     demo: DemoServices, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -503,3 +691,48 @@ def test_the_registry_does_not_import_httpx() -> None:
         "assert 'httpx' not in sys.modules, 'httpx imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_every_client_shares_the_process_tls_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # loading the CA bundle took ~27 ms and megabytes for each run's client
+    verify: list[Any] = []
+    real = httpx.AsyncClient
+
+    def spy(**options: Any) -> httpx.AsyncClient:
+        verify.append(options["verify"])
+        return real(**options)
+
+    monkeypatch.setattr(httpx, "AsyncClient", spy)
+    async with http.open_client(), http.open_client():
+        pass
+    assert len(verify) == 2 and verify[0] is verify[1] is http.ssl_context()
+    assert verify[0].verify_mode.name == "CERT_REQUIRED" and verify[0].check_hostname
+
+
+def test_a_missing_sniffio_is_looked_for_once_not_on_every_lock() -> None:
+    # httpcore imports sniffio on each lock it makes; a failed import searches sys.path
+    code = (
+        "import importlib.util, sys\n"
+        "installed = importlib.util.find_spec('sniffio') is not None\n"
+        "import aegis.steps.http\n"
+        "from httpcore._synchronization import current_async_library\n"
+        "import asyncio\n"
+        "async def main():\n"
+        "    return current_async_library()\n"
+        "print(installed, sys.modules.get('sniffio', 'absent') is None, asyncio.run(main()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    installed, blocked, library = done.stdout.split()
+    assert blocked == ("False" if installed == "True" else "True")
+    assert library == "asyncio"
+
+
+def test_service_urls_are_parsed_once() -> None:
+    url = "http://127.0.0.1:9/api/routes"
+    assert http.parsed_url(url) is http.parsed_url(url)
+    assert str(http.parsed_url(url)) == url
+    with pytest.raises(httpx.InvalidURL):
+        http.parsed_url("http://[::1")

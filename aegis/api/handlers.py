@@ -248,6 +248,8 @@ def _json_body(request: Request) -> dict[str, Any] | None:
         data = json.loads(request.body)
     except ValueError as exc:  # UnicodeDecodeError is one too
         raise HttpError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # [[[[... thousands deep: the parser gives up on the stack
+        raise HttpError(400, "the request body is JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise HttpError(400, "the request body must be a JSON object")
     return data

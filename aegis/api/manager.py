@@ -46,11 +46,14 @@ from aegis.history import HistoryStore
 from aegis.records import Run, RunStatus, StepResult, StepStatus, Verdict, format_timestamp
 from aegis.steps.base import StepType
 
-__all__ = ["CANCELLED_REASON", "DEFAULT_IDEMPOTENCY_TTL", "RunManager"]
+__all__ = ["CANCELLED_REASON", "DEFAULT_IDEMPOTENCY_TTL", "MAX_IDEMPOTENCY_KEYS", "RunManager"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_IDEMPOTENCY_TTL = 86400.0  # DESIGN §7: a key repeated within 24 h
+# Keys remembered at most; the oldest go first. A client that sends a new key with every
+# request (one per CI job) must not grow the server's memory for a whole day.
+MAX_IDEMPOTENCY_KEYS = 10_000
 CANCELLED_REASON = "run cancelled"  # the engine's reason too, so both read alike
 
 
@@ -90,7 +93,8 @@ class RunManager:
 
     ``history`` records every run (``trigger`` is ``"api"`` unless told otherwise);
     ``bus`` gets the engine's events; ``clock`` drives the engine and the idempotency
-    window; ``open_client`` makes each run's HTTP client (for tests).
+    window; ``open_client`` makes each run's HTTP client (for tests). At most
+    ``max_idempotency_keys`` keys are remembered, the oldest forgotten first.
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class RunManager:
         clock: Clock | None = None,
         open_client: ClientFactory | None = None,
         idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        max_idempotency_keys: int = MAX_IDEMPOTENCY_KEYS,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
@@ -112,6 +117,7 @@ class RunManager:
         self.bus = bus
         self.max_concurrent = max_concurrent
         self.idempotency_ttl = idempotency_ttl
+        self.max_idempotency_keys = max_idempotency_keys
         self.clock = clock or SystemClock()
         self._lock = threading.Lock()  # guards _live, which other threads read
         self._live: dict[str, _Entry] = {}
@@ -262,6 +268,8 @@ class RunManager:
         # Re-inserted at the end, so the dict stays in order of time for _expire_keys.
         self._keys.pop((workflow, key), None)
         self._keys[(workflow, key)] = (run_id, self.clock.monotonic())
+        while len(self._keys) > self.max_idempotency_keys:
+            self._keys.popitem(last=False)
 
     def _expire_keys(self) -> None:
         horizon = self.clock.monotonic() - self.idempotency_ttl

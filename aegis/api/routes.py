@@ -16,6 +16,7 @@ Parameters are declared once and used twice: ``Param.parse`` validates a request
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from urllib.parse import unquote
 __all__ = [
     "ERROR_CODES",
     "JSON_TYPE",
+    "MAX_INTEGER",
     "Answer",
     "Handler",
     "HttpError",
@@ -61,8 +63,13 @@ ERROR_CODES = {
 }
 
 JSON_TYPE = "application/json"
-_INTEGER = re.compile(r"-?[0-9]{1,18}")
-_NUMBER = re.compile(r"-?[0-9]{1,18}(\.[0-9]{1,9})?")
+# Bounds every integer parameter keeps (within SQLite's 64-bit INTEGER), stated in the
+# OpenAPI document when the parameter declares none of its own.
+MAX_INTEGER = 10**18 - 1
+MAX_NUMBER_CHARS = 64  # longer digit strings are refused before int() or float() reads them
+_INTEGER = re.compile(r"-?[0-9]+")
+# Decimals as any language prints a float, exponent included (JavaScript's 1e-7, 1e+21).
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 _TEMPLATE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -156,8 +163,10 @@ class Param:
     """A path, query or header parameter: how it is validated and how it is documented.
 
     ``type`` is ``string``, ``integer`` or ``number``. A missing optional parameter takes
-    ``default``. Integers and numbers are plain ASCII decimals (no ``+``, ``_``, exponents,
-    ``nan`` or ``inf``), so every parsed number is finite.
+    ``default``. Integers are plain ASCII decimals within ``MAX_INTEGER`` either way unless
+    the parameter declares tighter bounds; numbers are ASCII decimals with an optional
+    exponent (no ``+`` sign, ``_``, ``nan`` or ``inf``), and every parsed number is finite.
+    Strings are non-empty; a header's value is taken without surrounding spaces and tabs.
     """
 
     name: str
@@ -180,11 +189,15 @@ class Param:
 
     def parse(self, raw: str) -> Any:
         """The value of ``raw``; raises ``HttpError`` 400 naming what was expected."""
-        value: Any = raw
+        text = raw.strip(" \t") if self.where == "header" else raw
+        value: Any = text
+        short = len(text) <= MAX_NUMBER_CHARS
         if self.type == "integer":
-            value = int(raw) if _INTEGER.fullmatch(raw) else None
+            value = int(text) if short and _INTEGER.fullmatch(text) else None
         elif self.type == "number":
-            value = float(raw) if _NUMBER.fullmatch(raw) else None
+            value = float(text) if short and _NUMBER.fullmatch(text) else None
+            if value is not None and not math.isfinite(value):
+                value = None  # 1e999
         if value is None or not self._acceptable(value):
             raise HttpError(400, f"{self.where} parameter '{self.name}' must be {self.expected()}")
         return value
@@ -194,11 +207,23 @@ class Param:
             if self.enum is not None:
                 return value in self.enum
             return bool(value) and (self.max_length is None or len(value) <= self.max_length)
+        low, high = self._bounds()
         return (
-            (self.minimum is None or value >= self.minimum)
-            and (self.maximum is None or value <= self.maximum)
+            (low is None or value >= low)
+            and (high is None or value <= high)
             and (self.exclusive_minimum is None or value > self.exclusive_minimum)
         )
+
+    def _bounds(self) -> tuple[float | None, float | None]:
+        """The minimum and maximum in force: the declared ones, for integers else
+        ``MAX_INTEGER`` (and its negative, without an exclusive minimum)."""
+        low, high = self.minimum, self.maximum
+        if self.type == "integer":
+            if low is None and self.exclusive_minimum is None:
+                low = -MAX_INTEGER
+            if high is None:
+                high = MAX_INTEGER
+        return low, high
 
     def expected(self) -> str:
         """What a valid value looks like, in words (for the 400 message)."""
@@ -208,26 +233,31 @@ class Param:
             limit = f" of at most {self.max_length} characters" if self.max_length else ""
             return f"a non-empty string{limit}"
         noun = "an integer" if self.type == "integer" else "a number"
-        low, high = self.minimum, self.maximum
+        low, high = self._bounds()
         if low is not None and high is not None:
-            return f"{noun} from {low:g} to {high:g}"
+            return f"{noun} from {_shown(low)} to {_shown(high)}"
         bounds = []
         if self.exclusive_minimum is not None:
-            bounds.append(f"above {self.exclusive_minimum:g}")
+            bounds.append(f"above {_shown(self.exclusive_minimum)}")
         if low is not None:
-            bounds.append(f"at least {low:g}")
+            bounds.append(f"at least {_shown(low)}")
         if high is not None:
-            bounds.append(f"at most {high:g}")
+            bounds.append(f"at most {_shown(high)}")
         return " ".join([noun, " and ".join(bounds)]).strip()
 
     def schema(self) -> dict[str, Any]:
         """The JSON Schema of the value."""
         schema: dict[str, Any] = {"type": self.type}
+        low, high = self._bounds()
+        free_text = self.type == "string" and self.enum is None
         for key, value in (
-            ("minimum", self.minimum),
-            ("maximum", self.maximum),
+            ("minimum", low),
+            ("maximum", high),
             ("exclusiveMinimum", self.exclusive_minimum),
+            ("minLength", 1 if free_text else None),
             ("maxLength", self.max_length),
+            # a header value of spaces and tabs only arrives empty
+            ("pattern", "[^ \t]" if free_text and self.where == "header" else None),
             ("default", self.default),
         ):
             if value is not None:
@@ -235,6 +265,11 @@ class Param:
         if self.enum is not None:
             schema["enum"] = list(self.enum)
         return schema
+
+
+def _shown(bound: float) -> str:
+    """A bound in a message: integers in full (``:g`` would round 10**18 - 1 to 1e+18)."""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
 # ----------------------------------------------------------------------------- routes

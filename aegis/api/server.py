@@ -1,12 +1,18 @@
 """The HTTP layer: a ``ThreadingHTTPServer`` that routes requests through the route table.
 
 One thread per connection (daemon threads, so a stuck client never holds the process),
-HTTP/1.1 keep-alive with an idle timeout, a backlog far above ``http.server``'s 5. What
-the server checks before a handler runs, in order::
+HTTP/1.1 keep-alive with an idle timeout, a backlog far above ``http.server``'s 5. A
+request must arrive whole within ``request_timeout`` of its first byte (default: the
+idle timeout), so a client trickling bytes (slow-loris) holds a thread no longer than
+that. What the server checks before a handler runs, in order::
 
-    the request line and headers     400, 414, 431 (all header lines together over 64 KiB)
+    the request line                 400, 414, 501 (unknown method), 505 (HTTP/0.9, 2.0)
+    the headers                      408 (too slow), 431 (all lines together over 64 KiB),
+                                     400: a malformed or folded line, no Host (HTTP/1.1),
+                                     a bad Host, Host or a credential header twice
     shutting down?                   503
-    Content-Length                   400, 411 (chunked), 413 (over 1 MiB, nothing read)
+    Content-Length                   400, 411 (chunked), 413 (over 1 MiB, nothing read),
+                                     408 or 400 for a body that comes too slowly or short
     the route table                  404, 405 with Allow
     the API key, for POST            401 with WWW-Authenticate
     the route's parameters           400
@@ -19,15 +25,14 @@ id; the traceback goes to the log under that id, never to the client.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import http.client
 import logging
+import os
 import re
 import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
@@ -61,6 +66,12 @@ POLL_INTERVAL = 0.1
 CORS_ALLOW_HEADERS = "Content-Type, X-API-Key, Authorization, Idempotency-Key, Last-Event-ID"
 CORS_EXPOSE_HEADERS = "Location, Idempotent-Replayed"
 AUTH_CHALLENGE = 'Bearer realm="aegis"'
+# Headers that mean one thing once and something ambiguous twice (which key counts?).
+_SINGLE_HEADERS = frozenset(
+    ("host", "authorization", "x-api-key", "idempotency-key", "last-event-id")
+)
+# A Host value: a name or an IPv4 or bracketed IPv6 address, an optional port.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._~%!$&'()*+,;=-]{1,253})(:[0-9]{0,5})?")
 # Query parameters whose values stay out of the access log.
 _SECRET_NAME = re.compile(r"key|token|secret|pass|auth|sig", re.IGNORECASE)
 
@@ -96,21 +107,67 @@ def loggable_target(target: str) -> str:
     return "".join(c if " " <= c < "\x7f" else f"\\x{ord(c):02x}" for c in path)
 
 
-class _HeaderBudget:
-    """The connection's reader while headers are parsed: all header lines together may
-    take ``budget`` bytes; past that, ``LineTooLong``, which http.server answers with 431."""
+class _RequestReader:
+    """The connection's reader while a request head arrives.
 
-    def __init__(self, raw: Any, budget: int) -> None:
-        self._raw = raw
+    The socket's timeout bounds each wait for more bytes; this bounds the whole request:
+    once its first byte is in, past ``deadline`` (``timeout`` seconds later) the next
+    read raises ``TimeoutError``, so a client trickling bytes just faster than the idle
+    timeout (slow-loris) is cut off too. Header lines (after ``start_headers``) share a
+    budget of ``budget`` bytes; past that, ``LineTooLong``, which http.server answers
+    with 431.
+    """
+
+    def __init__(self, rfile: Any, timeout: float) -> None:
+        self.rfile = rfile
+        self.timeout = timeout
+        self.deadline: float | None = None
+        self._left: int | None = None
+
+    def start_headers(self, budget: int) -> None:
         self._left = budget
 
+    def check(self) -> None:
+        """Raise ``TimeoutError`` once the request is late (starting the clock if need be)."""
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + self.timeout
+        elif now > self.deadline:
+            raise TimeoutError("the request did not arrive in time")
+
     def readline(self, limit: int = -1) -> bytes:
-        cap = self._left + 1 if limit < 0 else min(limit, self._left + 1)
-        line: bytes = self._raw.readline(cap)
-        self._left -= len(line)
-        if self._left < 0:
-            raise http.client.LineTooLong(f"header lines over {MAX_HEADER_BYTES} bytes")
+        left = self._left
+        cap = limit if limit >= 0 else MAX_HEADER_BYTES + 1
+        if left is not None:
+            cap = min(cap, left + 1)
+        buffered: bytes = self.rfile.peek(1)  # at most one recv, bounded by the idle timeout
+        if buffered and buffered.find(b"\n", 0, cap) >= 0:  # the usual case: a whole line
+            self.check()
+            line: bytes = self.rfile.readline(cap)
+        else:
+            line = self._gather(cap)
+        if left is not None:
+            self._left = left - len(line)
+            if self._left < 0:
+                raise http.client.LineTooLong(f"header lines over {MAX_HEADER_BYTES} bytes")
         return line
+
+    def _gather(self, cap: int) -> bytes:
+        """A line that arrives in pieces, up to ``cap`` bytes, the deadline checked per piece."""
+        parts: list[bytes] = []
+        got = 0
+        while got < cap:
+            buffered: bytes = self.rfile.peek(1)
+            if not buffered:
+                break  # the client closed
+            self.check()
+            end = buffered.find(b"\n", 0, cap - got)
+            take = end + 1 if end >= 0 else min(len(buffered), cap - got)
+            parts.append(self.rfile.read(take))
+            got += take
+            if end >= 0:
+                break
+        return b"".join(parts)
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -135,6 +192,7 @@ class ApiServer(ThreadingHTTPServer):
         api_key: str = "",
         cors_origins: Iterable[str] = (),
         idle_timeout: float = IDLE_TIMEOUT,
+        request_timeout: float | None = None,
         access_log: Callable[[str], None] | None = None,
     ) -> None:
         self.ctx = ctx
@@ -142,6 +200,8 @@ class ApiServer(ThreadingHTTPServer):
         self.api_key = api_key.encode()
         self.cors_origins = frozenset(cors_origins)
         self.idle_timeout = idle_timeout
+        # A request must arrive in full (head and body) this long after its first byte.
+        self.request_timeout = idle_timeout if request_timeout is None else request_timeout
         self.access_log = access_log
         self.stopping = ctx.stopping
         self._connections: set[socket.socket] = set()
@@ -189,6 +249,12 @@ class ApiServer(ThreadingHTTPServer):
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
 
+    @property
+    def connection_count(self) -> int:
+        """How many connections are open now (idle keep-alive ones included)."""
+        with self._connections_changed:
+            return len(self._connections)
+
     def track(self, connection: socket.socket, open: bool) -> None:
         with self._connections_changed:
             if open:
@@ -230,24 +296,54 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         self.server.track(self.connection, True)
         self._unread = 0
         self._began = time.perf_counter()
+        self._reader = _RequestReader(self.rfile, self.server.request_timeout)
 
     def finish(self) -> None:
         self.server.track(self.connection, False)
         with contextlib.suppress(OSError):  # the client closed first: nothing to flush to
             super().finish()
 
-    def parse_request(self) -> bool:
-        self._began = time.perf_counter()
-        self._unread = 0
+    def handle_one_request(self) -> None:
         raw = self.rfile
-        self.rfile = _HeaderBudget(raw, MAX_HEADER_BYTES)  # type: ignore[assignment]
+        self._reader = _RequestReader(raw, self.server.request_timeout)
+        self.rfile = self._reader  # type: ignore[assignment]
         try:
-            return super().parse_request()
+            super().handle_one_request()  # a late request line: closed without an answer
         finally:
             self.rfile = raw
 
+    def parse_request(self) -> bool:
+        self._began = time.perf_counter()
+        self._unread = 0
+        reader = self._reader
+        reader.start_headers(MAX_HEADER_BYTES)
+        line: bytes = getattr(self, "raw_requestline", b"")
+        words = line.split()
+        if len(words) == 2:  # HTTP/0.9 sends no headers: do not wait for them
+            self.command, self.path = (str(word, "iso-8859-1") for word in words)
+            self.request_version = self.default_request_version
+            self.send_error(505, "HTTP/0.9 is not supported; send HTTP/1.1")
+            return False
+        try:
+            parsed = super().parse_request()
+        except TimeoutError:  # the headers came too slowly, or stopped coming
+            self.send_error(408, "the request headers did not arrive in time")
+            return False
+        finally:
+            self.rfile = reader.rfile  # the body is read as it is
+        if parsed:
+            problem = _head_problem(self.headers, self.request_version)
+            if problem:
+                self.send_error(400, problem)
+                return False
+        return parsed
+
     def handle_expect_100(self) -> bool:
-        # Refuse an oversized body before the client sends it, rather than after.
+        # Refuse a bad head or an oversized body before the client sends it, not after.
+        problem = _head_problem(self.headers, self.request_version)
+        if problem:
+            self.send_error(400, problem)
+            return False
         try:
             self._content_length()
         except HttpError as exc:
@@ -304,7 +400,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return _unavailable("the server is shutting down")
         length = self._content_length()
-        path, _, query = self.path.partition("?")
+        path, _, query = _origin_form(self.path).partition("?")
         if self.command == "OPTIONS" and self._cors_origin():
             return self._preflight(path)
         match = server.router.match(self.command, path)
@@ -338,11 +434,21 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
     def _body(self, length: int) -> bytes:
         if not length:
             return b""
+        parts: list[bytes] = []
+        left = length
         try:
-            body = self.rfile.read(length)
-        except OSError:
+            while left:
+                chunk = self.rfile.read1(left)  # at most one recv, bounded by the idle timeout
+                if not chunk:
+                    break  # the client closed early
+                parts.append(chunk)
+                left -= len(chunk)
+                if left:
+                    self._reader.check()  # a trickled body is cut off like a trickled head
+        except OSError:  # TimeoutError is one
             self.close_connection = True
             raise HttpError(408, "the request body did not arrive in time") from None
+        body = b"".join(parts)
         self._unread = 0
         if len(body) < length:
             self.close_connection = True
@@ -357,7 +463,11 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         if sent is None:
             scheme, _, token = self.headers.get("Authorization", "").strip().partition(" ")
             sent = token.strip() if scheme.lower() == "bearer" else None
-        # Header values arrive decoded as Latin-1: encoding them back gives the bytes sent.
+        # Imported here: it loads OpenSSL's hash library, 0.7 MB that a server without
+        # auth never needs. Header values arrive decoded as Latin-1: encoding them back
+        # gives the bytes sent.
+        import hmac
+
         if sent is None or not hmac.compare_digest(sent.encode("latin-1", "replace"), key):
             raise HttpError(
                 401,
@@ -385,7 +495,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         return Response(204, headers=headers)
 
     def _internal_error(self) -> Response:
-        error_id = uuid.uuid4().hex[:12]
+        error_id = os.urandom(6).hex()
         log.exception(
             "error %s answering %s %s", error_id, self.command, loggable_target(self.path)
         )
@@ -453,6 +563,41 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         method = getattr(self, "command", None) or "-"
         target = loggable_target(getattr(self, "path", "") or "-")
         access_log(f'{self.client_address[0]} "{method} {target}" {status} {took:.1f}ms')
+
+
+def _head_problem(headers: Any, version: str) -> str | None:
+    """Why a parsed head is malformed, or ``None``. The header parser stops at a line it
+    cannot read and takes the rest as body, so later headers (a Content-Length, the API
+    key) would silently vanish: such a head is refused instead."""
+    if headers.defects:
+        return "a header line is malformed"
+    host = None
+    seen: set[str] = set()
+    for name, value in headers.raw_items():  # one pass, values as they came
+        if "\r" in value or "\n" in value:
+            return f"the header {name} is folded over several lines"
+        key = name.lower()
+        if key in _SINGLE_HEADERS:
+            if key in seen:
+                return f"the {name} header is given more than once"
+            seen.add(key)
+            if key == "host":
+                host = value
+    if host is None:
+        return "an HTTP/1.1 request needs a Host header" if version >= "HTTP/1.1" else None
+    if not _HOST.fullmatch(host):
+        return "the Host header is not a host name with an optional port"
+    return None
+
+
+def _origin_form(target: str) -> str:
+    """The request target as a path and query: an absolute-form target (what a client
+    talking to a proxy sends, which a server must accept) loses its scheme and host."""
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return target
+    _, slash, path = rest.partition("/")
+    return slash + path if slash else "/"
 
 
 def _query(query: str) -> dict[str, list[str]]:

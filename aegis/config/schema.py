@@ -13,7 +13,6 @@ The tree comes from ``aegis.config.load``, which marks two kinds of values for t
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import re
@@ -42,6 +41,7 @@ from aegis.config.model import (
 from aegis.engine.conditions import CONDITIONS as ENGINE_CONDITIONS
 from aegis.errors import ERROR_KINDS, ConfigError, ConfigProblem
 from aegis.events import EVENT_TYPES
+from aegis.secrets import hide_url_passwords
 
 if TYPE_CHECKING:  # the step modules import the config model: importing them here would cycle
     from aegis.steps.base import StepType
@@ -173,6 +173,8 @@ def _near(word: object, choices: Collection[str]) -> list[str]:
     if not isinstance(word, str):
         return []
     by_folded = {choice.lower(): choice for choice in choices}
+    import difflib  # only when there is a problem to suggest a fix for
+
     close = difflib.get_close_matches(word.lower(), list(by_folded), n=1, cutoff=0.6)
     return [by_folded[match] for match in close]
 
@@ -206,7 +208,8 @@ class _Invalid(Exception):
             return self.message
         if not self.show_value:  # the value may be a secret: never echo it
             return f"expected {self.expected}"
-        return f"expected {self.expected}, got {describe(_typed(value))}"
+        # a malformed URL may still carry a password: shown as ***
+        return f"expected {self.expected}, got {hide_url_passwords(describe(_typed(value)))}"
 
 
 def _is_empty(value: object) -> bool:

@@ -7,7 +7,11 @@ from collections.abc import Callable
 from aegis.config.model import StepSpec
 from aegis.errors import StepError
 
-__all__ = ["retry_delay", "should_retry"]
+__all__ = ["RETRY_AFTER_CAP", "retry_delay", "should_retry"]
+
+# The longest a service's Retry-After may hold a step when max_retry_delay is not set: a
+# "Retry-After: 86400" must not park a CI run for a day.
+RETRY_AFTER_CAP = 60.0
 
 
 def should_retry(error: StepError, retry_on: tuple[str, ...] | None) -> bool:
@@ -34,10 +38,13 @@ def retry_delay(
 
     ``2**k * retry_delay``, varied by ``retry_jitter`` (a fraction, applied both ways); a
     ``Retry-After`` from the service takes the place of the backoff. Either way the wait
-    is capped by ``max_retry_delay``.
+    is capped by ``max_retry_delay``; without one, a ``Retry-After`` is still capped by
+    ``RETRY_AFTER_CAP``, because the service, not the config, chose that number.
     """
     if error.retry_after is not None:
         wait = error.retry_after
+        if spec.max_retry_delay is None:
+            wait = min(wait, RETRY_AFTER_CAP)
     else:
         wait = spec.retry_delay * 2**failed_attempt
         if spec.retry_jitter:

@@ -141,11 +141,14 @@ class HistoryStore(abc.ABC):
         self.close()
 
 
-def open_history(spec: HistorySpec, *, warn: Warn) -> HistoryStore:
+def open_history(spec: HistorySpec, *, warn: Warn, reading: bool = False) -> HistoryStore:
     """The store for ``spec``: memory for ``":memory:"``, else a SQLite file at its path.
 
     Never raises: if the file cannot be used, ``warn`` is called once with the path and
-    the reason, and the store returned keeps this process's history in memory.
+    the reason, and the store returned keeps this process's history in memory. With
+    ``reading`` (a caller that only reads: ``aegis history``), a file that cannot be
+    written (read-only, in a read-only directory, locked by another process) is opened
+    read-only instead, without a warning; its runs are shown as they are stored.
     """
     from aegis.history.memory import MemoryHistory
 
@@ -160,5 +163,12 @@ def open_history(spec: HistorySpec, *, warn: Warn) -> HistoryStore:
     except Exception as exc:  # a bug must not cost the run its history, let alone the run
         log.debug("opening the history file %s failed", spec.path, exc_info=True)
         message = str(HistoryUnavailable(spec.path, f"{type(exc).__name__}: {exc}"))
+    if reading:
+        try:
+            return SqliteHistory(spec.path, max_runs=spec.max_runs, warn=warn, read_only=True)
+        except Exception:  # not readable either: the first reason is the one to tell
+            log.debug("reading the history file %s failed", spec.path, exc_info=True)
+        warn(f"{message}; no runs can be read from it")
+        return MemoryHistory(max_runs=spec.max_runs, warn=warn)
     warn(f"{message}; keeping this run's history in memory")
     return MemoryHistory(max_runs=spec.max_runs, warn=warn)

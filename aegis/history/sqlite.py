@@ -14,8 +14,13 @@ Why it is built this way:
   the unfinished rows whose owner is gone: on this host, a pid that is not alive or now
   belongs to another process; on another host, a heartbeat older than ``stale_after``.
 * **Failure.** A file that cannot be opened raises ``HistoryUnavailable`` (``open_history``
-  turns that into one warning). A file that fails later makes the store warn once and keep
-  the rest of this process's history in memory, the runs still going included.
+  turns that into one warning). Opening waits for a busy file for one busy timeout only, so
+  a file locked for good delays a run by seconds, not minutes. A file that fails later
+  makes the store warn once and keep the rest of this process's history in memory, the
+  runs still going included.
+* **Reading only.** ``read_only=True`` opens the file without writing to it (listing
+  commands use it when the file cannot be written): no schema is made, no run is marked
+  ``interrupted``, and readers are not blocked by another process's write lock.
 * **Scale.** A listing reads one page of run rows through the index matching its filters
   (newest first, no sort step) and only the summary columns of their steps. Step ``data``
   and ``attempts`` are JSON columns that only ``get`` reads.
@@ -41,6 +46,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -82,6 +88,7 @@ DEFAULT_BUSY_TIMEOUT = 10.0  # seconds SQLite itself waits for a lock
 DEFAULT_HEARTBEAT_INTERVAL = 10.0  # also how often reads look for runs of dead owners
 DEFAULT_STALE_AFTER = 120.0  # a heartbeat this old means the owner on another host is gone
 LOCK_ROUNDS = 4  # give up on a busy file after this many busy timeouts
+CACHE_KIB = 512  # SQLite's page cache per connection
 
 _T = TypeVar("_T")
 _pause = time.sleep  # replaced by tests that must know when a busy write will retry
@@ -181,6 +188,9 @@ _LIST = {
     for key, where in _WHERE.items()
 }
 _COUNT = {key: f"SELECT count(*) FROM runs{where}" for key, where in _WHERE.items()}
+# Changes whenever another connection commits to the file (never for our own commits).
+_DATA_VERSION = "PRAGMA data_version"
+_MAX_CACHED_PAGES = 64
 
 
 # ----------------------------------------------------------------------- encoding
@@ -329,8 +339,10 @@ class SqliteHistory(HistoryStore):
         clock: Callable[[], float] = time.time,
         owner: Owner | None = None,
         probe: Callable[[int], str | None] = process_state,
+        read_only: bool = False,
     ) -> None:
         self.path = os.fspath(path)
+        self.read_only = read_only
         self.max_runs = max_runs
         self._warn = warn
         self._busy_timeout = DEFAULT_BUSY_TIMEOUT if busy_timeout is None else busy_timeout
@@ -346,10 +358,17 @@ class SqliteHistory(HistoryStore):
         self._beater: threading.Thread | None = None
         self._last_sweep = -math.inf
         self._warned: set[str] = set()
+        # Pages and counts read since the file last changed (see _cached).
+        self._pages: dict[tuple[Any, ...], Any] = {}
+        self._pages_version: tuple[int, int] = (-1, -1)
+        self._own_writes = 0
+        if read_only:
+            self._db = self._open_read_only()
+            return
         self._db = self._connect()
         try:
-            self._retrying(self._configure)
-            self._transaction(self._migrate)
+            self._retrying(self._configure, rounds=1)
+            self._retrying(lambda: self._once("BEGIN IMMEDIATE", self._migrate), rounds=1)
             self._sweep()
         except BaseException as exc:
             self._db.close()
@@ -387,19 +406,53 @@ class SqliteHistory(HistoryStore):
         offset: int = 0,
     ) -> RunList:
         limit, offset = max(limit, 0), max(offset, 0)
-        return self._read(
-            self._page,
-            workflow,
-            status,
-            limit,
-            offset,
-            fallback=lambda m: m.list(workflow, status, limit, offset),
+        page = self._cached(
+            ("list", workflow, status, limit, offset),
+            lambda: self._read(
+                self._page,
+                workflow,
+                status,
+                limit,
+                offset,
+                fallback=lambda m: m.list(workflow, status, limit, offset),
+            ),
         )
+        return builtins.list(page)  # the cached list stays the store's own
 
     def count(self, workflow: str | None = None, status: str | None = None) -> int:
-        return self._read(
-            self._count, workflow, status, fallback=lambda m: m.count(workflow, status)
+        return self._cached(
+            ("count", workflow, status),
+            lambda: self._read(
+                self._count, workflow, status, fallback=lambda m: m.count(workflow, status)
+            ),
         )
+
+    def _cached(self, key: tuple[Any, ...], read: Callable[[], _T]) -> _T:
+        """``read()``, or what it gave last time if the file has not changed since.
+
+        The landing page polls the same page of history over and over; a page costs
+        hundreds of microseconds to read and decode, checking for a change a few.
+        ``PRAGMA data_version`` changes when another connection (another process)
+        commits; this store's own writes count in ``_own_writes``.
+        """
+        with self._lock:
+            if self._memory is not None:
+                return read()
+            try:
+                self._sweep_if_due()
+                version = (self._own_writes, self._db.execute(_DATA_VERSION).fetchone()[0])
+            except _DB_ERRORS:
+                return read()  # reading falls back to memory and says why
+            if version != self._pages_version or len(self._pages) >= _MAX_CACHED_PAGES:
+                self._pages.clear()
+                self._pages_version = version
+            elif key in self._pages:
+                found: _T = self._pages[key]
+                return found
+            value = read()
+            if self._memory is None and self._own_writes == version[0]:
+                self._pages[key] = value
+            return value
 
     def close(self) -> None:
         self._stop.set()
@@ -456,6 +509,8 @@ class SqliteHistory(HistoryStore):
     def _sweep(self) -> builtins.list[str]:
         now = self._clock()
         self._last_sweep = now
+        if self.read_only:
+            return []
         rows = self._retrying(self._unfinished_rows)
         gone = [row for row in rows if self._owner_gone(row, now)]
         if not gone:
@@ -530,10 +585,10 @@ class SqliteHistory(HistoryStore):
         self._stop.set()
         return memory
 
-    def _retrying(self, action: Callable[[], _T]) -> _T:
-        """``action()``, tried again while the file stays busy, up to ``LOCK_ROUNDS``
-        busy timeouts in all: waiting costs a little time, giving up costs a record."""
-        give_up = time.monotonic() + LOCK_ROUNDS * self._busy_timeout
+    def _retrying(self, action: Callable[[], _T], rounds: int = LOCK_ROUNDS) -> _T:
+        """``action()``, tried again while the file stays busy, up to ``rounds`` busy
+        timeouts in all: waiting costs a little time, giving up costs a record."""
+        give_up = time.monotonic() + rounds * self._busy_timeout
         pause = 0.001
         while True:
             try:
@@ -551,6 +606,8 @@ class SqliteHistory(HistoryStore):
 
     def _once(self, begin: str, action: Callable[..., _T], *args: Any) -> _T:
         db = self._db
+        if begin != "BEGIN":  # a write: pages read before it are stale
+            self._own_writes += 1
         db.execute(begin)
         try:
             result = action(db, *args)
@@ -582,9 +639,60 @@ class SqliteHistory(HistoryStore):
         except (sqlite3.Error, ValueError) as exc:  # ValueError: a NUL in the path
             raise HistoryUnavailable(self.path, self._open_reason(exc)) from exc
 
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A connection that never writes, its schema checked; else ``HistoryUnavailable``.
+
+        A WAL file is read through its ``-shm`` index, which SQLite must be able to create
+        when it is missing; where it cannot (a directory this process may not write), the
+        file is read as it stands on disk (``immutable``), which is what others last
+        checkpointed into it.
+        """
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+        failure: BaseException | None = None
+        for options in ("", "&immutable=1"):
+            try:
+                db = sqlite3.connect(
+                    uri + options,
+                    uri=True,
+                    timeout=self._busy_timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            except (sqlite3.Error, ValueError) as exc:
+                failure = exc
+                continue
+            try:
+                self._db = db
+                self._retrying(lambda: self._once("BEGIN", self._check_schema), rounds=1)
+                return db
+            except HistoryUnavailable:
+                db.close()
+                raise
+            except sqlite3.Error as exc:
+                db.close()
+                failure = exc
+        assert failure is not None
+        raise HistoryUnavailable(self.path, self._open_reason(failure)) from failure
+
+    def _check_schema(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise HistoryUnavailable(self.path, self._newer(version))
+        if version < SCHEMA_VERSION:
+            raise HistoryUnavailable(self.path, "not an aegis history file (no runs table)")
+
+    @staticmethod
+    def _newer(version: int) -> str:
+        return (
+            f"written by a newer aegis: schema version {version}, "
+            f"this one reads up to {SCHEMA_VERSION}"
+        )
+
     def _open_reason(self, exc: BaseException) -> str:
         """SQLite's reason, made specific where it is vague about which file is at fault."""
         reason = _reason(exc)
+        if isinstance(exc, sqlite3.Error) and _is_busy(exc):
+            return f"{reason}: another process has held it for over {self._busy_timeout:g} s"
         if reason != "unable to open database file":
             return reason
         if os.path.isdir(self.path):
@@ -599,6 +707,9 @@ class SqliteHistory(HistoryStore):
         # With WAL, NORMAL loses no commit when a process dies; only an OS crash may
         # lose the last ones, and it saves an fsync per step.
         self._db.execute("PRAGMA synchronous = NORMAL")
+        # A page of history touches a few index pages and the newest rows; SQLite's 2 MiB
+        # default cache only grew a long-running server's memory (the OS caches the file).
+        self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -608,11 +719,7 @@ class SqliteHistory(HistoryStore):
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             return
         if version > SCHEMA_VERSION:
-            raise HistoryUnavailable(
-                self.path,
-                f"written by a newer aegis: schema version {version}, "
-                f"this one reads up to {SCHEMA_VERSION}",
-            )
+            raise HistoryUnavailable(self.path, self._newer(version))
         if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
             raise HistoryUnavailable(self.path, "not an aegis history file: it holds other tables")
         for statement in _SCHEMA:

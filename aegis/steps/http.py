@@ -6,7 +6,8 @@ engine's retry policy understands:
     httpx.TimeoutException                     -> timeout
     refused, DNS, reset, closed before answer  -> connection
     3xx, non-2xx, or a status not expected     -> http      (status_code, retry_after)
-    2xx that is not the contracted JSON        -> protocol  (also: answer over 10 MiB)
+    2xx that is not the contracted JSON        -> protocol  (also: over 10 MiB, NaN)
+    an answer that is not valid HTTP           -> protocol
 
 This is the only module under ``aegis.steps`` that imports httpx at module level; step
 modules import it inside their ``execute`` so that loading the registry stays cheap.
@@ -14,12 +15,17 @@ modules import it inside their ``execute`` so that loading the registry stays ch
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json as jsonlib
 import math
 import os
 import re
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping
+import ssl
+import sys
+import zlib
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -43,12 +49,15 @@ __all__ = [
     "join_url",
     "open_client",
     "parse_retry_after",
+    "parsed_url",
     "protocol_error",
     "request_json",
     "require_count",
     "require_list",
     "require_object",
     "service_headers",
+    "ssl_context",
+    "status_of",
 ]
 
 MAX_RESPONSE_BYTES = 10 * 1024 * 1024
@@ -56,7 +65,7 @@ MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
 EXCERPT_CHARS = 200
 CONNECT_TIMEOUT = 10.0
-MAX_CONNECTIONS = 32
+MAX_CONNECTIONS = 256  # at least the widest parallel batch: a step never queues for one
 MAX_KEEPALIVE_CONNECTIONS = 16
 KEEPALIVE_EXPIRY = 15.0
 USER_AGENT = f"aegis/{__version__}"
@@ -64,6 +73,27 @@ RETRY_AFTER_STATUSES = (429, 503)
 # Loopback never goes through a proxy: with HTTP_PROXY set and no NO_PROXY (common on CI
 # hosts), services on this machine, the demo ones included, would be unreachable.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+# httpcore looks for the optional sniffio on each lock and event it makes, six per
+# request. When it is not installed, every look is an import that fails only after
+# searching all of sys.path: a third of the CPU time of a request on loopback. Recorded as
+# absent, the look fails at once, and anyio and httpcore assume asyncio, which Aegis runs.
+if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+_ssl_contexts: list[ssl.SSLContext] = []
+
+
+def ssl_context() -> ssl.SSLContext:
+    """The process's one TLS context, made on first use as httpx makes its default.
+
+    Loading the CA bundle takes tens of milliseconds and megabytes: done for every client,
+    it was most of the cost of a short run, and of a server's memory growth.
+    """
+    if not _ssl_contexts:
+        _ssl_contexts.append(httpx.create_ssl_context())
+    return _ssl_contexts[0]
 
 
 @asynccontextmanager
@@ -75,6 +105,7 @@ async def open_client() -> AsyncIterator[httpx.AsyncClient]:
     less useful message. Redirects are not followed (see ``request_json``).
     """
     client = httpx.AsyncClient(
+        verify=ssl_context(),
         timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
         limits=httpx.Limits(
             max_connections=MAX_CONNECTIONS,
@@ -82,7 +113,7 @@ async def open_client() -> AsyncIterator[httpx.AsyncClient]:
             keepalive_expiry=KEEPALIVE_EXPIRY,
         ),
         follow_redirects=False,
-        headers={"User-Agent": USER_AGENT},
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
         mounts={f"all://{host}": None for host in LOOPBACK_HOSTS},
     )
     async with client:
@@ -118,12 +149,23 @@ async def request_json(
     exchange = _Exchange(service.key, method, url)
     try:
         async with ctx.http.stream(
-            method, url, json=json, headers=service_headers(service, ctx.environ)
+            method, parsed_url(url), json=json, headers=service_headers(service, ctx.environ)
         ) as response:
             exchange.answered = True
             return await _receive(exchange, response, tuple(expect))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise _translate(exc, exchange) from exc
+
+
+async def status_of(client: httpx.AsyncClient, url: str, headers: Mapping[str, str]) -> int:
+    """The status of ``GET url``, reading none of the body (for health checks).
+
+    ``client.get`` would read the whole answer into memory, inflated: a health endpoint
+    answering 50 MiB, or a gzip bomb, cost over 100 MiB per check. Raises httpx errors
+    as they come; ``describe_failure`` words them.
+    """
+    async with client.stream("GET", url, headers=dict(headers)) as response:
+        return response.status_code
 
 
 def describe_failure(exc: BaseException, service: str, url: str, method: str = "GET") -> str:
@@ -134,6 +176,13 @@ def describe_failure(exc: BaseException, service: str, url: str, method: str = "
     if isinstance(exc, (httpx.HTTPError, httpx.InvalidURL)):
         return _translate(exc, _Exchange(service, method, url)).message
     return f"request to {service} at {url} failed: {_cause(exc)}"
+
+
+@functools.lru_cache(maxsize=256)
+def parsed_url(url: str) -> httpx.URL:
+    """``httpx.URL(url)``, parsed once: httpx parses a string URL on every request, and
+    for an IP address host that alone cost ~0.1 ms. Raises ``httpx.InvalidURL``."""
+    return httpx.URL(url)
 
 
 def join_url(base: str, path: str) -> str:
@@ -170,31 +219,132 @@ async def _receive(exchange: _Exchange, response: httpx.Response, expect: tuple[
         body = await _read(exchange, response, MAX_ERROR_BYTES, strict=False)
         raise _status_error(exchange, response, body, expect)
     body = await _read(exchange, response, MAX_RESPONSE_BYTES, strict=True)
+    answered = f"{exchange.service} answered HTTP {status} to {exchange.method} {exchange.url}"
     try:
-        return jsonlib.loads(body)
+        # UTF-8 only (RFC 8259): json.loads(bytes) would also take UTF-16 and let encoded
+        # surrogates through, which nothing downstream could print or store.
+        text = body.decode("utf-8-sig")
+        answer = jsonlib.loads(text, parse_constant=_not_json, parse_float=_finite)
+    except _NotFinite as exc:
+        raise StepError("protocol", f"{answered} with {exc}, which JSON does not allow") from exc
     except ValueError as exc:  # also UnicodeDecodeError
+        if not body.strip():
+            raise StepError("protocol", f"{answered} with an empty body") from exc
         raise StepError(
             "protocol",
-            f"{exchange.service} answered HTTP {status} to {exchange.method} {exchange.url} "
-            f"with a body that is not JSON: {_excerpt(body.decode('utf-8', 'replace'))!r}",
+            f"{answered} with a body that is not JSON: "
+            f"'{_excerpt(body.decode('utf-8', 'replace'))}'",
         ) from exc
+    except RecursionError as exc:  # [[[[… thousands deep: the parser gives up
+        raise StepError("protocol", f"{answered} with JSON nested too deeply to read") from exc
+    return _without_lone_surrogates(answer) if _SURROGATE_ESCAPE.search(text) else answer
+
+
+# A \uD800-\uDFFF escape; a valid pair becomes one character when parsed, but a lone one
+# stays a surrogate, which no UTF-8 output (stdout, the API, SQLite) can encode.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            _without_lone_surrogates(key): _without_lone_surrogates(item)
+            for key, item in value.items()
+        }
+    return value
+
+
+class _NotFinite(ValueError):
+    """NaN or an infinity in an answer: Python reads them, but no JSON consumer of the run
+    record (the API, ``--json``) could, so the answer is refused where it arrives."""
+
+
+def _not_json(constant: str) -> Any:
+    raise _NotFinite(constant)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise _NotFinite(f"the number {_excerpt(text)}")
+    return value
 
 
 async def _read(
     exchange: _Exchange, response: httpx.Response, limit: int, *, strict: bool
-) -> bytes:
-    """The body, streamed; past ``limit`` bytes fail (``strict``) or stop reading."""
+) -> bytearray:
+    """The body, streamed and decoded; past ``limit`` bytes fail (``strict``) or stop.
+
+    Memory stays near ``limit`` whatever the service sends: a compressed answer is
+    inflated a bounded piece at a time, so a small gzip bomb cannot expand at once.
+    """
     declared = response.headers.get("content-length", "")
     if strict and declared.isdigit() and int(declared) > limit:
         raise _too_large(exchange)
+    inflater = _inflater(exchange, response)
     body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > limit:
-            if strict:
-                raise _too_large(exchange)
-            return bytes(body[:limit])
-    return bytes(body)
+    async for raw in response.aiter_raw():
+        pieces = inflater.pieces(raw, limit + 1 - len(body)) if inflater else (raw,)
+        for piece in pieces:
+            body += piece
+            if len(body) > limit:
+                if strict:
+                    raise _too_large(exchange)
+                del body[limit:]
+                return body
+    return body
+
+
+# What the client asks for; httpx would add br and zstd when their packages happen to be
+# installed, and then decode them without any bound on the output.
+ACCEPT_ENCODING = "gzip, deflate"
+# The most one step of inflating may produce, so a body near the limit is not held twice.
+INFLATE_PIECE = 256 * 1024
+
+
+class _Inflater:
+    """Decodes a gzip or deflate body, never more than asked for from one input piece."""
+
+    def __init__(self, exchange: _Exchange, encoding: str) -> None:
+        self._where = f"{exchange.service} at {exchange.url}"
+        self._raw_fallback = encoding == "deflate"  # some servers send deflate unwrapped
+        self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 32)  # 32: gzip or zlib header
+
+    def pieces(self, data: bytes, most: int) -> Iterator[bytes]:
+        while data:
+            try:
+                out = self._zlib.decompress(data, min(max(most, 1), INFLATE_PIECE))
+            except zlib.error as exc:
+                if self._raw_fallback:
+                    self._raw_fallback = False
+                    self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+                    continue
+                raise StepError(
+                    "protocol", f"cannot decode the answer of {self._where}: {exc}"
+                ) from exc
+            self._raw_fallback = False
+            data = self._zlib.unconsumed_tail
+            if out:
+                yield out
+
+
+def _inflater(exchange: _Exchange, response: httpx.Response) -> _Inflater | None:
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return _Inflater(exchange, encoding)
+    raise StepError(
+        "protocol",
+        f"cannot decode the answer of {exchange.service} at {exchange.url}: "
+        f"unsupported Content-Encoding {encoding!r}",
+    )
 
 
 def _too_large(exchange: _Exchange) -> StepError:
@@ -208,7 +358,7 @@ def _too_large(exchange: _Exchange) -> StepError:
 def _redirect_error(exchange: _Exchange, response: httpx.Response) -> StepError:
     # Following a redirect silently could turn a POST into a GET or leak the API key to
     # another host; the user should point the config at the final address instead.
-    location = response.headers.get("location", "(no Location header)")
+    location = _excerpt(response.headers.get("location", "(no Location header)"))
     return StepError(
         "http",
         f"HTTP {response.status_code} from {exchange.service}: redirect to {location} not "
@@ -218,7 +368,7 @@ def _redirect_error(exchange: _Exchange, response: httpx.Response) -> StepError:
 
 
 def _status_error(
-    exchange: _Exchange, response: httpx.Response, body: bytes, expect: tuple[int, ...]
+    exchange: _Exchange, response: httpx.Response, body: bytearray, expect: tuple[int, ...]
 ) -> StepError:
     status = response.status_code
     if 200 <= status < 300:
@@ -241,7 +391,7 @@ def _reason(status: int) -> str:
         return ""
 
 
-def describe_answer(body: bytes) -> str:
+def describe_answer(body: bytes | bytearray) -> str:
     """A short, one-line excerpt of an error answer: its JSON message, else its text.
 
     FastAPI's ``detail`` (a string, or a list of ``{loc, msg}``) comes first, then an
@@ -282,7 +432,11 @@ def _validation_item(item: Any) -> str:
 
 
 def _excerpt(text: str) -> str:
+    """One line of at most ``EXCERPT_CHARS``; control characters are shown escaped, so
+    a service's words cannot drive the terminal that prints the message (ESC[2J …)."""
     flat = " ".join(text.split())
+    if not flat.isprintable():
+        flat = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in flat)
     return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 1] + "…"
 
 
@@ -323,11 +477,27 @@ def _translate(exc: httpx.HTTPError | httpx.InvalidURL, exchange: _Exchange) -> 
         return StepError("timeout", f"timed out {doing} {where}")
     if isinstance(exc, httpx.DecodingError):
         return StepError("protocol", f"cannot decode the answer of {where}: {_cause(exc)}")
+    if isinstance(exc, httpx.RemoteProtocolError) and not _closed_early(exc):
+        # A status line, header or chunk that is not HTTP: retrying will not mend it.
+        return StepError("protocol", f"{where} did not answer in valid HTTP: {_cause(exc)}")
     if exchange.answered:
         return StepError(
             "connection", f"connection to {where} lost while reading the answer: {_cause(exc)}"
         )
+    if isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)):
+        # Connected, sent (part of) the request, then the line went dead: "cannot
+        # connect" would send the user looking at the wrong thing.
+        return StepError(
+            "connection", f"connection to {where} lost before an answer: {_cause(exc)}"
+        )
     return StepError("connection", f"cannot connect to {where}: {_cause(exc)}")
+
+
+def _closed_early(exc: httpx.RemoteProtocolError) -> bool:
+    # httpx words the peer closing early in these two ways (httpcore and h11); every other
+    # RemoteProtocolError is a malformed answer.
+    text = str(exc).lower()
+    return "disconnected" in text or "peer closed" in text
 
 
 _ERRNO_PREFIX = re.compile(r"^\[Errno -?\d+\]\s*")
