@@ -26,11 +26,9 @@ import importlib
 import json
 import os
 import re
-import shutil
 import stat
 import sys
-import tempfile
-import zipfile
+import zipimport
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,21 @@ if sys.platform != "win32":  # pragma: no branch
     import fcntl
 
 __all__ = ["main", "pick_root", "sweep"]
+
+# Environment variables that change what shiv's bootstrap does; with any of them set (other
+# than SHIV_ROOT, which pick_root honours) the bootstrap runs rather than the fast path.
+SHIV_OVERRIDES = (
+    "SHIV_INTERPRETER",
+    "SHIV_ENTRY_POINT",
+    "SHIV_CONSOLE_SCRIPT",
+    "SHIV_MODULE",
+    "SHIV_FORCE_EXTRACT",
+    "SHIV_COMPILE_PYC",
+    "SHIV_COMPILE_WORKERS",
+    "SHIV_EXTEND_PYTHONPATH",
+    "SHIV_PREPEND_PYTHONPATH",
+)
+ENTRY_POINT = ("aegis.cli", "main")
 
 # Exit status when no directory can take the unpacking (the CLI's "internal" code).
 EXIT_NO_ROOT = 70
@@ -52,8 +65,9 @@ class NoRootError(OSError):
 
 def build_id_of(archive_path: str) -> str:
     """The build id shiv stored in the archive's ``environment.json``."""
-    with zipfile.ZipFile(archive_path) as archive:
-        environment = json.loads(archive.read("environment.json").decode("utf-8"))
+    # zipimport is built in and already loaded; zipfile would import bz2, lzma and more
+    data = zipimport.zipimporter(archive_path).get_data("environment.json")
+    environment = json.loads(data.decode("utf-8"))
     return str(environment["build_id"])
 
 
@@ -81,7 +95,11 @@ def private_temp_root(environ: Mapping[str, str]) -> Path:
     named = (environ.get(key, "") for key in ("TMPDIR", "TEMP", "TMP"))
     base = next((path for path in named if path and os.path.isdir(path)), "")
     user = str(os.geteuid()) if hasattr(os, "geteuid") else "user"
-    return Path(base or tempfile.gettempdir(), f"aegis-shiv-{user}")
+    if not base:
+        import tempfile
+
+        base = tempfile.gettempdir()
+    return Path(base, f"aegis-shiv-{user}")
 
 
 def candidate_roots(environ: Mapping[str, str]) -> Iterator[tuple[Path, bool]]:
@@ -251,6 +269,8 @@ def sweep(root: Path, name: str, build_id: str) -> None:
     """Remove unpackings of other builds of this archive that no process uses. Never raises."""
     if sys.platform == "win32":  # pragma: no cover
         return
+    import shutil
+
     try:
         for old in sorted(old_build_ids(root, name, build_id)):
             try:
@@ -312,10 +332,45 @@ def main(archive_path: str, environ: Mapping[str, str]) -> int:
         sys.stderr.write(f"aegis: {error}\n")
         return EXIT_NO_ROOT
     sweep(root, name, build_id)
+    site_packages = unpacked_dir(root, name, build_id) / "site-packages"
+    if site_packages.is_dir() and not any(environ.get(v) for v in SHIV_OVERRIDES):
+        return run_unpacked(site_packages)
     bootstrap = importlib.import_module("_bootstrap")
     use_root(bootstrap, root)
     bootstrap.bootstrap()
     return 0
+
+
+def add_site_packages(path: list[str], site_packages: Path) -> list[str]:
+    """``path`` with ``site_packages`` (and what its .pth files add) before any other
+    site-packages directory, as shiv's bootstrap places it."""
+    import site
+
+    length = len(path)
+    index = next(
+        (i for i, part in enumerate(path) if Path(part).name in ("site-packages", "dist-packages")),
+        length,
+    )
+    saved, sys.path = sys.path, list(path)
+    try:
+        site.addsitedir(str(site_packages))
+        added = sys.path
+    finally:
+        sys.path = saved
+    return added[:index] + added[length:] + added[index:length]
+
+
+def run_unpacked(site_packages: Path) -> int:
+    """The fast path: this build is unpacked already, so run Aegis from it directly.
+
+    What shiv's bootstrap would do here (put the directory on ``sys.path``, import the
+    entry point, call it) without its imports (compileall, hashlib, subprocess, zipfile,
+    the interactive console): 10 ms and 1 MB less for every start of the file.
+    """
+    sys.path[:] = add_site_packages(sys.path, site_packages)
+    module, function = ENTRY_POINT
+    entry = getattr(importlib.import_module(module), function)
+    return int(entry() or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover - runs inside the archive

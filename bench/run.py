@@ -123,6 +123,7 @@ class Settings:
     load_seconds: float
     load_reps: int
     memory_runs: int
+    memory_idle_reps: int
     throughput_runs: int
     scale_runs: int
     scale_reps: int
@@ -130,8 +131,8 @@ class Settings:
     @classmethod
     def of(cls, quick: bool) -> Settings:
         if quick:
-            return cls(True, 7, 3, 1000, 300, 1000, 2, 3, 300, 1.5, 1, 200, 10_000, 10_000, 5)
-        return cls(False, 21, 7, 1000, 1000, 1000, 5, 5, 1000, 4.0, 3, 1000, 10_000, 100_000, 11)
+            return cls(True, 7, 3, 1000, 300, 1000, 2, 3, 300, 1.5, 1, 200, 2, 10_000, 10_000, 5)
+        return cls(False, 21, 7, 1000, 1000, 1000, 5, 5, 1000, 4.0, 3, 1000, 5, 10_000, 100_000, 11)
 
 
 def fmt(value: float, unit: str) -> str:
@@ -710,11 +711,21 @@ def baseline_rss_mb(python: str) -> float:
 
 def bench_memory(s: Settings, python: str, config: Path) -> list[Figure]:
     progress("memory of aegis serve")
+    subprocess.run([python, str(PYZ), "--version"], capture_output=True, check=True)  # unpacked
+    idles = []
+    for _ in range(s.memory_idle_reps - 1):  # fresh servers; the last one also takes the runs
+        with serving(python, config) as server:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port)
+            get_json(conn, "/health")
+            time.sleep(1.0)
+            idles.append(server.rss_mb())
+            conn.close()
     with serving(python, config) as server:
         conn = http.client.HTTPConnection("127.0.0.1", server.port)
         get_json(conn, "/health")
         time.sleep(1.0)
         idle = server.rss_mb()
+        idles.append(idle)
         for i in range(s.memory_runs):
             run = get_json(conn, "/api/workflows/quick/run?wait=30", method="POST")
             if run.get("status") != "succeeded":
@@ -731,7 +742,7 @@ def bench_memory(s: Settings, python: str, config: Path) -> list[Figure]:
             "MB",
             [baseline_rss_mb(python)],
         ),
-        Figure("rss_idle", "memory: RSS of an idle aegis serve", "MB", [idle], 28.0),
+        Figure("rss_idle", "memory: RSS of an idle aegis serve", "MB", idles, 28.0),
         Figure(
             "rss_after_runs",
             f"memory: RSS after {s.memory_runs:,} runs through the API / idle",

@@ -595,6 +595,24 @@ def test_an_unwritable_history_falls_back_to_memory(tmp_path: Path, demo: DemoSe
         assert Client(quiet.url).get("/health").status == 200
 
 
+def test_a_healthy_history_file_is_opened_on_first_use(tmp_path: Path, demo: DemoServices) -> None:
+    """An idle server does not load SQLite; a file that is no database warns at start."""
+    from aegis.history.deferred import DeferredHistory
+
+    with ApiApp(make_config(tmp_path, demo), environ={}, port=0) as app:
+        store = app._part("history")
+        assert isinstance(store, DeferredHistory) and not store.opened
+        assert Client(app.url).get("/health").status == 200
+        assert not store.opened
+        assert Client(app.url).get("/api/history").data["total"] == 0
+        assert store.opened and (tmp_path / "history.db").exists()
+    (tmp_path / "notes.db").write_text("not a database")
+    warnings: list[str] = []
+    config = make_config(tmp_path, demo, history="notes.db")
+    with ApiApp(config, environ={}, port=0, warn=warnings.append) as app:
+        assert len(warnings) == 1 and "notes.db" in warnings[0]  # before any request
+
+
 def test_stopping_goes_on_when_a_part_fails(
     tmp_path: Path,
     demo: DemoServices,

@@ -688,3 +688,24 @@ def test_missing_landing_files_are_left_out(
     (tmp_path / "app.js").write_text("//")
     monkeypatch.setattr(importlib.resources, "files", lambda package: tmp_path)
     assert load_landing() == {"app.js": b"//"}
+
+
+def test_the_openapi_document_is_built_on_its_first_request_only(tmp_path: Path) -> None:
+    built: list[int] = []
+
+    def build() -> bytes:
+        built.append(1)
+        return b'{"openapi":"3.1.0","built":true}'
+
+    lazy = ApiContext(
+        make_config(tmp_path),
+        loop=FakeLoop(),
+        runs=FakeRuns(),
+        health=FakeHealth(),
+        events=EventLog(10),
+        openapi=build,
+    )
+    assert built == []  # an idle server never builds it
+    for _ in range(3):
+        assert call(lazy, "GET", "/api/openapi.json").body == b'{"openapi":"3.1.0","built":true}'
+    assert built == [1]

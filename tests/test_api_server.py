@@ -899,3 +899,14 @@ def test_connection_count(make_server: MakeServer) -> None:
     with socket.create_connection(("127.0.0.1", port_of(server)), timeout=TIMEOUT):
         assert poll(lambda: server.connection_count == 1)
     assert poll(lambda: server.connection_count == 0)
+
+
+def test_binding_makes_no_reverse_dns_lookup(
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def lookup(name: str = "") -> str:
+        raise AssertionError("socket.getfqdn called: a reverse DNS lookup at start-up")
+
+    monkeypatch.setattr(socket, "getfqdn", lookup)
+    server = make_server()
+    assert (server.server_name, server.server_port) == ("127.0.0.1", server.server_address[1])

@@ -327,6 +327,40 @@ def test_main_sweeps_then_hands_over_to_the_bootstrap(
     assert not (root / f"{NAME}_{OLD}").exists()
 
 
+def test_main_runs_an_unpacked_build_directly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path: no shiv bootstrap once this build is unpacked, unless SHIV_* asks."""
+    archive = fake_archive(tmp_path / "aegis.pyz", NEW)
+    root = tmp_path / "root"
+    site_packages = unpack(root, NEW) / "site-packages"
+    (site_packages / "extra.pth").write_text("extra-dir\n")
+    (site_packages / "extra-dir").mkdir()
+    entry = types.ModuleType("fake_cli")
+    entry.main = lambda: 7  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_cli", entry)
+    monkeypatch.setattr(wrapper, "ENTRY_POINT", ("fake_cli", "main"))
+    bootstrap = types.ModuleType("_bootstrap")
+    bootstrap.bootstrap = lambda: pytest.fail("the bootstrap ran")  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "_bootstrap", bootstrap)
+    monkeypatch.setattr(sys, "path", ["/x/zipapp", "/usr/lib/python3/site-packages", "/y"])
+    assert wrapper.main(str(archive), {"SHIV_ROOT": str(root)}) == 7
+    # ours, and what its .pth adds, before the interpreter's site-packages
+    assert sys.path == [
+        "/x/zipapp",
+        str(site_packages),
+        str(site_packages / "extra-dir"),
+        "/usr/lib/python3/site-packages",
+        "/y",
+    ]
+    seen: list[str] = []
+    bootstrap.bootstrap = lambda: seen.append("bootstrap")  # type: ignore[attr-defined]
+    bootstrap.cache_path = lambda archive, root_dir, build_id: Path(root_dir, build_id)  # type: ignore[attr-defined]
+    environ = {"SHIV_ROOT": str(root), "SHIV_INTERPRETER": "1"}
+    assert wrapper.main(str(archive), environ) == 0
+    assert seen == ["bootstrap"]
+
+
 def test_main_reports_no_root_without_a_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -120,10 +120,9 @@ class ApiApp:
         from .health import HealthCache
         from .loop import LoopThread
         from .manager import RunManager
-        from .openapi import build_openapi
 
         config = self.config
-        store = self.history or open_history(config.history, warn=self.warn)
+        store = self.history or self._open_history()
         self._parts["history"] = store
         bus = EventBus()
         events = EventLog(config.event_log_size)
@@ -149,12 +148,18 @@ class ApiApp:
         self._parts["runs"] = runs
         health = HealthCache(config.services, environ=self.environ, ttl=self.health_ttl)
         self._parts["health"] = health
-        document = build_openapi(
-            ROUTES,
-            title=f"{config.identity.name} API",
-            version=__version__,
-            description=config.identity.tagline,
-        )
+
+        def document() -> bytes:
+            from .openapi import build_openapi
+
+            built = build_openapi(
+                ROUTES,
+                title=f"{config.identity.name} API",
+                version=__version__,
+                description=config.identity.tagline,
+            )
+            return dump_json(built)
+
         ctx = ApiContext(
             config,
             loop=loop,
@@ -162,10 +167,21 @@ class ApiApp:
             health=health,
             events=events,
             landing=load_landing(),
-            openapi=dump_json(document),
+            openapi=document,
             heartbeat=self.heartbeat,
         )
         self._parts["server"] = self._listen(ctx).start()
+
+    def _open_history(self) -> HistoryStore:
+        """The history store, opened when first used unless a problem shows now (then it
+        is opened at once, so its warning comes at start-up)."""
+        from aegis.history import MEMORY_PATH
+        from aegis.history.deferred import DeferredHistory, history_problem
+
+        spec, warn = self.config.history, self.warn
+        if spec.path == MEMORY_PATH or history_problem(spec.path) is not None:
+            return open_history(spec, warn=warn)
+        return DeferredHistory(lambda: open_history(spec, warn=warn))
 
     def _listen(self, ctx: ApiContext) -> ApiServer:
         try:
@@ -283,6 +299,10 @@ def serve(
             **options,
         ).start()
         try:
+            # what start-up left behind (the config's YAML, argparse) need not stay resident
+            import gc
+
+            gc.collect()
             print(f"aegis: serving on {app.url} (Ctrl-C to stop)", file=stderr, flush=True)
             if first_run is not None:
                 run, _ = app.ctx.call(app.ctx.runs.submit(first_run, trigger="demo"))

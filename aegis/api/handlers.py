@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
 from aegis import __version__
@@ -115,7 +115,7 @@ class ApiContext:
         health: Services,
         events: EventLog,
         landing: Mapping[str, bytes] | None = None,
-        openapi: bytes = b"{}",
+        openapi: bytes | Callable[[], bytes] = b"{}",
         heartbeat: float = DEFAULT_HEARTBEAT,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         stopping: threading.Event | None = None,
@@ -128,7 +128,9 @@ class ApiContext:
         self.health = health
         self.events = events
         self.landing = dict(landing or {})
-        self.openapi = openapi
+        # the document is built on its first request: an idle server never needs it
+        self._openapi = openapi
+        self._openapi_lock = threading.Lock()
         self.heartbeat = heartbeat
         self.call_timeout = call_timeout
         self.stopping = stopping or threading.Event()
@@ -140,6 +142,13 @@ class ApiContext:
         self.portfolio = dump_json(
             {"aegis": rendered["aegis"], "version": __version__, "services": self.services}
         )
+
+    def openapi_document(self) -> bytes:
+        """The OpenAPI document, built once when first asked for."""
+        with self._openapi_lock:
+            if callable(self._openapi):
+                self._openapi = self._openapi()
+            return self._openapi
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop thread; ``TimeoutError`` after ``timeout`` (or the default)."""
@@ -168,7 +177,7 @@ def health(ctx: ApiContext, request: Request) -> Response:
 
 
 def openapi(ctx: ApiContext, request: Request) -> Response:
-    return _ok(ctx.openapi)
+    return _ok(ctx.openapi_document())
 
 
 def landing_file(ctx: ApiContext, request: Request) -> Response:

@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import socket
+import socketserver
 import sys
 import threading
 import time
@@ -211,6 +212,15 @@ class ApiServer(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, ApiRequestHandler)
+
+    def server_bind(self) -> None:
+        """Bind without ``HTTPServer``'s ``socket.getfqdn``: a reverse DNS lookup that can
+        stall start-up on a host with broken DNS, and whose IDNA codec (with unicodedata)
+        cost an idle server 0.7 MB. The name is only used for CGI variables we never set."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = host.decode() if isinstance(host, bytes) else str(host)
+        self.server_port = port
 
     @property
     def url(self) -> str:
