@@ -7,12 +7,12 @@ plain ASCII apart from names and messages that come from the config or the servi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 from aegis.events import Event
 from aegis.records import Run, StepResult
+from aegis.text import printable
 
 __all__ = ["Console", "ProgressPrinter", "printable", "render_run", "render_runs", "step_detail"]
 
@@ -29,16 +29,6 @@ _STATUS_COLOURS = {
     "skipped": "dim",
     "running": "bold",
 }
-
-
-# Control characters (C0, DEL, C1) and bidirectional overrides: text from a config or a
-# service must not move the cursor, retitle the terminal or reorder what is shown.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: object) -> str:
-    """``text`` with every control character shown as its escape (``\\x1b``, ``\\n``)."""
-    return _UNSAFE.sub(lambda match: repr(match.group())[1:-1], str(text))
 
 
 def wants_colour(stream: TextIO, environ: Mapping[str, str]) -> bool:

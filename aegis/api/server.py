@@ -299,6 +299,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
     # Buffered, so a response's head and body leave in one send (handle_one_request flushes).
     wbufsize = 64 * 1024
     server: ApiServer
+    _reader: _RequestReader  # the current request's, made by handle_one_request
 
     def setup(self) -> None:
         super().setup()
@@ -306,7 +307,6 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         self.server.track(self.connection, True)
         self._unread = 0
         self._began = time.perf_counter()
-        self._reader = _RequestReader(self.rfile, self.server.request_timeout)
 
     def finish(self) -> None:
         self.server.track(self.connection, False)

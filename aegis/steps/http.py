@@ -39,6 +39,7 @@ from aegis import __version__
 from aegis.config.model import ServiceSpec
 from aegis.errors import StepError
 from aegis.steps.base import StepContext
+from aegis.text import printable
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -82,18 +83,15 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
     sys.modules["sniffio"] = None  # type: ignore[assignment]
 
-_ssl_contexts: list[ssl.SSLContext] = []
 
-
+@functools.cache
 def ssl_context() -> ssl.SSLContext:
     """The process's one TLS context, made on first use as httpx makes its default.
 
     Loading the CA bundle takes tens of milliseconds and megabytes: done for every client,
     it was most of the cost of a short run, and of a server's memory growth.
     """
-    if not _ssl_contexts:
-        _ssl_contexts.append(httpx.create_ssl_context())
-    return _ssl_contexts[0]
+    return httpx.create_ssl_context()
 
 
 @asynccontextmanager
@@ -434,9 +432,7 @@ def _validation_item(item: Any) -> str:
 def _excerpt(text: str) -> str:
     """One line of at most ``EXCERPT_CHARS``; control characters are shown escaped, so
     a service's words cannot drive the terminal that prints the message (ESC[2J …)."""
-    flat = " ".join(text.split())
-    if not flat.isprintable():
-        flat = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in flat)
+    flat = printable(" ".join(text.split()))
     return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 1] + "…"
 
 

@@ -17,13 +17,13 @@ import logging
 import select
 import socket
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from test_api_server import poll
 
 from aegis.api.app import ApiApp
 from aegis.api.server import AccessLog
@@ -178,16 +178,6 @@ def serving(app: ApiApp) -> bool:
 def survived(app: ApiApp, log: Any) -> None:
     assert serving(app)
     assert log.tracebacks() == []
-
-
-def poll(check: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
-    pause = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        pause.wait(0.02)
-    return True
 
 
 def head(
