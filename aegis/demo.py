@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hmac
+import io
 import json
 import logging
+import queue
 import select
 import signal
 import socket
@@ -69,6 +72,7 @@ DEFAULT_BUGALIZER_PORT = 8090
 MAX_BODY_BYTES = 1024 * 1024
 MAX_CALLS = 10_000  # the call log is a ring, so a long benchmark cannot exhaust memory
 IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may sit idle
+WORKER_IDLE = 30.0  # seconds a connection thread waits for the next connection
 # How often serve_forever looks for a stop request; it bounds how long stop() takes.
 POLL_INTERVAL = 0.02
 # How often a stalled answer looks whether its client hung up.
@@ -299,18 +303,73 @@ def _sliced(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
             yield piece[start : start + size]
 
 
+class _Workers:
+    """Threads that serve one connection each, then wait up to ``WORKER_IDLE`` seconds to
+    serve another.
+
+    ``ThreadingHTTPServer`` starts a thread per connection. With 100 connections at once
+    (a parallel batch of steps), starting them, one after the other under the GIL, spread
+    the service's answers over ~10 ms more; a waiting worker takes a connection in a
+    hand-over. Invariant: ``_idle`` = workers waiting - jobs queued.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._idle = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+                self._jobs.put(job)
+                return
+        threading.Thread(target=self._work, args=(job,), name=self._name, daemon=True).start()
+
+    def close(self) -> None:
+        """Let every waiting worker go; busy ones end with their connection."""
+        with self._lock:
+            for _ in range(self._idle):
+                self._jobs.put(None)
+            self._idle = 0
+
+    def _work(self, job: Callable[[], None] | None) -> None:
+        while job is not None:
+            job()
+            with self._lock:
+                self._idle += 1
+            try:
+                job = self._jobs.get(timeout=WORKER_IDLE)
+            except queue.Empty:
+                with self._lock:
+                    try:
+                        job = self._jobs.get_nowait()  # handed one just as the wait ended
+                    except queue.Empty:
+                        self._idle -= 1
+                        return
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], service: DemoService) -> None:
         self.service = service
+        self.workers = _Workers(f"aegis-demo-{service.name}-connection")
         self.stopping = threading.Event()
         self.open_connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _RequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.workers.submit(functools.partial(self.process_request_thread, request, client_address))
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.workers.close()
 
     def close_open_connections(self) -> None:
         """Drop keep-alive connections, so a stopped service answers nothing at all."""
@@ -367,8 +426,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
             if response is not None:
                 self._send(response)
             return
+        ready = self._rendered(response, fault) if fault.delay else None
         if fault.delay and self.server.stopping.wait(fault.delay):
             self._drop()  # stopped while waiting: answer nothing, as a dead server would
+            return
+        if ready is not None:
+            with contextlib.suppress(OSError):
+                self.wfile.write(ready)
             return
         mode = fault.effective_mode
         if mode == "stall":
@@ -385,6 +449,22 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._drop()
         else:
             self._send(response, fault)
+
+    def _rendered(self, response: Response | None, fault: Fault) -> bytes | None:
+        """A small, plain answer as bytes, made before a delay and not after it.
+
+        When 100 delayed calls end at once, their threads would all build their answers
+        under one GIL, spreading them over ~10 ms; sending finished bytes takes little.
+        """
+        plain = fault.effective_mode == "answer" and not fault.trickle and fault.size is None
+        if response is None or not plain:
+            return None
+        wfile, self.wfile = self.wfile, io.BytesIO()
+        try:
+            self._send(response, fault)
+            return self.wfile.getvalue()
+        finally:
+            self.wfile = wfile
 
     def _request(self) -> Request:
         split = urlsplit(self.path)

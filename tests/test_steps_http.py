@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -693,41 +694,49 @@ def test_the_registry_does_not_import_httpx() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-async def test_every_client_shares_the_process_tls_context(
+async def test_every_proxy_transport_shares_the_process_tls_context(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # loading the CA bundle took ~27 ms and megabytes for each run's client
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
     verify: list[Any] = []
-    real = httpx.AsyncClient
+    real = httpx.AsyncHTTPTransport
 
-    def spy(**options: Any) -> httpx.AsyncClient:
+    def spy(**options: Any) -> httpx.AsyncHTTPTransport:
         verify.append(options["verify"])
         return real(**options)
 
-    monkeypatch.setattr(httpx, "AsyncClient", spy)
+    monkeypatch.setattr(httpx, "AsyncHTTPTransport", spy)
     async with http.open_client(), http.open_client():
         pass
     assert len(verify) == 2 and verify[0] is verify[1] is http.ssl_context()
     assert verify[0].verify_mode.name == "CERT_REQUIRED" and verify[0].check_hostname
 
 
-def test_a_missing_sniffio_is_looked_for_once_not_on_every_lock() -> None:
-    # httpcore imports sniffio on each lock it makes; a failed import searches sys.path
+def test_a_run_without_proxies_loads_neither_httpcore_nor_a_tls_context(
+    demo: DemoServices,
+) -> None:
+    # Aegis's own transport sends direct requests; httpcore (with anyio and h11) is
+    # httpx's, kept for proxies, and the CA bundle is read on the first https connection.
     code = (
-        "import importlib.util, sys\n"
-        "installed = importlib.util.find_spec('sniffio') is not None\n"
-        "import aegis.steps.http\n"
-        "from httpcore._synchronization import current_async_library\n"
-        "import asyncio\n"
+        "import asyncio, sys, httpx\n"
+        "from aegis.steps import http\n"
         "async def main():\n"
-        "    return current_async_library()\n"
-        "print(installed, sys.modules.get('sniffio', 'absent') is None, asyncio.run(main()))\n"
+        "    async with http.open_client() as client:\n"
+        f"        return await http.status_of(client, {demo.qaagent_url + '/health'!r}, {{}})\n"
+        "status = asyncio.run(main())\n"
+        "loaded = sorted({'httpcore', 'anyio', 'h11'} & set(sys.modules))\n"
+        "print(status, loaded, http.ssl_context.cache_info().currsize)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    clean = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=clean, timeout=60
+    )
     assert done.returncode == 0, done.stderr
-    installed, blocked, library = done.stdout.split()
-    assert blocked == ("False" if installed == "True" else "True")
-    assert library == "asyncio"
+    assert done.stdout.split() == ["200", "[]", "0"]
 
 
 def test_service_urls_are_parsed_once() -> None:
