@@ -233,9 +233,7 @@ class HeldClient:
         self.arrived = asyncio.Event()
 
     @contextlib.asynccontextmanager
-    async def stream(
-        self, method: str, url: object, headers: dict[str, str], json: object = None
-    ) -> AsyncIterator[Answer]:
+    async def stream(self, method: str, url: str, headers: dict[str, str]) -> AsyncIterator[Answer]:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.requests.append(future)
         self.arrived.set()

@@ -1868,8 +1868,8 @@ def counted_ssl_contexts(monkeypatch: pytest.MonkeyPatch) -> Any:
     steps_http.ssl_context.cache_clear()
 
 
-async def exchange(client: httpx.AsyncClient, url: str, headers: Any = None) -> httpx.Response:
-    async with client.exchange("GET", httpx.URL(url), headers or {}) as response:  # type: ignore[attr-defined]
+async def get(client: httpx.AsyncClient, url: str, headers: Any = None) -> httpx.Response:
+    async with client.stream("GET", url, headers=headers) as response:
         await response.aread()
     return response
 
@@ -1880,8 +1880,8 @@ async def test_a_plain_http_run_never_makes_an_ssl_context(
     server = await serve()
     async with steps_http.open_client() as client:
         for path in ("/a", "/b", "/c"):
-            assert (await exchange(client, server.url(path))).content == b"ok"
-        assert (await exchange(client, server.url("/d", host="localhost"))).content == b"ok"
+            assert (await get(client, server.url(path))).content == b"ok"
+        assert (await get(client, server.url("/d", host="localhost"))).content == b"ok"
     assert counted_ssl_contexts == []
     assert (server.seen[0].header("user-agent") or "").startswith("aegis/")
     assert server.conn_numbers == [1, 1, 1, 2]
@@ -1895,10 +1895,10 @@ async def test_http_proxy_carries_remote_urls_but_not_loopback(
     proxy_env.setenv("HTTP_PROXY", f"127.0.0.1:{proxy.port}")
     try:
         async with steps_http.open_client() as client:
-            assert (await exchange(client, "http://qa.example/x")).content == b"via proxy"
-            assert (await exchange(client, service.url("/y"))).content == b"direct"
+            assert (await get(client, "http://qa.example/x")).content == b"via proxy"
+            assert (await get(client, service.url("/y"))).content == b"direct"
             localhost = service.url("/z", host="localhost")
-            assert (await exchange(client, localhost)).content == b"ok"
+            assert (await get(client, localhost)).content == b"ok"
     finally:
         steps_http.ssl_context.cache_clear()
     assert [seen.line for seen in proxy.seen] == [b"GET http://qa.example/x HTTP/1.1"]
@@ -1914,7 +1914,7 @@ async def test_no_proxy_sends_a_remote_url_direct(
     try:
         async with steps_http.open_client() as client:
             with pytest.raises(httpx.ConnectError):
-                await exchange(client, f"http://127.0.0.2:{closed_port()}/")
+                await get(client, f"http://127.0.0.2:{closed_port()}/")
     finally:
         steps_http.ssl_context.cache_clear()
     assert proxy.conns == []  # refused at 127.0.0.2 itself, not answered by the proxy
@@ -1925,10 +1925,10 @@ async def test_a_cookie_set_by_an_answer_is_sent_with_the_next_request(
 ) -> None:
     server = await serve(answer(200, b"ok", "Set-Cookie: s=1; Path=/"))
     async with steps_http.open_client() as client:
-        await exchange(client, server.url("/login"))
+        await get(client, server.url("/login"))
         assert dict(client.cookies) == {"s": "1"}
-        await exchange(client, server.url("/next"))
-        await exchange(client, server.url("/again"))
+        await get(client, server.url("/next"))
+        await get(client, server.url("/again"))
     assert server.seen[0].header("cookie") is None
     assert server.seen[1].header("cookie") == "s=1"
     assert server.seen[2].header("cookie") == "s=1"
@@ -1940,7 +1940,7 @@ async def test_answers_without_set_cookie_leave_the_jar_empty(
     server = await serve()
     async with steps_http.open_client() as client:
         for _ in range(3):
-            await exchange(client, server.url())
+            await get(client, server.url())
         assert len(client.cookies) == 0
         assert not client.cookies
     assert all(seen.header("cookie") is None for seen in server.seen)

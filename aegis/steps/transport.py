@@ -1,9 +1,10 @@
 """The HTTP/1.1 connection pool under a run's client, on plain asyncio.
 
-httpx's default transport (httpcore over anyio) spends about 0.3 ms of CPU per request on
-locks that yield, cancel scopes and pool scans. On one event loop that is what decides
-when the last of 100 parallel requests reaches the wire, so a run's client sends through
-this pool instead. It does what Aegis needs of HTTP and nothing more:
+With 100 requests in flight on loopback, httpx's default transport (httpcore over anyio)
+spent ~0.8 ms of CPU per request on locks that yield, cancel scopes and a scan of every
+connection per request; this pool spends ~0.2 ms, kernel time included. On one event loop
+that decides when the last of 100 parallel requests reaches the wire, so a run's client
+sends through this pool. It does what Aegis needs of HTTP and nothing more:
 
 - HTTP/1.1 over TCP or TLS; bodies framed by Content-Length, chunked, or the connection
   closing; interim 1xx answers skipped; no body for HEAD, 204 and 304;
