@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from aegis.steps import http as steps_http
+from aegis.steps import transport as transport_module
 from aegis.steps.proxies import environment_proxies
 from aegis.steps.transport import Transport
 
@@ -1054,6 +1055,70 @@ async def test_every_address_of_a_name_is_tried_in_turn(
     monkeypatch.setattr(loop, "getaddrinfo", resolve)
     # 127.0.0.2 is loopback too, but nothing listens there on this port.
     assert (await fetch(pool, f"http://twice.test:{server.port}/")).content == b"ok"
+
+
+async def test_an_address_that_never_answers_costs_a_quarter_second_not_the_timeout(
+    unanswered_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Happy eyeballs: the name's first address drops the SYN (as IPv6 without a route
+    # does); the second, tried 0.25 s later alongside it, answers.
+    port = unanswered_port
+
+    async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+
+    second = await asyncio.start_server(answer_ok, "127.0.0.2", port)
+    loop = asyncio.get_running_loop()
+
+    async def resolve(host: str, port: int, **options: Any) -> list[Any]:
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port)),
+        ]
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolve)
+    pool = Transport(ssl_context=no_tls)
+    try:
+        began = time.monotonic()
+        response = await fetch(pool, f"http://two.test:{port}/", timeout={"connect": 10})
+        took = time.monotonic() - began
+    finally:
+        await pool.aclose()
+        second.close()
+        await second.wait_closed()
+    assert response.content == b"ok"
+    assert 0.2 <= took < 5  # the stagger, and far from the 10 s connect timeout
+
+
+async def test_a_connection_that_loses_the_race_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Both addresses connect in the same moment: one wins, the other is closed.
+    monkeypatch.setattr(transport_module, "STAGGER", 0)
+    aborted: list[str] = []
+
+    class Connected:
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+        def abort(self) -> None:
+            aborted.append(self.address)
+
+    second_began = asyncio.Event()
+
+    async def attempt(address: str) -> Any:
+        if address == "a":
+            await second_began.wait()  # slower than the stagger, but connects after all
+        else:
+            second_began.set()
+        return Connected(address)
+
+    winner = await transport_module._first_connected(attempt, ["a", "b"])
+    await until(lambda: len(aborted) == 1)
+    assert {winner.address, *aborted} == {"a", "b"}
 
 
 async def test_an_unresolvable_host_raises_connect_error(pool: Transport) -> None:

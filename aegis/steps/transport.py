@@ -13,6 +13,7 @@ sends through this pool. It does what Aegis needs of HTTP and nothing more:
   ``keepalive_expiry`` seconds; an idle connection that the server closed, or that holds
   bytes nobody asked for, is never reused;
 - at most ``max_connections`` open at once; a request past that waits for one to close;
+- a name's addresses raced as RFC 8305 says (``STAGGER`` apart, the first to connect wins);
 - the ``connect``, ``read``, ``write`` and ``pool`` timeouts httpx passes on;
 - failures raised as the httpx exceptions ``aegis.steps.http`` maps to step errors.
 
@@ -49,6 +50,7 @@ MAX_HEADERS = 256
 MAX_CHUNK_LINE = 1024
 READ_PIECE = 64 * 1024
 HIGH_WATER = 256 * 1024  # buffered answer bytes before reading from the socket pauses
+STAGGER = 0.25  # seconds before the next address of a name is tried alongside (RFC 8305)
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -477,27 +479,69 @@ class Transport(httpx.AsyncBaseTransport):
     async def _open_wire(self, scheme: str, host: str, port: int) -> _Wire:
         loop = asyncio.get_running_loop()
         context = self._ssl_context() if scheme == "https" else None
-        addresses = await _addresses(loop, host, port)
-        failure: OSError | None = None
-        for address in addresses:  # in the resolver's order, one after the other
-            try:
-                _, wire = await loop.create_connection(
-                    lambda: _Wire(loop),
-                    address,
-                    port,
-                    ssl=context,
-                    server_hostname=host if context is not None else None,
-                )
-            except ssl.SSLError:
-                raise  # the address answered; another one would not be more trusted
-            except OSError as exc:
-                # A refusal says more than "cannot assign address" from a missing family.
-                if failure is None or isinstance(exc, ConnectionRefusedError):
-                    failure = exc
-                continue
+
+        async def attempt(address: str) -> _Wire:
+            _, wire = await loop.create_connection(
+                lambda: _Wire(loop),
+                address,
+                port,
+                ssl=context,
+                server_hostname=host if context is not None else None,
+            )
             return wire
-        assert failure is not None
-        raise failure
+
+        addresses = await _addresses(loop, host, port)
+        if len(addresses) == 1:
+            return await attempt(addresses[0])
+        return await _first_connected(attempt, addresses)
+
+
+async def _first_connected(
+    attempt: Callable[[str], Coroutine[Any, Any, _Wire]], addresses: list[str]
+) -> _Wire:
+    """A connection to the first of ``addresses`` that answers (RFC 8305, "happy
+    eyeballs"): they are tried in the resolver's order, the next one as soon as the one
+    before failed or ``STAGGER`` seconds after it began, so an address that drops packets
+    (IPv6 without a route, say) costs a quarter of a second, not the connect timeout.
+    Connections that lose the race are closed."""
+    loop = asyncio.get_running_loop()
+    waiting = list(addresses)
+    tasks: list[asyncio.Task[_Wire]] = []
+    failures: list[OSError] = []
+    winner: asyncio.Task[_Wire] | None = None
+    try:
+        running: set[asyncio.Task[_Wire]] = set()
+        while waiting or running:
+            if waiting:
+                tasks.append(loop.create_task(attempt(waiting.pop(0))))
+                running.add(tasks[-1])
+            done, running = await asyncio.wait(
+                running,
+                timeout=STAGGER if waiting else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for task in done:
+                error = task.exception()
+                if error is None:
+                    winner = task
+                    return task.result()
+                if isinstance(error, ssl.SSLError) or not isinstance(error, OSError):
+                    raise error  # the address answered; another would not be more trusted
+                failures.append(error)
+        # A refusal says more than "cannot assign address" from a missing family.
+        refused = [error for error in failures if isinstance(error, ConnectionRefusedError)]
+        raise (refused or failures)[0]
+    finally:
+        for task in tasks:
+            if task is not winner:
+                task.cancel()
+                task.add_done_callback(_close_if_connected)
+
+
+def _close_if_connected(task: asyncio.Task[_Wire]) -> None:
+    """A connection attempt that lost the race: closed if it connected after all."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().abort()
 
 
 async def _addresses(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[str]:
