@@ -360,6 +360,26 @@ def add_site_packages(path: list[str], site_packages: Path) -> list[str]:
     return added[:index] + added[length:] + added[index:length]
 
 
+def compile_for_this_python(site_packages: Path) -> None:
+    """Bytecode of the unpacked files for the running Python, made once per version.
+
+    shiv compiles them when it unpacks, for the Python that unpacked. Run later by
+    another version (python3.10 and python3.12 on one CI host) with
+    PYTHONDONTWRITEBYTECODE set, as many images do, the file compiled every module from
+    source at every start: ``config validate`` took 107 ms instead of 67, and 2 MB more.
+    A marker per version (``.compiled-cpython-311``) makes this a ``stat`` after the
+    first time; a directory this user cannot write is left as it is.
+    """
+    marker = site_packages / f".compiled-{sys.implementation.cache_tag}"
+    if marker.exists() or not os.access(site_packages, os.W_OK):
+        return
+    import compileall
+
+    with contextlib.suppress(OSError):
+        compileall.compile_dir(str(site_packages), quiet=2)
+        marker.touch()
+
+
 def run_unpacked(site_packages: Path) -> int:
     """The fast path: this build is unpacked already, so run Aegis from it directly.
 
@@ -367,6 +387,7 @@ def run_unpacked(site_packages: Path) -> int:
     entry point, call it) without its imports (compileall, hashlib, subprocess, zipfile,
     the interactive console): 10 ms and 1 MB less for every start of the file.
     """
+    compile_for_this_python(site_packages)
     sys.path[:] = add_site_packages(sys.path, site_packages)
     module, function = ENTRY_POINT
     entry = getattr(importlib.import_module(module), function)

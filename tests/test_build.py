@@ -254,6 +254,20 @@ def test_version_runs_on_each_python(pyz: Path, tmp_path: Path, python: str) -> 
     assert unpackings(root) == [f"aegis.pyz_{build_id(pyz)}"]
 
 
+def test_a_second_python_gets_its_own_bytecode_once(pyz: Path, tmp_path: Path) -> None:
+    # 3.12 unpacks (shiv compiles for 3.12); 3.10 then runs the unpacked build. With
+    # PYTHONDONTWRITEBYTECODE it compiled every module from source at every start.
+    root = tmp_path / "root"
+    env = base_environ(SHIV_ROOT=str(root), PYTHONDONTWRITEBYTECODE="1")
+    assert_version(run_pyz(require_python("3.12"), pyz, ["--version"], env))
+    site_packages = root / f"aegis.pyz_{build_id(pyz)}" / "site-packages"
+    yaml_cache = site_packages / "yaml" / "__pycache__"
+    assert not list(yaml_cache.glob("*.cpython-310.pyc"))
+    assert_version(run_pyz(require_python("3.10"), pyz, ["--version"], env))
+    assert list(yaml_cache.glob("reader.cpython-310.pyc"))
+    assert (site_packages / ".compiled-cpython-310").exists()
+
+
 def test_the_archive_runs_without_the_interpreters_site_packages(pyz: Path, tmp_path: Path) -> None:
     # packages installed beside the interpreter (click, trio, pygments...) were imported
     # as optional extras of httpx and httpcore: 6 MB more for a server's first run

@@ -6,7 +6,9 @@ runs the same code for real inside a built archive.
 
 from __future__ import annotations
 
+import compileall
 import fcntl
+import importlib.util
 import io
 import json
 import os
@@ -14,6 +16,7 @@ import sys
 import types
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -405,3 +408,39 @@ def test_site_directories_name_this_interpreters_site_packages() -> None:
 
     found = wrapper.site_directories()
     assert set(site.getsitepackages()) <= set(found)
+
+
+def one_module_site_packages(tmp_path: Path) -> Path:
+    site_packages = tmp_path / "site-packages"
+    site_packages.mkdir()
+    (site_packages / "mod.py").write_text("X = 1\n")
+    return site_packages
+
+
+def test_an_unpacked_build_is_compiled_once_for_each_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site_packages = one_module_site_packages(tmp_path)
+    compiled: list[str] = []
+    real = compileall.compile_dir
+
+    def counting(directory: str, **options: Any) -> bool:
+        compiled.append(directory)
+        return bool(real(directory, **options))
+
+    monkeypatch.setattr(compileall, "compile_dir", counting)
+    wrapper.compile_for_this_python(site_packages)
+    wrapper.compile_for_this_python(site_packages)  # the marker says it is done
+    assert compiled == [str(site_packages)]
+    assert Path(importlib.util.cache_from_source(str(site_packages / "mod.py"))).exists()
+    assert (site_packages / f".compiled-{sys.implementation.cache_tag}").exists()
+
+
+def test_an_unpacked_build_this_user_cannot_write_is_not_compiled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site_packages = one_module_site_packages(tmp_path)
+    monkeypatch.setattr(wrapper.os, "access", lambda path, mode: False)
+    wrapper.compile_for_this_python(site_packages)
+    assert not (site_packages / "__pycache__").exists()
+    assert not list(site_packages.glob(".compiled-*"))
