@@ -438,12 +438,11 @@ class Transport(httpx.AsyncBaseTransport):
         self._slots_taken -= 1
 
     def _close_oldest_idle(self) -> None:
-        oldest: tuple[Origin, int, float] | None = None
-        for origin, idle in self._idle.items():
-            if idle and (oldest is None or idle[0][1] < oldest[2]):
-                oldest = (origin, 0, idle[0][1])
-        if oldest is not None:
-            wire, _ = self._idle[oldest[0]].pop(0)
+        """Frees a slot for a new connection by closing the idle one unused longest."""
+        candidates = [(idle[0][1], origin) for origin, idle in self._idle.items() if idle]
+        if candidates:
+            _, origin = min(candidates)
+            wire, _ = self._idle[origin].pop(0)
             self._idle_count -= 1
             self._discard(wire)
 
