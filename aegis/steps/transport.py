@@ -53,9 +53,13 @@ HIGH_WATER = 256 * 1024  # buffered answer bytes before reading from the socket 
 STAGGER = 0.25  # seconds before the next address of a name is tried alongside (RFC 8305)
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # controls other than HTAB
-_NAMES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
+# A header name (an RFC 9110 token), and what a header value may hold: no control
+# character other than HTAB.
+_NAME = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]"
+_TOKEN = re.compile(_NAME)
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_NAMES = re.compile(_NAME + rb"(?:\n" + _NAME + rb")*")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?")
 
 
@@ -644,10 +648,8 @@ async def _read_head(wire: _Wire, method: bytes, timeout: float | None) -> Head:
 
 # Header lines, each "name: value" with no control characters, ending with CRLF or LF:
 # the usual head is checked and split by two passes of these, with no loop over lines.
-_FIELD_ITEMS = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\r?\n"
-)
-_FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r?\n)*\r?\n")
+_FIELD_ITEMS = re.compile(rb"(" + _NAME + rb"):[ \t]*(" + _VALUE + rb"*?)[ \t]*\r?\n")
+_FIELDS = re.compile(rb"(?:" + _NAME + rb":" + _VALUE + rb"*\r?\n)*\r?\n")
 
 
 def _fields(block: bytes, what: str = "the answer's headers") -> list[tuple[bytes, bytes]]:
