@@ -54,6 +54,8 @@ RUNTIME_DISTS = {
     "httpx",
     "idna",
     "pyyaml",
+    "sniffio",
+    "socksio",
     "typing-extensions",
 }
 INVALID_CONFIG = "servces: {}\n"
@@ -312,11 +314,16 @@ async def fetch(url):
     async with httpx.AsyncClient() as client:  # anyio, h11, exceptiongroup on 3.10
         return (await client.get(url)).status_code
 
+async def socks():
+    async with httpx.AsyncClient(proxy="socks5://127.0.0.1:1"):  # needs socksio
+        return True
+
 print(json.dumps({
     "python": "%d.%d" % sys.version_info[:2],
     "libyaml": yaml.__with_libyaml__,
     "yaml": yaml.safe_load("a: [1, 2]"),
     "status": asyncio.run(fetch(sys.argv[1])),
+    "socks": asyncio.run(socks()),
     "shiv_root": __import__("os").environ.get("SHIV_ROOT"),
 }))
 """
@@ -334,6 +341,7 @@ def test_runtime_is_pure_python_on_each_python(
         "libyaml": False,
         "yaml": {"a": [1, 2]},
         "status": 200,
+        "socks": True,
         "shiv_root": None,  # the root we chose is not exported to child processes
     }
 
