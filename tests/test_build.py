@@ -103,8 +103,8 @@ def bundled(pyz: Path) -> dict[str, tuple[Version, str]]:
         for name in archive.namelist():
             if name.endswith(".dist-info/METADATA"):
                 metadata = archive.read(name).decode()
-                dist = re.search(r"^Name: (.+)$", metadata, re.M)
-                version = re.search(r"^Version: (.+)$", metadata, re.M)
+                dist = re.search(r"^Name: (\S+)", metadata, re.M)
+                version = re.search(r"^Version: (\S+)", metadata, re.M)
                 assert dist and version, name
                 found[canonicalize_name(dist.group(1))] = (Version(version.group(1)), metadata)
     return found
@@ -223,7 +223,7 @@ def test_bundled_requirements_hold_on_every_python(pyz: Path, python: str) -> No
         if requires_python:
             supported = SpecifierSet(requires_python.group(1))
             assert supported.contains(f"{python}.0"), f"{owner} does not support {python}"
-        for line in re.findall(r"^Requires-Dist: (.+)$", metadata, re.M):
+        for line in re.findall(r"^Requires-Dist: ([^\r\n]+)", metadata, re.M):
             requirement = Requirement(line)
             if requirement.marker and not requirement.marker.evaluate(environment):
                 continue
