@@ -29,6 +29,9 @@ class StepContext:
 
     ``http`` is the run's one shared ``httpx.AsyncClient``. ``scratch`` survives from one
     attempt of this step to the next (``submit_bugs`` remembers what was accepted there).
+    ``progress`` is the data so far of a step that does several things: when an attempt
+    fails without a ``StepError`` carrying ``data`` (it timed out, say), the engine
+    records ``progress`` as the step's data, so what was done is never lost.
     """
 
     spec: StepSpec
@@ -39,6 +42,7 @@ class StepContext:
     http: Any
     environ: Mapping[str, str]
     scratch: dict[str, Any] = field(default_factory=dict)
+    progress: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
