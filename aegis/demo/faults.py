@@ -21,8 +21,10 @@ class Fault:
     """A misbehaviour injected into one endpoint (or every endpoint, with path ``*``).
 
     It affects the next ``times`` calls (``None``: every call until cleared), after letting
-    the first ``after`` calls through unharmed. Each call it affects first waits ``delay``
-    seconds, then is answered as ``mode`` says:
+    the first ``after`` calls through unharmed; with ``method`` set, only calls of that
+    method count. With ``processed``, the service first does what the call asks (files
+    the report), as a server behind a failing proxy would. Each call it affects first
+    waits ``delay`` seconds, then is answered as ``mode`` says:
 
     ``answer`` (the default)
         ``status`` with an error body and an optional ``Retry-After`` (and ``Location``,
@@ -65,6 +67,8 @@ class Fault:
     chunked: bool = False
     gzip: bool = False
     after: int = 0
+    method: str | None = None
+    processed: bool = False
 
     def __post_init__(self) -> None:
         if self.status is not None and not 100 <= self.status <= 599:

@@ -86,6 +86,7 @@ class Request:
     query_string: str
     headers: dict[str, str]  # names lower-cased
     body: bytes
+    params: dict[str, str] = field(default_factory=dict)  # from a path template
 
     @property
     def query(self) -> dict[str, list[str]]:
@@ -288,7 +289,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._send(Response(exc.status, exc.payload))
             return
         service = self.server.service
-        fault = service.take_fault(request.path)
+        fault = service.take_fault(request.path, request.method)
         response = service.respond(request, fault)
         service.record(request, response)
         if fault is None:
@@ -528,14 +529,16 @@ class DemoService:
         with self._lock:
             self._faults.clear()
 
-    def take_fault(self, path: str) -> Fault | None:
-        """The fault for a call to ``path`` now, counting the call against it."""
+    def take_fault(self, path: str, method: str = "GET") -> Fault | None:
+        """The fault for a ``method`` call to ``path`` now, counting the call against it."""
         with self._lock:
             key = path if path in self._faults else "*"
             entry = self._faults.get(key)
             if entry is None:
                 return None
             fault, spared, left = entry
+            if fault.method is not None and fault.method != method:
+                return None
             if spared:
                 self._faults[key] = (fault, spared - 1, left)
                 return None
@@ -575,11 +578,20 @@ class DemoService:
         return {}
 
     def respond(self, request: Request, fault: Fault | None) -> Response | None:
-        """The answer to ``request`` as ``fault`` bends it; ``None`` means drop the line."""
-        if fault is not None and fault.effective_mode in ("drop", "reset", "stall", "raw"):
-            return None
-        if fault is not None and (fault.status is not None or fault.replaces_body):
-            return _fault_response(fault)
+        """The answer to ``request`` as ``fault`` bends it; ``None`` means drop the line.
+
+        A ``processed`` fault lets the service do what the call asks (store a report)
+        before it spoils the answer."""
+        if fault is None:
+            return self._handled(request)
+        drops = fault.effective_mode in ("drop", "reset", "stall", "raw")
+        if not drops and fault.status is None and not fault.replaces_body:
+            return self._handled(request)  # merely slow, or shaped
+        if fault.processed:
+            self._handled(request)
+        return None if drops else _fault_response(fault)
+
+    def _handled(self, request: Request) -> Response:
         try:
             return self._dispatch(request)
         except BadRequest as exc:
@@ -589,7 +601,7 @@ class DemoService:
             return error_response(500)
 
     def _dispatch(self, request: Request) -> Response:
-        methods = self._table.get(request.path)
+        methods = self._route(request)
         if methods is None:
             return error_response(404)
         handler = methods.get(request.method)
@@ -597,9 +609,31 @@ class DemoService:
             response = error_response(405)
             response.headers["Allow"] = ", ".join(sorted(methods))
             return response
-        if request.path != "/health" and not self._authorized(request):
+        if not request.path.startswith("/health") and not self._authorized(request):
             return error_response(401, "Invalid or missing API key")
         return handler(request)
+
+    def _route(self, request: Request) -> dict[str, Handler] | None:
+        """The handlers for the request's path: an exact entry of the table, else a
+        template like ``/items/{id}`` whose ``{name}`` parts go to ``request.params``."""
+        methods = self._table.get(request.path)
+        if methods is not None:
+            return methods
+        parts = request.path.split("/")
+        for template, handlers in self._table.items():
+            pattern = template.split("/")
+            if "{" not in template or len(pattern) != len(parts):
+                continue
+            params = {}
+            for want, got in zip(pattern, parts, strict=True):
+                if want.startswith("{") and want.endswith("}") and got:
+                    params[want[1:-1]] = got
+                elif want != got:
+                    break
+            else:
+                request.params = params
+                return handlers
+        return None
 
     def _authorized(self, request: Request) -> bool:
         if not self.api_key:
