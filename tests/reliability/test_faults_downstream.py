@@ -491,7 +491,9 @@ CASES = [
     Case(
         "wrong shape for submit_bugs (201 without an id)",
         "kind `protocol`, says how many reports are not filed",
-        on_bugalizer("/api/v1/reports", Fault(201, payload={"status": "new"}, times=None)),
+        on_bugalizer(
+            "/api/v1/reports", Fault(201, payload={"status": "new"}, times=None, method="POST")
+        ),
         run_tests() + "\n" + SUBMIT,
         "protocol",
         "2 bug reports not filed yet: unexpected answer from bugalizer: "
@@ -502,7 +504,7 @@ CASES = [
     Case(
         "bugalizer 429 with Retry-After: 3 on the second report",
         "waits 3 s, then files only the report not yet accepted: no bug filed twice",
-        on_bugalizer("/api/v1/reports", Fault(429, retry_after=3, after=1)),
+        on_bugalizer("/api/v1/reports", Fault(429, retry_after=3, after=1, method="POST")),
         run_tests() + "\n" + SUBMIT,
         None,
         attempts=2,
@@ -513,7 +515,7 @@ CASES = [
     Case(
         "submit_bugs answered 200 instead of 201",
         "kind `http`: a success the step cannot use",
-        on_bugalizer("/api/v1/reports", Fault(200, payload={"id": "X"}, times=None)),
+        on_bugalizer("/api/v1/reports", Fault(200, payload={"id": "X"}, times=None, method="POST")),
         run_tests() + "\n" + SUBMIT,
         "http",
         "2 bug reports not filed yet: HTTP 200 from bugalizer: expected 201",
