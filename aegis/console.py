@@ -25,6 +25,7 @@ _STATUS_COLOURS = {
     "timed_out": "red",
     "down": "red",
     "cancelled": "yellow",
+    "degraded": "yellow",
     "interrupted": "yellow",
     "skipped": "dim",
     "running": "bold",
