@@ -299,7 +299,7 @@ async def test_a_timed_out_last_attempt_records_what_it_filed(demo: DemoServices
     ("environ", "hint"),
     [
         ({}, "the key variable BUG_KEY is not set"),
-        ({"BUG_KEY": "wrong"}, "check the key in BUG_KEY (it is set)"),
+        ({"BUG_KEY": "wrong"}, "check the key in BUG_KEY, which is set"),
     ],
 )
 async def test_a_wrong_key_fails_at_once_naming_the_variable(

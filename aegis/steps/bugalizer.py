@@ -99,7 +99,7 @@ def refusal(error: StepError, tracker: Tracker, environ: Mapping[str, str]) -> s
         elif not environ.get(variable):
             hint = f"the key variable {variable} is not set"
         else:
-            hint = f"check the key in {variable} (it is set)"
+            hint = f"check the key in {variable}, which is set"
         return f"{error.message} ({hint})"
     if status == 404:
         return (

@@ -130,6 +130,14 @@ def each_bug_filed_once(demo: DemoServices, run: dict[str, Any]) -> str:
     return "2 bugs filed, none twice"
 
 
+def each_bug_filed_once_and_recorded(demo: DemoServices, run: dict[str, Any]) -> str:
+    each_bug_filed_once(demo, run)
+    data = run["steps"][-1]["data"]
+    assert sorted(data["report_ids"]) == sorted(r["id"] for r in demo.bugalizer.reports)
+    assert len(data["adopted"]) == 1
+    return "2 bugs filed, none twice, the stored one adopted, every id recorded"
+
+
 def no_escape_on_stderr(demo: DemoServices, run: dict[str, Any]) -> str:
     return "nothing reached the terminal unescaped"
 
@@ -511,6 +519,36 @@ CASES = [
         sleeps=(3.0,),
         exit_code=1,
         check=each_bug_filed_once,
+    ),
+    Case(
+        "bugalizer stores a report, then drops the connection",
+        "the retry finds the stored report by fingerprint and adopts it: no bug filed twice",
+        on_bugalizer("/api/v1/reports", Fault(mode="drop", processed=True, method="POST")),
+        run_tests() + "\n" + SUBMIT,
+        None,
+        attempts=2,
+        sleeps=(0.5,),
+        exit_code=1,
+        check=each_bug_filed_once_and_recorded,
+    ),
+    Case(
+        "bugalizer stores a report but answers after the attempt's timeout",
+        "the retry finds the stored report by fingerprint and adopts it: no bug filed twice",
+        on_bugalizer("/api/v1/reports", Fault(status=None, delay=1.0, method="POST")),
+        run_tests()
+        + "\n"
+        + _step(
+            "submit_bugs",
+            "bugalizer",
+            retries=1,
+            timeout=0.3,
+            **{"with": {"project_id": "web-shop"}},
+        ),
+        None,
+        attempts=2,
+        sleeps=(0.5,),
+        exit_code=1,
+        check=each_bug_filed_once_and_recorded,
     ),
     Case(
         "submit_bugs answered 200 instead of 201",
