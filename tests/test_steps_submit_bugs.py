@@ -457,3 +457,16 @@ def test_step_type_metadata() -> None:
     assert "on_existing" in STEP.params and "close_fixed" in STEP.params
     assert STEP.check_params is check_params
     assert STEP.description
+
+
+async def test_an_attempt_cut_while_reading_open_reports_records_what_is_pending(
+    demo: DemoServices,
+) -> None:
+    demo.bugalizer.inject(POST, Fault(status=None, mode="stall", method="GET"))
+    run = await run_bugs(demo, count=2, timeout=0.3)
+    bugs = run.steps[1]
+    assert (bugs.error_kind, bugs.data["submitted"]) == ("timeout", 0)
+    assert bugs.data["errors"] == [
+        "test_0[case 0]: not sent before the attempt ended",
+        "test_1[case 1]: not sent before the attempt ended",
+    ]

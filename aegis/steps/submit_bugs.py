@@ -228,6 +228,7 @@ async def execute(ctx: StepContext) -> dict[str, Any]:
     pending = filing.pending()
     if not pending:
         return filing.data()
+    ctx.progress = filing.data(unsent="not sent before the attempt ended")
     skip = ctx.spec.params.get("on_existing", "skip") == "skip"
     if filing.unsure or (skip and not ctx.scratch.get("looked_up")):
         try:
