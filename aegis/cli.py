@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from aegis.config.model import Config
     from aegis.console import Console
     from aegis.records import Run
+    from aegis.services import Health
 
 __all__ = ["EXIT", "main", "run_exit_code"]
 
@@ -99,6 +100,10 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
         _unknown_workflow(config, args.workflow)
     if args.junit:
         _check_writable(args.junit)
+    from aegis.config.environment import unset_key_warnings
+
+    for warning in unset_key_warnings(config, env.environ, args.workflow):
+        env.warn(warning)
     progress = None if args.quiet else env.err()
     run = run_workflow(
         config,
@@ -194,11 +199,27 @@ def cmd_status(args: argparse.Namespace, env: _Env) -> int:
     else:
         out = env.out()
         for health in results:
-            detail = f"{health.latency_ms:.1f} ms" if health.up else health.error
-            out.line(f"{out.status(health.status):<6} {health.key:<16} {health.url}  {detail}")
+            out.line(
+                f"{out.status(health.status):<8} {health.key:<16} {health.url}  "
+                + _health_detail(health)
+            )
         if not results:
             out.line("No services configured.")
     return 0 if all(h.up for h in results) else 1
+
+
+def _health_detail(health: Health) -> str:
+    """Latency or why it failed, and the service's own status word when it gave one."""
+    from aegis.text import printable
+
+    if health.status == "down":
+        detail = health.error or ""
+    elif health.status == "degraded":
+        detail = f"{health.latency_ms:.1f} ms, not ready: {health.error}"
+    else:
+        detail = f"{health.latency_ms:.1f} ms"
+    word = health.service_status
+    return f"{detail} (says {printable(word)!r})" if word else detail
 
 
 def cmd_config_show(args: argparse.Namespace, env: _Env) -> int:
@@ -227,6 +248,10 @@ def cmd_config_validate(args: argparse.Namespace, env: _Env) -> int:
         count = len(exc.problems)
         print(f"invalid: {count} problem{'s' if count != 1 else ''}", file=env.stderr)
         return 1
+    from aegis.config.environment import unset_key_warnings
+
+    for warning in unset_key_warnings(config, env.environ):
+        env.warn(warning)
     print(
         f"{found}: valid ({len(config.services)} services, {len(config.workflows)} workflows)",
         file=env.stdout,

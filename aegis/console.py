@@ -25,6 +25,7 @@ _STATUS_COLOURS = {
     "timed_out": "red",
     "down": "red",
     "cancelled": "yellow",
+    "degraded": "yellow",
     "interrupted": "yellow",
     "skipped": "dim",
     "running": "bold",
@@ -80,6 +81,9 @@ def step_detail(data: Mapping[str, Any]) -> str:
         parts.append(f"{len(data['still_failing'])} still failing")
     if isinstance(data.get("submitted"), int):
         parts.append(f"{data['submitted']} bug reports filed")
+    for key, words in (("reused", "reused"), ("bug_updates", "bug reports moved on")):
+        if isinstance(data.get(key), list) and data[key]:
+            parts.append(f"{len(data[key])} {words}")
     return ", ".join(parts)
 
 

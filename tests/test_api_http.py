@@ -235,7 +235,13 @@ def test_services_with_cached_health(client: Client) -> None:
     assert qaagent["health"]["status"] == "up" and qaagent["health"]["latency_ms"] > 0
     assert bugalizer["health"]["status"] == "up"
     assert ghost["health"]["status"] == "down" and ghost["health"]["error"]
-    assert set(ghost["health"]) == {"status", "latency_ms", "error", "checked_at"}
+    assert set(ghost["health"]) == {
+        "status",
+        "latency_ms",
+        "error",
+        "checked_at",
+        "service_status",
+    }
     again = client.get("/api/services").data["services"]
     assert again[0]["health"]["checked_at"] == qaagent["health"]["checked_at"]  # cached
 

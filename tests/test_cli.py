@@ -253,6 +253,35 @@ def test_validate_a_good_config(good: Path) -> None:
     assert "valid (2 services, 3 workflows)" in result.out
 
 
+KEYED = """
+services:
+  qaagent: {url: "%(qaagent)s", api_key_env: QA_KEY}
+  bugalizer: {url: "%(bugalizer)s", api_key_env: BUG_KEY}
+workflows:
+  bugs:
+    steps:
+      - {type: submit_bugs, service: bugalizer, with: {project_id: web-shop}}
+"""
+
+
+def test_validate_and_run_warn_of_an_unset_key_variable(tmp_path: Path, demo_services: Any) -> None:
+    urls = {"qaagent": demo_services.qaagent_url, "bugalizer": demo_services.bugalizer_url}
+    path = write(tmp_path, KEYED % urls)
+    validated = cli("config", "validate", str(path), env={"QA_KEY": "k"})
+    assert validated.code == 0 and "valid (2 services, 1 workflows)" in validated.out
+    assert validated.err == (
+        f"aegis: warning: {path}: services.bugalizer.api_key_env: BUG_KEY is not set, "
+        "so requests to bugalizer carry no X-API-Key\n"
+    )
+    assert (
+        "warning"
+        not in cli("config", "validate", str(path), env={"QA_KEY": "k", "BUG_KEY": "b"}).err
+    )
+    ran = cli("--config", str(path), "run", "bugs", "--quiet", "--no-history")
+    assert ran.code == 0
+    assert "BUG_KEY is not set" in ran.err and "QA_KEY" not in ran.err  # bugs uses bugalizer only
+
+
 def test_validate_finds_the_config_by_environment(good: Path) -> None:
     assert cli("config", "validate", env={"AEGIS_CONFIG": str(good)}).code == 0
 
@@ -284,6 +313,38 @@ def test_status_all_up_exits_0(good: Path) -> None:
     result = cli("--config", str(good), "status")
     assert result.code == 0
     assert result.out.count("up") >= 2
+
+
+def test_status_shows_degraded_and_the_services_own_word(
+    tmp_path: Path, demo_services: Any
+) -> None:
+    url = demo_services.bugalizer_url
+    path = write(
+        tmp_path,
+        f"""
+        services:
+          bugalizer: {{url: "{url}", health_endpoint: /health/live, ready_endpoint: /health}}
+          broken: {{url: "{url}", ready_endpoint: /nowhere}}
+        workflows: {{}}
+    """,
+    )
+    demo_services.bugalizer.degraded = True
+    result = cli("--config", str(path), "status")
+    assert result.code == 0  # degraded services still answer
+    bugalizer = next(line for line in result.out.splitlines() if " bugalizer " in line)
+    broken = next(line for line in result.out.splitlines() if " broken " in line)
+    assert bugalizer.startswith("up ") and bugalizer.endswith(" ms (says 'degraded')")
+    assert broken.startswith("degraded ")
+    assert f"not ready: HTTP 404 from {url}/nowhere (says 'degraded')" in broken
+    health = {
+        s["key"]: s["health"]
+        for s in cli("--config", str(path), "status", "--json").json()["services"]
+    }
+    assert (health["bugalizer"]["status"], health["bugalizer"]["service_status"]) == (
+        "up",
+        "degraded",
+    )
+    assert health["broken"]["status"] == "degraded"
 
 
 def test_status_any_down_exits_1(tmp_path: Path, demo_services: Any) -> None:

@@ -30,7 +30,7 @@ workflows:
       - {type: report, condition: always}
   down:
     steps:
-      - {type: discover, service: qaagent, retries: 1, retry_delay: 0.01,
+      - {type: discover, service: qaagent, retries: 1, retry_delay: 0.01, retry_on: [http],
          with: {path: /nowhere}}
       - {type: report, condition: on_success}
 history:

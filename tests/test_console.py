@@ -112,6 +112,9 @@ def test_step_detail_phrases() -> None:
     assert step_detail({"verified": ["a"], "still_failing": [], "submitted": 2}) == (
         "1 verified, 0 still failing, 2 bug reports filed"
     )
+    assert step_detail({"submitted": 0, "reused": ["r1", "r2"], "bug_updates": [{}]}) == (
+        "0 bug reports filed, 2 reused, 1 bug reports moved on"
+    )
 
 
 def test_progress_lines_for_each_event() -> None:

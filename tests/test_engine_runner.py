@@ -144,6 +144,15 @@ async def test_a_configured_max_retry_delay_may_allow_longer_retry_after() -> No
         (("timeout",), StepError("protocol", "bad json"), 1),
         (("4xx",), StepError("connection", "refused"), 1),
         (None, StepError("protocol", "bad json"), 2),
+        # by default a 4xx is final, but for those that may pass when sent again
+        (None, http_error(401), 1),
+        (None, http_error(404), 1),
+        (None, http_error(422), 1),
+        (None, http_error(408), 2),
+        (None, http_error(425), 2),
+        (None, http_error(429), 2),
+        (None, http_error(503), 2),
+        (("4xx",), http_error(401), 2),
     ],
 )
 async def test_retry_on_retries_only_matching_failures(
@@ -152,6 +161,31 @@ async def test_retry_on_retries_only_matching_failures(
     cfg = config(step("flaky", retries=1, retry_on=retry_on))
     run = await engine(cfg, [step_type("flaky", flaky([error]))]).run("wf")
     assert len(run.steps[0].attempts) == attempts
+
+
+async def test_a_failed_step_records_the_data_its_last_attempt_carried() -> None:
+    errors = [
+        StepError("connection", "reset", data={"done": ["a"]}),
+        StepError("connection", "reset", data={"done": ["a", "b"]}),
+    ]
+    cfg = config(step("flaky", retries=1), step("after", condition="on_failure"))
+    types = [step_type("flaky", flaky(errors)), step_type("after", ok)]
+    run = await engine(cfg, types).run("wf")
+    failed = run.steps[0]
+    assert failed.status is StepStatus.FAILED and failed.data == {"done": ["a", "b"]}
+    assert run.to_dict()["steps"][0]["data"] == {"done": ["a", "b"]}
+
+
+async def test_an_attempt_cut_by_its_timeout_records_the_steps_progress() -> None:
+    async def slow_after_one(ctx: StepContext) -> dict[str, Any]:
+        ctx.progress["filed"] = ["r1"]
+        await asyncio.sleep(60)
+        return {}
+
+    cfg = config(step("slow", timeout=0.2))
+    run = await Engine(cfg, {"slow": step_type("slow", slow_after_one)}).run("wf")
+    result = run.steps[0]
+    assert (result.error_kind, result.data) == ("timeout", {"filed": ["r1"]})
 
 
 async def test_slow_step_times_out_with_kind_timeout() -> None:

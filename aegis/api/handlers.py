@@ -140,7 +140,11 @@ class ApiContext:
         self.workflows = {key: dump_json(w) for key, w in rendered["workflows"].items()}
         self.workflow_list = dump_json({"workflows": list(rendered["workflows"].values())})
         self.portfolio = dump_json(
-            {"aegis": rendered["aegis"], "version": __version__, "services": self.services}
+            {
+                "aegis": {key: rendered["aegis"][key] for key in ("name", "tagline")},
+                "version": __version__,
+                "services": self.services,
+            }
         )
 
     def openapi_document(self) -> bytes:

@@ -309,6 +309,7 @@ class _Execution:
             state=self.state,
             http=self.http,
             environ=self.engine.environ,
+            config=self.engine.config,
         )
         self._emit("step.started", spec, attempts_allowed=spec.retries + 1)
         began = self.clock.monotonic()
@@ -322,7 +323,7 @@ class _Execution:
         if error is None:
             return self._end(index, self._result(spec, StepStatus.SUCCEEDED, began, attempts, data))
         failed = replace(
-            self._result(spec, StepStatus.FAILED, began, attempts),
+            self._result(spec, StepStatus.FAILED, began, attempts, data),
             error=error.message,
             error_kind=error.kind,
         )
@@ -331,16 +332,18 @@ class _Execution:
     async def attempts(
         self, step_type: StepType, ctx: StepContext, attempts: list[Attempt], began: float
     ) -> tuple[dict[str, Any], StepError | None]:
-        """Try up to ``retries + 1`` times; the data of the success, or the last error."""
+        """Try up to ``retries + 1`` times; the data of the success, or the last attempt's
+        data (what it did before it failed) and its error."""
         spec = ctx.spec
         deadline_at = began + spec.deadline if spec.deadline is not None else None
         error: StepError | None = None
+        data: dict[str, Any] = {}
         for k in range(spec.retries + 1):
             limit, by_deadline = spec.timeout, False
             if deadline_at is not None:
                 remaining = deadline_at - self.clock.monotonic()
                 if remaining <= 0 and error is not None:
-                    return {}, _with_note(error, f"no retry: {deadline_note(spec)}")
+                    return data, _with_note(error, f"no retry: {deadline_note(spec)}")
                 by_deadline = remaining < limit
                 limit = min(limit, remaining)
             data, error = await self.attempt(step_type, ctx, k + 1, limit, by_deadline, attempts)
@@ -350,7 +353,7 @@ class _Execution:
                 break
             wait = retry_delay(spec, k, error, self.clock.random)
             if deadline_at is not None and self.clock.monotonic() + wait >= deadline_at:
-                return {}, _with_note(error, f"no retry: {deadline_note(spec)}")
+                return data, _with_note(error, f"no retry: {deadline_note(spec)}")
             self._emit(
                 "step.retrying",
                 spec,
@@ -361,7 +364,7 @@ class _Execution:
                 error_kind=error.kind,
             )
             await self.clock.sleep(wait)
-        return {}, error
+        return data, error
 
     async def attempt(
         self,
@@ -372,7 +375,10 @@ class _Execution:
         by_deadline: bool,
         attempts: list[Attempt],
     ) -> tuple[dict[str, Any], StepError | None]:
-        """One try under the step's timeout; appends its ``Attempt`` record."""
+        """One try under the step's timeout; appends its ``Attempt`` record.
+
+        A failed try returns what it did before failing: the ``StepError``'s ``data``,
+        else the step's ``ctx.progress``."""
         started_at = self.clock.timestamp()
         began = self.clock.monotonic()
         data: dict[str, Any] = {}
@@ -402,6 +408,7 @@ class _Execution:
             log.exception("step %s of run %s raised", ctx.spec.name, ctx.run_id)
             error = StepError("error", f"{type(exc).__name__}: {exc}")
         if error is not None:
+            data = dict(ctx.progress) if error.data is None else error.data
             error = self.engine.redactor.error(error)
         attempts.append(_attempt_record(number, started_at, self._since(began), error))
         return self.engine.redactor.data(data), error
@@ -492,4 +499,5 @@ def _with_note(error: StepError, note: str) -> StepError:
         f"{error.message} ({note})",
         status_code=error.status_code,
         retry_after=error.retry_after,
+        data=error.data,
     )

@@ -1,7 +1,8 @@
 """What a run knows about its own earlier steps, kept as running aggregates.
 
 Conditions, the steps that build on earlier ones (``test`` reuses discovered routes,
-``verify`` and ``submit_bugs`` use open failures) and ``report`` read this instead of
+``verify`` and ``submit_bugs`` use open failures, ``verify`` the bug reports filed for
+them) and ``report`` read this instead of
 scanning earlier results, so every per-step operation is O(1) in the number of earlier
 steps. A batch's results are added only when the whole batch has ended: results of a
 batch are visible to later batches only.
@@ -35,6 +36,10 @@ class RunState:
         # test id -> failure record, in the order first seen; verify removes what it fixed
         self.open_failures: dict[str, dict[str, Any]] = {}
         self.recent: deque[StepResult] = deque(maxlen=RECENT_STEPS)
+        # test id -> the bug report open for it, and where those reports are kept: from
+        # any step whose data has `bug_reports` and `bug_tracker` (submit_bugs does)
+        self.bug_reports: dict[str, str] = {}
+        self.bug_tracker: dict[str, Any] | None = None
 
     def add_batch(self, results: Iterable[StepResult]) -> None:
         for result in results:
@@ -64,3 +69,8 @@ class RunState:
         routes = data.get("routes")
         if isinstance(routes, list):
             self.routes = routes
+        reports = data.get("bug_reports")
+        tracker = data.get("bug_tracker")
+        if isinstance(reports, dict) and isinstance(tracker, dict):
+            self.bug_reports.update({str(test): str(report) for test, report in reports.items()})
+            self.bug_tracker = tracker
