@@ -125,9 +125,7 @@ async def _status_and_word(
 ) -> tuple[int, str | None]:
     """The answer's status, and its status word read from at most ``MAX_HEALTH_BYTES``
     of an uncompressed body: a huge answer or a gzip bomb costs nothing."""
-    from aegis.steps.http import parsed_url
-
-    async with client.stream("GET", parsed_url(url), headers=dict(headers)) as response:
+    async with client.stream("GET", url, headers=dict(headers)) as response:
         if response.headers.get("content-encoding", "identity") != "identity":
             return response.status_code, None
         body = bytearray()
