@@ -159,24 +159,18 @@ def render_run(console: Console, run: Run) -> None:
     )
     console.line(f"  started {run.started_at}")
     _table(console, ["STEP", "STATUS", "TIME", "ATTEMPTS", "DETAIL"], map(_step_row, run.steps))
-    failing = _failing_tests(run.steps)
+    failing = _failing_tests(run)
     if failing:
         console.line("Failing tests:")
         for test, message in failing:
             console.line(f"  - {printable(test)}: {printable(message)}")
 
 
-def _failing_tests(steps: Sequence[StepResult]) -> list[tuple[str, str]]:
-    """Tests failing at the end: the last step reporting tests decides which."""
-    for step in reversed(steps):
-        failures = step.data.get("failures") if not step.skipped else None
-        if isinstance(failures, list) and "failed" in step.data:
-            return [
-                (str(f.get("test", "?")), str(f.get("message", "")))
-                for f in failures
-                if isinstance(f, dict)
-            ]
-    return []
+def _failing_tests(run: Run) -> list[tuple[str, str]]:
+    """Tests still failing at the end: reported by some step and not since verified."""
+    from aegis.ci.outcomes import test_outcomes
+
+    return [(o.test_id, o.message) for o in test_outcomes(run) if o.failing]
 
 
 def render_runs(console: Console, runs: Sequence[Run]) -> None:

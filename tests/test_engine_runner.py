@@ -302,17 +302,6 @@ async def test_failing_tests_fail_the_verdict_not_the_run() -> None:
     assert run.verdict is Verdict.FAILED
 
 
-async def test_verdict_follows_the_last_step_reporting_counts() -> None:
-    cfg = config(step("a"), step("b"), step("c"))
-    types = [
-        step_type("a", reports_failures),
-        step_type("b", reports_all_passing),
-        step_type("c", ok),
-    ]
-    run = await engine(cfg, types).run("wf")
-    assert run.verdict is Verdict.PASSED
-
-
 async def test_workflow_timeout_cancels_running_and_skips_the_rest() -> None:
     cfg = config(step("fast"), step("slow"), step("never"), timeout=0.3)
     history = MemoryHistory()

@@ -211,9 +211,8 @@ class Engine:
     ) -> Run:
         steps = execution.final_steps(reason or "not reached")
         state = execution.state
-        passed = status is RunStatus.SUCCEEDED and (
-            state.last_counts is None or state.last_counts[1] == 0
-        )
+        # every step's reported tests count, parallel ones too; a verify closes what it fixed
+        passed = status is RunStatus.SUCCEEDED and state.tests.open_count == 0
         verdict = Verdict.PASSED if passed else Verdict.FAILED
         finished = replace(
             run,
@@ -227,7 +226,7 @@ class Engine:
         counts = {s.value: 0 for s in StepStatus}
         for step in steps:
             counts[step.status.value] += 1
-        tests = state.last_counts
+        tests = state.tests
         self.bus.emit(
             "workflow.completed",
             run.run_id,
@@ -236,8 +235,8 @@ class Engine:
             verdict=verdict.value,
             duration_ms=finished.duration_ms,
             steps=counts,
-            tests_total=tests[0] if tests else None,
-            tests_failed=tests[1] if tests else None,
+            tests_total=tests.total,
+            tests_failed=tests.open_count if tests.total is not None else None,
             reason=reason,
         )
         return finished
