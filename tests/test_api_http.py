@@ -457,7 +457,10 @@ def test_events_after_a_run(client: Client) -> None:
     assert ids == sorted(ids)
     done = client.get("/api/events?type=workflow.completed").data["events"]
     assert [e["data"]["status"] for e in done] == ["succeeded"]
-    assert client.get(f"/api/events?after={ids[1]}&limit=1").data["events"][0]["id"] == ids[-1]
+    page = client.get(f"/api/events?after={ids[0]}&limit=2").data["events"]
+    assert [e["id"] for e in page] == ids[1:3]  # forward from the id, not the newest
+    newest = client.get("/api/events?limit=2").data["events"]
+    assert [e["id"] for e in newest] == ids[-2:]
 
 
 def read_sse(
