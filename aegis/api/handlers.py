@@ -429,7 +429,8 @@ ROUTES: tuple[Route, ...] = (
                     description="at most this many: the first ones after `after` when "
                                 "it is given, else the newest"),
               Param("type", enum=EVENT_TYPES, description="only events of this type"),
-              Param("after", type="integer", minimum=0, description="only events after this id, oldest first: "
+              Param("after", type="integer", minimum=0,
+                    description="only events after this id, oldest first: "
                                 "page forward by passing the last id seen"),
           ),
           errors=JSON_ERRORS, tag="events"),
