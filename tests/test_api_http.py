@@ -298,6 +298,7 @@ def test_a_run_through_the_api(client: Client, tmp_path: Path) -> None:
     assert client.get("/api/workflows/pipeline/history").data["total"] == 0
     assert client.get("/api/workflows/nope/history").status == 404
     assert client.get(f"/api/runs/{run_id[:6]}").data["run_id"] == run_id  # a prefix will do
+    assert client.get(f"/api/runs/{run_id[:2].upper()}").data["run_id"] == run_id  # any case
     with open_history(make_history_spec(tmp_path), warn=print) as store:  # the CLI's view
         assert store.get(run_id) is not None and store.get(run_id).trigger == "api"  # type: ignore[union-attr]
 

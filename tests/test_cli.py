@@ -317,6 +317,28 @@ def test_history_lists_by_workflow_and_limits(good: Path) -> None:
     assert table.code == 0 and "RUN" in table.out and "broken" in table.out
     shown = cli("--config", str(good), "history", "show", limited[0]["run_id"])
     assert shown.code == 0 and "HTTP 404" in shown.out
+    # a unique prefix of any length, in any case, will do
+    ids = [r["run_id"] for r in cli("--config", str(good), "history", "--json").json()["runs"]]
+    wanted = ids[0]
+    prefix = next(
+        wanted[:n] for n in range(1, 13) if not any(o.startswith(wanted[:n]) for o in ids[1:])
+    )
+    shown = cli("--config", str(good), "history", "show", prefix.upper(), "--json")
+    assert shown.code == 0 and shown.json()["run_id"] == wanted
+
+
+def test_history_show_lists_the_runs_an_ambiguous_prefix_matches(tmp_path: Path) -> None:
+    from aegis.history.sqlite import SqliteHistory
+    from aegis.records import Run, RunStatus
+
+    path = write(tmp_path, "history: {path: runs.db}\nworkflows: {}\n")
+    with SqliteHistory(str(tmp_path / "runs.db")) as store:
+        for run_id in ("ab01", "ab02", "cd03"):
+            store.finish(Run(run_id, "w", RunStatus.SUCCEEDED, "2026-01-01T00:00:00.000Z"))
+    result = cli("--config", str(path), "history", "show", "AB")
+    assert result.code == 2
+    assert "run id 'AB' is ambiguous: it matches ab01, ab02; give more characters" in result.err
+    assert cli("--config", str(path), "history", "show", "C").code == 0
 
 
 def test_history_errors(good: Path) -> None:
