@@ -67,7 +67,9 @@ def ambiguous_prefix(prefix: str, matches: list[str]) -> NotFound:
     """
     shown = ", ".join(matches[:SHOWN_MATCHES])
     more = " and more" if len(matches) > SHOWN_MATCHES else ""
-    return NotFound(f"run id '{prefix}' is ambiguous: it matches {shown}{more}; give more characters")
+    return NotFound(
+        f"run id '{prefix}' is ambiguous: it matches {shown}{more}; give more characters"
+    )
 
 
 def matching_run_id(run_id: str, candidates: Iterable[str]) -> str | None:
