@@ -455,6 +455,38 @@ def test_interpolation_in_strings(text: str, environ: dict[str, str], url: str |
         assert service_url(text, environ) == url
 
 
+@pytest.mark.parametrize(
+    ("text", "environ", "url"),
+    [
+        ('"${A:-${B}}"', {"B": "http://b"}, "http://b"),
+        ('"${A:-${OTHER:-http://zz}}"', {}, "http://zz"),
+        ('"${A:-${B}}"', {"A": "http://a"}, "http://a"),  # B unset, but not needed
+        ('"${A:-http://${H:-h}:${P:-9}}/x"', {"P": "1"}, "http://h:1/x"),
+        ('"${A:-http://h/$${B}}"', {}, "http://h/${B}"),
+        ('"${A:-http://h}}"', {}, "http://h}"),
+    ],
+    ids=["nested", "nested-default", "outer-set", "several-nested", "dollar", "brace-after"],
+)
+def test_a_default_may_itself_interpolate(
+    text: str, environ: dict[str, str], url: str | None
+) -> None:
+    assert service_url(text, environ) == url
+
+
+def test_a_nested_whole_interpolation_is_still_read_as_a_scalar() -> None:
+    config = parse("server:\n  port: ${PORT:-${FALLBACK_PORT:-8123}}\n", {})
+    assert config.server.port == 8123
+
+
+def test_nested_interpolation_problems_name_the_key() -> None:
+    [(path, problem)] = problems_of("aegis: {name: '${A:-${B}}'}\n")
+    assert path == "aegis.name"
+    assert problem.startswith("environment variable 'B' is not set")
+    deep = "${A:-" * 10 + "x" + "}" * 10
+    [(path, problem)] = problems_of(f"aegis: {{name: '{deep}'}}\n")
+    assert path == "aegis.name" and "nests deeper than 8" in problem
+
+
 def test_an_empty_variable_without_default_is_empty() -> None:
     config = parse("auth: {api_key: '${KEY}'}\n", {"KEY": ""})
     assert config.auth.api_key == ""

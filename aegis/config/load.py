@@ -53,10 +53,13 @@ _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
-# `$$`, a closed `${...}`, or a `${` that is never closed.
-_TOKEN = re.compile(r"\$\$|\$\{(?P<body>[^}]*)\}|\$\{")
+# `$$`, or the start of a `${...}` (whose end is found by counting nested ones).
+_TOKEN = re.compile(r"\$\$|\$\{")
 _EXPRESSION = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
-_WHOLE = re.compile(r"\$\{[^}]*\}")
+# What matters inside a `${...}` when looking for its end.
+_BRACES = re.compile(r"\$\$|\$\{|\}")
+# How deep `${A:-${B:-${C}}}` may nest.
+MAX_NESTING = 8
 
 
 class _PlainText(str):
@@ -436,38 +439,70 @@ def _interpolate_text(
     if "$" not in text:
         return str(text)
     errors: list[str] = []
-
-    def replace(match: re.Match[str]) -> str:
-        result, error = _expand(match, environ)
-        if error:
-            errors.append(error)
-        return result
-
-    result = _TOKEN.sub(replace, text)
+    result = _substitute(text, environ, errors, 0)
     if errors:
         problems.extend(ConfigProblem(file, path, error) for error in errors)
         return UNRESOLVED
-    if _WHOLE.fullmatch(text):
+    if text.startswith("${") and _closing(text, 2) == len(text) - 1:
         return EnvText(result, _yaml_scalar(result), plain=isinstance(text, _PlainText))
     return result
 
 
-def _expand(match: re.Match[str], environ: Mapping[str, str]) -> tuple[str, str]:
-    """The replacement for one token, and the problem with it ('' when none)."""
-    token = match.group(0)
-    if token == "$$":
-        return "$", ""
-    body = match.group("body")
-    if body is None:
-        return "", "unclosed '${' (write '$$' for a literal '$')"
-    expression = _EXPRESSION.fullmatch(body)
+def _substitute(text: str, environ: Mapping[str, str], errors: list[str], depth: int) -> str:
+    """``text`` with every ``$$`` and ``${...}`` replaced; problems go to ``errors``."""
+    parts = []
+    index = 0
+    for match in _TOKEN.finditer(text):
+        if match.start() < index:
+            continue  # inside a `${...}` already replaced
+        parts.append(text[index : match.start()])
+        if match.group(0) == "$$":
+            parts.append("$")
+            index = match.end()
+            continue
+        end = _closing(text, match.end())
+        if end is None:
+            errors.append("unclosed '${' (write '$$' for a literal '$')")
+            return ""
+        parts.append(_expand(text[match.start() : end + 1], environ, errors, depth))
+        index = end + 1
+    parts.append(text[index:])
+    return "".join(parts)
+
+
+def _closing(text: str, start: int) -> int | None:
+    """The index of the ``}`` closing a ``${`` whose body starts at ``start``."""
+    depth = 1
+    for match in _BRACES.finditer(text, start):
+        token = match.group(0)
+        if token == "${":
+            depth += 1
+        elif token == "}":
+            depth -= 1
+            if depth == 0:
+                return match.start()
+    return None
+
+
+def _expand(token: str, environ: Mapping[str, str], errors: list[str], depth: int) -> str:
+    """The value of one whole ``${...}`` token; a default may hold ``${...}`` itself."""
+    expression = _EXPRESSION.fullmatch(token[2:-1])
     if expression is None:
         expected = "expected ${NAME} or ${NAME:-default}"
-        return "", f"invalid interpolation {describe(token)}: {expected}"
+        errors.append(f"invalid interpolation {describe(token)}: {expected}")
+        return ""
     name, default = expression.group("name"), expression.group("default")
     value = environ.get(name)
     if default is not None:
-        return (value or default), ""  # like the shell's `:-`, an empty variable takes the default
+        if value:  # like the shell's `:-`, an empty variable takes the default
+            return value
+        if depth >= MAX_NESTING:
+            errors.append(f"interpolation {describe(token)} nests deeper than {MAX_NESTING}")
+            return ""
+        return _substitute(default, environ, errors, depth + 1)
     if value is None:
-        return "", f"environment variable {name!r} is not set (give a default: ${{{name}:-...}})"
-    return value, ""
+        errors.append(
+            f"environment variable {name!r} is not set (give a default: ${{{name}:-...}})"
+        )
+        return ""
+    return value
