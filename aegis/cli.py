@@ -250,11 +250,19 @@ def cmd_history(args: argparse.Namespace, env: _Env) -> int:
     workflow = words[0] if words else None
     if workflow is not None and workflow not in config.workflows:
         _unknown_workflow(config, workflow)
-    store = open_history(config.history, warn=env.warn, reading=True)
-    try:
-        runs = store.list(workflow=workflow, limit=args.limit)
-    finally:
-        store.close()
+    missing = _no_history_file(config)
+    runs: list[Run] = []
+    if missing:  # reading never creates a file, and a mistyped path should not look empty
+        if not args.json:
+            print(f"No runs recorded: {missing}.", file=env.stdout)
+            return 0
+        env.warn(missing)
+    else:
+        store = open_history(config.history, warn=env.warn, reading=True)
+        try:
+            runs = store.list(workflow=workflow, limit=args.limit)
+        finally:
+            store.close()
     if args.json:
         _dump_json({"runs": [r.to_dict(summary=True) for r in runs]}, env.stdout)
     else:
@@ -264,11 +272,24 @@ def cmd_history(args: argparse.Namespace, env: _Env) -> int:
     return 0
 
 
+def _no_history_file(config: Config) -> str | None:
+    """Why there is no history to read (its file does not exist), else ``None``."""
+    from aegis.history import MEMORY_PATH
+
+    path = config.history.path
+    if path == MEMORY_PATH or os.path.lexists(path):
+        return None
+    return f"there is no history file at {path} (history.path; nothing was recorded there)"
+
+
 def _history_show(args: argparse.Namespace, env: _Env, run_id: str) -> int:
     from aegis.errors import NotFound
     from aegis.history import open_history
 
     config = _load(args, env)
+    missing = _no_history_file(config)
+    if missing:
+        raise NotFound(f"no run '{run_id}': {missing}")
     store = open_history(config.history, warn=env.warn, reading=True)
     try:
         run = store.get(run_id)

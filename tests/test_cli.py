@@ -350,8 +350,24 @@ def test_history_errors(good: Path) -> None:
 
 
 def test_history_empty(good: Path) -> None:
+    (good.parent / "history.db").touch()  # a file, but no runs in it
     result = cli("--config", str(good), "history")
     assert result.code == 0 and "No runs recorded yet" in result.out
+
+
+def test_reading_history_never_creates_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "history: {path: histroy/typo.db}\nworkflows: {}\n")
+    missing = tmp_path / "histroy" / "typo.db"
+    expected = f"there is no history file at {missing} (history.path; nothing was recorded there)"
+
+    listed = cli("--config", str(path), "history")
+    assert (listed.code, listed.out) == (0, f"No runs recorded: {expected}.\n")
+    as_json = cli("--config", str(path), "history", "--json")
+    assert (as_json.code, as_json.json()) == (0, {"runs": []})
+    assert expected in as_json.err
+    shown = cli("--config", str(path), "history", "show", "abc")
+    assert shown.code == 2 and f"no run 'abc': {expected}" in shown.err
+    assert list(tmp_path.iterdir()) == [path]
 
 
 # ------------------------------------------------------------------------------ demo
