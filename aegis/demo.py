@@ -1062,7 +1062,8 @@ def parse_fault(text: str) -> tuple[str, str, Fault]:
     """``SERVICE:PATH=SPEC`` as (service, path, fault); raises ``ValueError`` if unusable.
 
     SPEC is ``KEY=VALUE`` pairs joined by commas, or a JSON object, naming ``Fault``'s
-    fields. Values read as ``none``, ``true``/``false``, a number, or else as text.
+    fields. Values read as ``none``, ``true``/``false``, a number, or else as text; in
+    JSON, a string value is read the same way (``"times": "none"``), ``payload`` aside.
     """
     target, equals, spec = text.partition("=")
     service, colon, path = target.partition(":")
@@ -1086,7 +1087,11 @@ def _spec_fields(spec: str) -> dict[str, Any]:
         fields = json.loads(spec)  # JSONDecodeError is a ValueError
         if not isinstance(fields, dict):
             raise ValueError("a JSON fault spec must be an object")
-        return fields
+        # what KEY=VALUE accepts, JSON accepts: "times": "none" as well as null
+        return {
+            key: _spec_value(value) if isinstance(value, str) and key != "payload" else value
+            for key, value in fields.items()
+        }
     parsed: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         key, equals, value = item.partition("=")
