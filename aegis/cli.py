@@ -327,7 +327,27 @@ def _check_port(port: int | None) -> None:
         raise _usage(f"--port must be from 0 to 65535 (0: any free port), not {port}")
 
 
+# The demo's closing hint, in commands as someone holding only the built file types them.
+DEMO_NEXT = (
+    "Next: `python3 aegis.pyz demo --services` keeps those services up (qaagent on :8080,",
+    "bugalizer on :8090) until Ctrl-C. Point an aegis.yaml at them (aegis.example.yaml in",
+    "the Aegis repository shows every key) and run `python3 aegis.pyz run WORKFLOW`.",
+)
+
+
 def cmd_demo(args: argparse.Namespace, env: _Env) -> int:
+    if args.services:
+        if args.serve or args.json or args.port is not None:
+            raise _usage("demo --services takes only --host")
+        from aegis import demo
+
+        return demo.serve_services(
+            args.host or demo.DEFAULT_HOST,
+            demo.DEFAULT_QAAGENT_PORT,
+            demo.DEFAULT_BUGALIZER_PORT,
+            stdout=env.stdout,
+            stderr=env.stderr,
+        )
     if args.serve:
         from aegis.api.app import serve_demo
 
@@ -346,7 +366,8 @@ def cmd_demo(args: argparse.Namespace, env: _Env) -> int:
         render_run(out, run)
         out.line()
         out.line("That was the demo pipeline against Aegis's built-in reference services.")
-        out.line("Next: write an aegis.yaml (see aegis.example.yaml) and `aegis run <workflow>`.")
+        for line in DEMO_NEXT:
+            out.line(line)
     # the demo succeeded when its pipeline ran end to end; the verdict is part of the show
     return 0 if run.status.value == "succeeded" else run_exit_code(run)
 
@@ -428,6 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--serve",
         action="store_true",
         help="then keep serving the API and the landing page with a first run started",
+    )
+    demo.add_argument(
+        "--services",
+        action="store_true",
+        help="only start the reference services (qaagent on :8080, bugalizer on :8090, "
+        "as aegis.example.yaml expects) until Ctrl-C; --host picks the address",
     )
     _add_listen_options(demo, "with --serve: ")
     demo.set_defaults(handler=cmd_demo)

@@ -382,6 +382,60 @@ def test_demo_runs_the_whole_story() -> None:
     assert "bug reports filed" in result.out
 
 
+def test_demo_ends_with_commands_a_pyz_user_can_type() -> None:
+    result = cli("demo")
+    hint = result.out.split("built-in reference services.\n")[1]
+    assert "`python3 aegis.pyz demo --services`" in hint
+    assert "`python3 aegis.pyz run WORKFLOW`" in hint
+    assert "`aegis " not in hint
+
+
+def test_demo_services_serves_the_reference_services_until_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    import httpx
+
+    from aegis import demo
+
+    answers: list[int] = []
+    out = io.StringIO()
+
+    def while_serving(stop: threading.Event) -> None:
+        urls = [line.split()[1] for line in out.getvalue().splitlines()[:2]]
+        with httpx.Client(timeout=10) as client:
+            answers.extend(client.get(f"{url}/health").status_code for url in urls)
+        raise KeyboardInterrupt  # as Ctrl-C would
+
+    monkeypatch.setattr(demo, "DEFAULT_QAAGENT_PORT", 0)
+    monkeypatch.setattr(demo, "DEFAULT_BUGALIZER_PORT", 0)
+    monkeypatch.setattr(demo, "_wait", while_serving)
+    code = main(["demo", "--services"], stdout=out, stderr=io.StringIO(), environ={})
+    assert code == 0 and answers == [200, 200]
+    assert out.getvalue().splitlines()[0].startswith("qaagent    http://127.0.0.1:")
+    assert out.getvalue().splitlines()[-1] == "Press Ctrl-C to stop."
+
+
+def test_demo_services_takes_only_host() -> None:
+    for extra in (["--json"], ["--serve"], ["--port", "9"]):
+        result = cli("demo", "--services", *extra)
+        assert result.code == 2 and "demo --services takes only --host" in result.err
+
+
+def test_demo_services_on_a_busy_port_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from aegis import demo
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        monkeypatch.setattr(demo, "DEFAULT_QAAGENT_PORT", busy.getsockname()[1])
+        result = cli("demo", "--services")
+    assert result.code == 1 and "cannot start the demo services on 127.0.0.1" in result.err
+
+
 def test_demo_json() -> None:
     result = cli("demo", "--json")
     assert result.code == 0
