@@ -192,12 +192,9 @@ def cmd_status(args: argparse.Namespace, env: _Env) -> int:
             env.stdout,
         )
     else:
-        out = env.out()
-        for health in results:
-            detail = f"{health.latency_ms:.1f} ms" if health.up else health.error
-            out.line(f"{out.status(health.status):<6} {health.key:<16} {health.url}  {detail}")
-        if not results:
-            out.line("No services configured.")
+        from aegis.console import render_services
+
+        render_services(env.out(), results)
     return 0 if all(h.up for h in results) else 1
 
 

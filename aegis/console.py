@@ -8,13 +8,24 @@ plain ASCII apart from names and messages that come from the config or the servi
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from aegis.events import Event
 from aegis.records import Run, StepResult
 from aegis.text import printable
 
-__all__ = ["Console", "ProgressPrinter", "printable", "render_run", "render_runs", "step_detail"]
+if TYPE_CHECKING:
+    from aegis.services import Health
+
+__all__ = [
+    "Console",
+    "ProgressPrinter",
+    "printable",
+    "render_run",
+    "render_runs",
+    "render_services",
+    "step_detail",
+]
 
 _CODES = {"red": "31", "green": "32", "yellow": "33", "dim": "2", "bold": "1"}
 _STATUS_COLOURS = {
@@ -171,6 +182,23 @@ def _failing_tests(run: Run) -> list[tuple[str, str]]:
     from aegis.ci.outcomes import test_outcomes
 
     return [(o.test_id, o.message) for o in test_outcomes(run) if o.failing]
+
+
+def render_services(console: Console, results: Sequence[Health]) -> None:
+    """A table of service health results (``services.Health``), columns aligned."""
+    if not results:
+        console.line("No services configured.")
+        return
+    rows = [
+        [
+            h.status,
+            printable(h.key),
+            printable(h.url),
+            f"{h.latency_ms:.1f} ms" if h.up else printable(h.error or ""),
+        ]
+        for h in results
+    ]
+    _table(console, ["STATUS", "SERVICE", "URL", "DETAIL"], rows)
 
 
 def render_runs(console: Console, runs: Sequence[Run]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,26 @@ def test_status_all_up_exits_0(good: Path) -> None:
     result = cli("--config", str(good), "status")
     assert result.code == 0
     assert result.out.count("up") >= 2
+
+
+def test_status_columns_line_up_whatever_the_urls(tmp_path: Path, demo_services: Any) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        services:
+          qaagent: {{url: "{demo_services.qaagent_url}"}}
+          a_much_longer_service_key: {{url: "{demo_services.bugalizer_url}/with/a/long/prefix"}}
+          down: {{url: "http://127.0.0.1:9"}}
+        workflows: {{}}
+    """,
+    )
+    result = cli("--config", str(path), "status", env={"FORCE_COLOR": "1"})
+    assert result.code == 1
+    plain = [re.sub(r"\033\[[0-9;]*m", "", line) for line in result.out.splitlines()]
+    assert plain[0].split() == ["STATUS", "SERVICE", "URL", "DETAIL"]
+    for column in ("SERVICE", "URL", "DETAIL"):
+        at = plain[0].index(column)
+        assert all(line[at - 2 : at] == "  " and line[at] != " " for line in plain[1:]), column
 
 
 def test_status_any_down_exits_1(tmp_path: Path, demo_services: Any) -> None:
