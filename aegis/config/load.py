@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,23 +104,43 @@ def find_config(
 
 def _named_file(name: str, origin: str) -> Path:
     path = Path(name)
-    if not _is_file(path):
-        what = "is a directory, not a config file" if _is_dir(path) else "no such file"
-        raise ConfigError.single(name, "", what + origin)
+    problem = _not_a_file(path)
+    if problem:
+        raise ConfigError.single(name, "", problem + origin)
     return path
+
+
+# What a path names when it is not a regular file, by the type bits of its mode.
+_KINDS = (
+    (stat.S_ISDIR, "is a directory, not a config file"),
+    (stat.S_ISFIFO, "is a FIFO (named pipe), not a config file"),
+    (stat.S_ISSOCK, "is a socket, not a config file"),
+    (stat.S_ISCHR, "is a device, not a config file"),
+    (stat.S_ISBLK, "is a device, not a config file"),
+)
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as a config file ('' when it is a regular file)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except NotADirectoryError:
+        return "no such file (a part of the path is not a directory)"
+    except PermissionError:
+        return "cannot be reached: permission denied on a directory of the path"
+    except OSError as exc:
+        return f"cannot be reached: {(exc.strerror or str(exc)).lower()}"
+    if stat.S_ISREG(mode):
+        return ""
+    return next((what for test, what in _KINDS if test(mode)), "is not a regular file")
 
 
 def _is_file(path: Path) -> bool:
     try:
         return path.is_file()
     except OSError:  # e.g. a parent directory we may not search
-        return False
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return path.is_dir()
-    except OSError:
         return False
 
 
