@@ -115,7 +115,13 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
 
         render_run(env.out(), run)
     code = run_exit_code(run)
-    return _ci_outputs(args, env, run, code)
+    if args.no_history:
+        where = f"run {run.run_id} was not recorded: --no-history"
+    elif config.history.path == ":memory:":
+        where = f"run {run.run_id} was not recorded: history.path is :memory:"
+    else:
+        where = f"run {run.run_id} is in the history"
+    return _ci_outputs(args, env, run, code, where)
 
 
 def _check_writable(path: str) -> None:
@@ -134,8 +140,11 @@ def _check_writable(path: str) -> None:
         raise _usage(f"--junit: cannot write '{path}': {exc.strerror or exc}") from None
 
 
-def _ci_outputs(args: argparse.Namespace, env: _Env, run: Run, code: int) -> int:
-    """The JUnit file and GitHub Actions output of a finished run; returns the exit code."""
+def _ci_outputs(args: argparse.Namespace, env: _Env, run: Run, code: int, where: str) -> int:
+    """The JUnit file and GitHub Actions output of a finished run; returns the exit code.
+
+    ``where`` says where the run can still be found, should the JUnit file fail.
+    """
     if env.environ.get("GITHUB_ACTIONS") == "true":
         from aegis.ci.github import annotation_lines
 
@@ -160,7 +169,7 @@ def _ci_outputs(args: argparse.Namespace, env: _Env, run: Run, code: int) -> int
         except OSError as exc:
             print(
                 f"aegis: error: cannot write the JUnit report '{args.junit}': "
-                f"{exc.strerror or exc} (run {run.run_id} is recorded)",
+                f"{exc.strerror or exc} ({where})",
                 file=env.stderr,
             )
             return code or EXIT["usage"]
