@@ -381,13 +381,19 @@ async def test_a_cancel_after_the_workflow_timeout_is_recorded_timed_out() -> No
     assert events[-1].data["reason"] == "workflow timeout after 5s"
 
 
+async def sleeping(clock: ManualClock) -> None:
+    while not clock.sleeps:
+        await asyncio.sleep(0)
+
+
 async def test_a_timeout_due_after_the_last_step_ended_changes_nothing() -> None:
     clock, bus = ManualClock(), EventBus()
     events: list[Event] = []
     bus.subscribe(events.append)
 
     async def last(ctx: StepContext) -> dict[str, Any]:
-        clock.advance(5)  # the timer is due as the last step returns
+        await asyncio.wait_for(sleeping(clock), 10)  # the timer has started to wait
+        clock.advance(5)  # it is due as the last step returns
         return {"ok": True}
 
     cfg = config(step("last"), timeout=5)

@@ -274,13 +274,14 @@ class _Execution:
         self.state = RunState()
         self.results: dict[int, StepResult] = {}
         self.stop_reason: str | None = None
+        self.steps_ended = False
         self.http: Any = None
         self._failure_seen = False
 
     async def expire_after(self, main: asyncio.Future[None], timeout: float) -> None:
         """After ``timeout`` seconds of the engine's clock, stop ``main`` unless it has ended."""
         await self.clock.sleep(timeout)
-        if main.done():  # the last step ended first: nothing to stop, no reason to give
+        if self.steps_ended or main.done():  # the last step ended first: nothing to stop
             return
         self.stop_reason = f"workflow timeout after {_seconds(timeout)}"
         main.cancel()
@@ -301,6 +302,7 @@ class _Execution:
             self.http = http
             for batch in batches(self.workflow.steps):
                 self.state.add_batch(await self.run_batch(batch))
+            self.steps_ended = True  # closing the client is not worth a timeout
 
     async def run_batch(self, batch: list[tuple[int, StepSpec]]) -> list[StepResult]:
         if len(batch) == 1:
