@@ -747,6 +747,10 @@ def test_main_in_another_thread(capsys: pytest.CaptureFixture[str]) -> None:
          "/api/routes", Fault(200, payload={"routes": "x"})),
         ("qaagent:/api/routes=body={oops", "qaagent", "/api/routes", Fault(body="{oops")),
         ("qaagent:/x=", "qaagent", "/x", Fault()),
+        ('qaagent:/api/runs={"times": "none", "status": "502", "gzip": "true"}', "qaagent",
+         "/api/runs", Fault(502, times=None, gzip=True)),
+        ('qaagent:/x={"status": 200, "payload": "none", "body": null}', "qaagent", "/x",
+         Fault(200, payload="none")),
     ],
 )  # fmt: skip
 def test_parse_fault(text: str, service: str, path: str, fault: Fault) -> None:

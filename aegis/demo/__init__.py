@@ -12,8 +12,9 @@ what was sent::
         ...  # point a config at demo.qaagent_url and demo.bugalizer_url
         assert demo.bugalizer.calls[-1].json["project_id"] == "web-shop"
 
-``python -m aegis.demo`` runs both in the foreground on the ports that
-``aegis.example.yaml`` names, until Ctrl-C; ``--fault SERVICE:PATH=SPEC`` injects faults.
+``python -m aegis.demo`` (or ``aegis demo --services``) runs both in the foreground on the
+ports that ``aegis.example.yaml`` names, until Ctrl-C; ``--fault SERVICE:PATH=SPEC`` injects
+faults.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 from aegis.demo.bugalizer import DEFAULT_PROJECTS, SEVERITIES, Bugalizer, validate_report
 from aegis.demo.faults import FAULT_MODES, Fault, padded_json
@@ -34,6 +35,7 @@ from aegis.demo.service import DEFAULT_HOST, Call, DemoService
 
 __all__ = [
     "DEFAULT_BUGALIZER_PORT",
+    "DEFAULT_HOST",
     "DEFAULT_PROJECTS",
     "DEFAULT_QAAGENT_PORT",
     "FAULT_MODES",
@@ -143,7 +145,8 @@ def parse_fault(text: str) -> tuple[str, str, Fault]:
     """``SERVICE:PATH=SPEC`` as (service, path, fault); raises ``ValueError`` if unusable.
 
     SPEC is ``KEY=VALUE`` pairs joined by commas, or a JSON object, naming ``Fault``'s
-    fields. Values read as ``none``, ``true``/``false``, a number, or else as text.
+    fields. Values read as ``none``, ``true``/``false``, a number, or else as text; in
+    JSON, a string value is read the same way (``"times": "none"``), ``payload`` aside.
     """
     target, equals, spec = text.partition("=")
     service, colon, path = target.partition(":")
@@ -167,7 +170,11 @@ def _spec_fields(spec: str) -> dict[str, Any]:
         fields = json.loads(spec)  # JSONDecodeError is a ValueError
         if not isinstance(fields, dict):
             raise ValueError("a JSON fault spec must be an object")
-        return fields
+        # what KEY=VALUE accepts, JSON accepts: "times": "none" as well as null
+        return {
+            key: _spec_value(value) if isinstance(value, str) and key != "payload" else value
+            for key, value in fields.items()
+        }
     parsed: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         key, equals, value = item.partition("=")
@@ -199,20 +206,47 @@ def _fault_argument(text: str) -> tuple[str, str, Fault]:
 def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = None) -> int:
     """Serve both demo services in the foreground until Ctrl-C, SIGTERM or ``stop``."""
     args = _parse_args(argv)
-    demo = DemoServices(args.host, args.qaagent_port, args.bugalizer_port, api_key=args.api_key)
+    return serve_services(
+        args.host,
+        args.qaagent_port,
+        args.bugalizer_port,
+        api_key=args.api_key,
+        faults=args.fault,
+        stop=stop,
+    )
+
+
+def serve_services(
+    host: str = DEFAULT_HOST,
+    qaagent_port: int = DEFAULT_QAAGENT_PORT,
+    bugalizer_port: int = DEFAULT_BUGALIZER_PORT,
+    *,
+    api_key: str | None = None,
+    faults: Sequence[tuple[str, str, Fault]] = (),
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Serve both services until Ctrl-C, SIGTERM or ``stop``: 0, or 1 if they cannot start.
+
+    ``python -m aegis.demo`` and ``aegis demo --services`` (which a built file alone can
+    run) both end here; the URLs, faults and how to stop go to ``stdout``.
+    """
+    out = stdout or sys.stdout
+    demo = DemoServices(host, qaagent_port, bugalizer_port, api_key=api_key)
     try:
         demo.start()
     except OSError as exc:
-        print(f"cannot start the demo services on {args.host}: {exc}", file=sys.stderr)
+        print(f"cannot start the demo services on {host}: {exc}", file=stderr or sys.stderr)
         return 1
     try:
         with demo:
-            print(f"qaagent    {demo.qaagent_url}", flush=True)
-            print(f"bugalizer  {demo.bugalizer_url}", flush=True)
-            for service, path, fault in args.fault:
+            print(f"qaagent    {demo.qaagent_url}", file=out, flush=True)
+            print(f"bugalizer  {demo.bugalizer_url}", file=out, flush=True)
+            for service, path, fault in faults:
                 getattr(demo, service).inject(path, fault)
-                print(f"fault      {service} {path}: {_describe(fault)}", flush=True)
-            print("Press Ctrl-C to stop.", flush=True)
+                print(f"fault      {service} {path}: {_describe(fault)}", file=out, flush=True)
+            print("Press Ctrl-C to stop.", file=out, flush=True)
             _wait(stop or threading.Event())
     except KeyboardInterrupt:
         pass  # Ctrl-C is how this is meant to end

@@ -169,7 +169,11 @@ class Engine:
         try:
             status = await self._execute(execution, workflow)
         except asyncio.CancelledError:
-            self._finish(run, execution, RunStatus.CANCELLED, began, "run cancelled")
+            # cancelled from outside; a workflow timeout that came first still names the run
+            if execution.stop_reason is not None:
+                self._finish(run, execution, RunStatus.TIMED_OUT, began, execution.stop_reason)
+            else:
+                self._finish(run, execution, RunStatus.CANCELLED, began, "run cancelled")
             raise
         return self._finish(run, execution, status, began, execution.stop_reason)
 
@@ -183,22 +187,28 @@ class Engine:
         main = asyncio.ensure_future(execution.run_batches(needs_http))
         timer = None
         if workflow.timeout is not None:
-            timer = asyncio.get_running_loop().call_later(
-                workflow.timeout, execution.expire, main, workflow.timeout
-            )
+            timer = asyncio.ensure_future(execution.expire_after(main, workflow.timeout))
         try:
-            await main
+            # ``wait`` rather than ``await main``: a cancel from outside reaches this task
+            # first, so it is known to have come before any timeout that fires later
+            await asyncio.wait((main,))
         except asyncio.CancelledError:
-            if execution.stop_reason is None:
-                raise  # cancelled from outside: the caller records it
-            return RunStatus.TIMED_OUT
-        except Exception as exc:  # a bug outside any step: record it, never lose the run
-            log.exception("run %s of %s aborted", execution.run_id, workflow.key)
-            execution.stop_reason = f"run aborted: {type(exc).__name__}: {exc}"
-            return RunStatus.FAILED
+            if timer is not None:
+                timer.cancel()
+            main.cancel()
+            await asyncio.wait((main,))  # the steps record their cancellation
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
+        if main.cancelled():  # only the timer cancels it
+            return RunStatus.TIMED_OUT
+        exc = main.exception()
+        if exc is not None:  # a bug outside any step: record it, never lose the run
+            log.error("run %s of %s aborted", execution.run_id, workflow.key, exc_info=exc)
+            execution.stop_reason = f"run aborted: {type(exc).__name__}: {exc}"
+            return RunStatus.FAILED
+        execution.stop_reason = None  # every step ended before a timeout could stop one
         return RunStatus.FAILED if execution.state.any_failed else RunStatus.SUCCEEDED
 
     def _finish(
@@ -211,9 +221,8 @@ class Engine:
     ) -> Run:
         steps = execution.final_steps(reason or "not reached")
         state = execution.state
-        passed = status is RunStatus.SUCCEEDED and (
-            state.last_counts is None or state.last_counts[1] == 0
-        )
+        # every step's reported tests count, parallel ones too; a verify closes what it fixed
+        passed = status is RunStatus.SUCCEEDED and state.tests.open_count == 0
         verdict = Verdict.PASSED if passed else Verdict.FAILED
         finished = replace(
             run,
@@ -227,7 +236,7 @@ class Engine:
         counts = {s.value: 0 for s in StepStatus}
         for step in steps:
             counts[step.status.value] += 1
-        tests = state.last_counts
+        tests = state.tests
         self.bus.emit(
             "workflow.completed",
             run.run_id,
@@ -236,8 +245,8 @@ class Engine:
             verdict=verdict.value,
             duration_ms=finished.duration_ms,
             steps=counts,
-            tests_total=tests[0] if tests else None,
-            tests_failed=tests[1] if tests else None,
+            tests_total=tests.total,
+            tests_failed=tests.open_count if tests.total is not None else None,
             reason=reason,
         )
         return finished
@@ -265,10 +274,15 @@ class _Execution:
         self.state = RunState()
         self.results: dict[int, StepResult] = {}
         self.stop_reason: str | None = None
+        self.steps_ended = False
         self.http: Any = None
         self._failure_seen = False
 
-    def expire(self, main: asyncio.Future[None], timeout: float) -> None:
+    async def expire_after(self, main: asyncio.Future[None], timeout: float) -> None:
+        """After ``timeout`` seconds of the engine's clock, stop ``main`` unless it has ended."""
+        await self.clock.sleep(timeout)
+        if self.steps_ended or main.done():  # the last step ended first: nothing to stop
+            return
         self.stop_reason = f"workflow timeout after {_seconds(timeout)}"
         main.cancel()
 
@@ -288,6 +302,7 @@ class _Execution:
             self.http = http
             for batch in batches(self.workflow.steps):
                 self.state.add_batch(await self.run_batch(batch))
+            self.steps_ended = True  # closing the client is not worth a timeout
 
     async def run_batch(self, batch: list[tuple[int, StepSpec]]) -> list[StepResult]:
         if len(batch) == 1:

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from aegis.failures import TestLedger
 from aegis.records import StepResult, StepStatus, test_counts
 
 __all__ = ["RECENT_STEPS", "RunState"]
@@ -33,8 +34,10 @@ class RunState:
         self.has_test_failures = False
         self.last_counts: tuple[int, int] | None = None
         self.routes: list[Any] | None = None
+        # which reported tests still fail: the verdict and ``verify`` read this
+        self.tests = TestLedger()
         # test id -> failure record, in the order first seen; verify removes what it fixed
-        self.open_failures: dict[str, dict[str, Any]] = {}
+        self.open_failures: dict[str, dict[str, Any]] = self.tests.open_failures
         self.recent: deque[StepResult] = deque(maxlen=RECENT_STEPS)
         # test id -> the bug report open for it, and where those reports are kept: from
         # any step whose data has `bug_reports` and `bug_tracker` (submit_bugs does)
@@ -61,11 +64,7 @@ class RunState:
         failures = data.get("failures")
         if (counts is not None and counts[1] > 0) or failures:
             self.has_test_failures = True
-        for failure in failures or ():
-            if isinstance(failure, dict) and "test" in failure:
-                self.open_failures[str(failure["test"])] = failure
-        for test_id in data.get("verified") or ():
-            self.open_failures.pop(str(test_id), None)
+        self.tests.add(result)
         routes = data.get("routes")
         if isinstance(routes, list):
             self.routes = routes
