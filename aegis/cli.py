@@ -115,9 +115,11 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
 
         render_run(env.out(), run)
     code = run_exit_code(run)
+    from aegis.history import MEMORY_PATH
+
     if args.no_history:
         where = f"run {run.run_id} was not recorded: --no-history"
-    elif config.history.path == ":memory:":
+    elif config.history.path == MEMORY_PATH:
         where = f"run {run.run_id} was not recorded: history.path is :memory:"
     else:
         where = f"run {run.run_id} is in the history"
