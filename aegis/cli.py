@@ -94,9 +94,15 @@ def _dump_json(data: Any, stream: TextIO) -> None:
 def cmd_run(args: argparse.Namespace, env: _Env) -> int:
     from aegis.runs import run_workflow
 
+    from aegis.config.params import coerce_params
+
     config = _load(args, env)
     if args.workflow not in config.workflows:
         _unknown_workflow(config, args.workflow)
+    given = _param_options(args.param)
+    params = coerce_params(
+        args.workflow, config.workflows[args.workflow].params, given, text=True
+    )
     if args.junit:
         _check_writable(args.junit)
     progress = None if args.quiet else env.err()
@@ -107,6 +113,7 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
         progress=progress,
         environ=env.environ,
         warn=env.warn,
+        params=params,
     )
     if args.json:
         _dump_json(run.to_dict(), env.stdout)
@@ -116,6 +123,19 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
         render_run(env.out(), run)
     code = run_exit_code(run)
     return _ci_outputs(args, env, run, code)
+
+
+def _param_options(options: Sequence[str]) -> dict[str, str]:
+    """``-p NAME=VALUE`` options as a mapping; a malformed or repeated one is a usage error."""
+    given: dict[str, str] = {}
+    for option in options:
+        name, sep, value = option.partition("=")
+        if not sep or not name:
+            raise _usage(f"-p takes NAME=VALUE, not {option!r}")
+        if name in given:
+            raise _usage(f"-p {name}: given more than once")
+        given[name] = value
+    return given
 
 
 def _check_writable(path: str) -> None:
@@ -358,6 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a workflow; the exit code is the verdict")
     run.add_argument("workflow", help="the workflow's key in the config")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a value for one of the workflow's params (repeatable)",
+    )
     run.add_argument("--json", action="store_true", help="print the run as JSON on stdout")
     run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     run.add_argument("--no-history", action="store_true", help="do not record this run")

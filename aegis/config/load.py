@@ -53,8 +53,9 @@ _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
-# `$$`, a closed `${...}`, or a `${` that is never closed.
-_TOKEN = re.compile(r"\$\$|\$\{(?P<body>[^}]*)\}|\$\{")
+# A run-time template (`${{ ... }}`, `$${{`, aegis.templates: kept as written), `$$`, a
+# closed `${...}`, or a `${` that is never closed.
+_TOKEN = re.compile(r"(?P<template>\$?\$\{\{(?:.*?\}\})?)|\$\$|\$\{(?P<body>[^}]*)\}|\$\{", re.DOTALL)
 _EXPRESSION = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
 _WHOLE = re.compile(r"\$\{[^}]*\}")
 
@@ -455,6 +456,8 @@ def _interpolate_text(
 def _expand(match: re.Match[str], environ: Mapping[str, str]) -> tuple[str, str]:
     """The replacement for one token, and the problem with it ('' when none)."""
     token = match.group(0)
+    if match.group("template"):
+        return token, ""  # resolved before each attempt of a step, never here
     if token == "$$":
         return "$", ""
     body = match.group("body")
