@@ -92,17 +92,14 @@ def _dump_json(data: Any, stream: TextIO) -> None:
 
 
 def cmd_run(args: argparse.Namespace, env: _Env) -> int:
-    from aegis.runs import run_workflow
-
     from aegis.config.params import coerce_params
+    from aegis.runs import run_workflow
 
     config = _load(args, env)
     if args.workflow not in config.workflows:
         _unknown_workflow(config, args.workflow)
     given = _param_options(args.param)
-    params = coerce_params(
-        args.workflow, config.workflows[args.workflow].params, given, text=True
-    )
+    params = coerce_params(args.workflow, config.workflows[args.workflow].params, given, text=True)
     if args.junit:
         _check_writable(args.junit)
     progress = None if args.quiet else env.err()

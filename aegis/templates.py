@@ -309,6 +309,7 @@ def _as_text(value: Any) -> str:
 
 def _compile_text(text: str) -> str | Template:
     import jmespath
+    from jmespath.exceptions import JMESPathError
 
     matches = list(_TEMPLATE.finditer(text))
     parts: list[str | tuple[str, Search]] = []
@@ -322,7 +323,7 @@ def _compile_text(text: str) -> str | Template:
             continue
         try:
             parts.append((expression, jmespath.compile(expression).search))
-        except Exception as exc:  # noqa: BLE001 - a JMESPathError: reported at run time
+        except JMESPathError as exc:  # config validate reports it; a run fails the attempt
             message = f"${{{{ {expression} }}}}: {_reason(exc)}"
             parts.append((expression, _failing(message)))
     parts.append(text[last:])

@@ -55,7 +55,9 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 # A run-time template (`${{ ... }}`, `$${{`, aegis.templates: kept as written), `$$`, a
 # closed `${...}`, or a `${` that is never closed.
-_TOKEN = re.compile(r"(?P<template>\$?\$\{\{(?:.*?\}\})?)|\$\$|\$\{(?P<body>[^}]*)\}|\$\{", re.DOTALL)
+_TOKEN = re.compile(
+    r"(?P<template>\$?\$\{\{(?:.*?\}\})?)|\$\$|\$\{(?P<body>[^}]*)\}|\$\{", re.DOTALL
+)
 _EXPRESSION = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
 _WHOLE = re.compile(r"\$\{[^}]*\}")
 

@@ -221,9 +221,7 @@ def shown_params(specs: Mapping[str, ParamSpec], values: Mapping[str, object]) -
     return shown
 
 
-def secret_param_values(
-    specs: Mapping[str, ParamSpec], values: Mapping[str, object]
-) -> list[str]:
+def secret_param_values(specs: Mapping[str, ParamSpec], values: Mapping[str, object]) -> list[str]:
     """The values of the secret params, as text, for the run's redactor."""
     return [
         str(values[name]).lower() if isinstance(values[name], bool) else str(values[name])

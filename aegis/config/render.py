@@ -59,7 +59,9 @@ def _workflow(spec: WorkflowSpec, redact: bool) -> dict[str, Any]:
         "name": spec.name,
         "description": spec.description,
         "timeout": spec.timeout,
-        "params": {name: param_to_dict(param, redact=redact) for name, param in spec.params.items()},
+        "params": {
+            name: param_to_dict(param, redact=redact) for name, param in spec.params.items()
+        },
         "steps": [_step(step) for step in spec.steps],
     }
 

@@ -160,7 +160,9 @@ class Engine:
         A cancelled run is recorded as ``cancelled`` before ``CancelledError`` propagates.
         """
         workflow = self.workflow(key)
-        values = coerce_params(key, workflow.params, params or {}) if workflow.params or params else {}
+        values = (
+            coerce_params(key, workflow.params, params or {}) if workflow.params or params else {}
+        )
         run = Run(
             run_id=run_id or new_run_id(),
             workflow=key,
@@ -281,7 +283,9 @@ class _Execution:
         self.state = RunState()
         secrets = secret_param_values(workflow.params, params) if workflow.params else ()
         # the run's secret params are hidden like the config's secrets
-        self.redactor = Redactor((*engine.redactor.secrets, *secrets)) if secrets else engine.redactor
+        self.redactor = (
+            Redactor((*engine.redactor.secrets, *secrets)) if secrets else engine.redactor
+        )
         # `with:` of each step made ready to resolve; None for a step without templates
         self.plans = [
             compile_value(dict(spec.params)) if has_templates(spec.params) else None

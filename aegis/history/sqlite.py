@@ -136,8 +136,7 @@ _SCHEMA = (
 )
 
 _RUN_COLUMNS = (
-    "seq, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger,"
-    " params"
+    "seq, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger, params"
 )
 # A file written before runs had params, opened read-only: its runs had none.
 _OLD_RUN_COLUMNS = _RUN_COLUMNS.replace("params", "'{}'")
