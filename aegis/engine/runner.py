@@ -288,7 +288,7 @@ class _Execution:
         )
         # `with:` of each step made ready to resolve; None for a step without templates
         self.plans = [
-            compile_value(dict(spec.params)) if has_templates(spec.params) else None
+            compile_value(dict(spec.params)) if spec.params and has_templates(spec.params) else None
             for spec in workflow.steps
         ]
         self.context: dict[str, Any] | None = None
