@@ -112,6 +112,15 @@ def test_odd_values_are_refused_with_a_reason() -> None:
         assert caught.value.problems[0].message == message
     with pytest.raises(ParamError):
         coerce_params("wf", SPECS, {"count": "9" * 100, "token": "t"}, text=True)
+    with pytest.raises(ParamError) as caught:
+        coerce_params("wf", SPECS, {"ratio": None, "suite": "x" * 100, "count": object()})
+    assert [p.message for p in caught.value.problems] == [
+        f"expected one of: smoke, full, got {'x' * 57 + '...'!r}",
+        "expected an integer, got a value of type object",
+        "required; expected a string",
+    ]
+    # null stands for "not given"
+    assert coerce_params("wf", {"s": ParamSpec("s", default="d")}, {"s": None}) == {"s": "d"}
 
 
 def test_a_workflow_without_params_names_none() -> None:

@@ -196,3 +196,23 @@ def test_a_config_without_templates_never_imports_jmespath(tmp_path: Path) -> No
         "assert 'jmespath' not in sys.modules, 'jmespath imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_syntax_errors_say_what_and_where() -> None:
+    found = problems(
+        """
+        - type: discover
+          service: qa
+          with:
+            path: /x
+            extra: ["${{ a..b }}", {"k": "${{ a | | b }}"}, "${{ `bad }}"]
+        """
+    )
+    step = "workflows.wf.steps[0].with"
+    assert found[0].startswith(f"{step}.extra: unknown parameter 'extra' for step type")
+    assert found[1].startswith(f"{step}.extra[0]: invalid expression 'a..b': Expecting: ")
+    assert found[1].endswith("got: dot (at character 3)")
+    assert found[2:] == [
+        f"{step}.extra[1].k: invalid expression 'a | | b': unexpected '|' (at character 5)",
+        f"{step}.extra[2]: invalid expression '`bad': Unclosed ` delimiter (at character 1)",
+    ]
