@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
+from typing import Any
 
 import pytest
+from fakes import config_problems, parse_yaml
 
-from aegis.config import parse_config
 from aegis.config.params import (
     ParamError,
     ParamSpec,
@@ -17,8 +16,7 @@ from aegis.config.params import (
     secret_param_values,
     shown_params,
 )
-from aegis.errors import ConfigError, UsageError
-from aegis.steps.registry import default_step_types
+from aegis.errors import UsageError
 
 SPECS = {
     "suite": ParamSpec("suite", "choice", default="smoke", choices=("smoke", "full")),
@@ -29,20 +27,11 @@ SPECS = {
 }
 
 
-def load(text: str, environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    return parse_config(
-        textwrap.dedent(text),
-        file="aegis.yaml",
-        base_dir=Path("/tmp"),
-        environ=environ or {},
-        step_types=default_step_types(),
-    )
+def load(text: str, environ: dict[str, str] | None = None) -> Any:
+    return parse_yaml(text, environ)
 
 
-def problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        load(text)
-    return [f"{p.path}: {p.message}" for p in caught.value.problems]
+problems = config_problems
 
 
 # -- coercion -----------------------------------------------------------------------------

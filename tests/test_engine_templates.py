@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import FakeClock
+from fakes import FakeClock, parse_yaml
 
-from aegis.config import parse_config
 from aegis.config.params import ParamError
 from aegis.engine.runner import Engine
 from aegis.errors import StepError
@@ -59,9 +57,7 @@ def build(steps: str, recorder: Recorder, params: str = "") -> Any:
     if params:
         text += "    params:\n" + textwrap.indent(textwrap.dedent(params), "      ")
     text += "    steps:\n" + textwrap.indent(textwrap.dedent(steps), "      ")
-    return parse_config(
-        text, file="aegis.yaml", base_dir=Path("/tmp"), environ={}, step_types=recorder.types()
-    )
+    return parse_yaml(text, step_types=recorder.types())
 
 
 def engine(config: Any, recorder: Recorder, **kw: Any) -> Engine:

@@ -7,13 +7,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fakes import config_problems, parse_yaml
 
 from aegis.cli import main
-from aegis.config import parse_config
-from aegis.errors import ConfigError
-from aegis.steps.registry import default_step_types
 from aegis.templates import TemplateError, compile_value, has_templates, resolve
 
 CONTEXT = {
@@ -87,21 +86,16 @@ workflows:
 """
 
 
-def load(steps: str, environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    text = WORKFLOW % textwrap.indent(textwrap.dedent(steps), "      ")
-    return parse_config(
-        text,
-        file="aegis.yaml",
-        base_dir=Path("/tmp"),
-        environ=environ or {},
-        step_types=default_step_types(),
-    )
+def steps_config(steps: str) -> str:
+    return WORKFLOW % textwrap.indent(textwrap.dedent(steps), "      ")
+
+
+def load(steps: str, environ: dict[str, str] | None = None) -> Any:
+    return parse_yaml(steps_config(steps), environ)
 
 
 def problems(steps: str) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        load(steps)
-    return [f"{p.path}: {p.message}" for p in caught.value.problems]
+    return config_problems(steps_config(steps))
 
 
 def test_load_time_interpolation_leaves_templates_as_written() -> None:
