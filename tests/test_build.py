@@ -53,6 +53,7 @@ RUNTIME_DISTS = {
     "httpcore",
     "httpx",
     "idna",
+    "jmespath",
     "pyyaml",
     "typing-extensions",
 }
