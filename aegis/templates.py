@@ -37,6 +37,7 @@ __all__ = [
     "compile_value",
     "has_templates",
     "resolve",
+    "template_problems",
 ]
 
 MARK = "${{"
