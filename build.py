@@ -44,7 +44,7 @@ SHIV_REQUIREMENT = "shiv==1.0.8"
 # 1980-01-01T00:00:00Z, the earliest time a zip entry can carry.
 FALLBACK_EPOCH = 315532800
 
-# The runtime dependencies (httpx with its SOCKS support, pyyaml, sniffio for httpcore) and
+# The runtime dependencies (httpx with its SOCKS support, jmespath, pyyaml, sniffio for httpcore) and
 # everything they pull in, pinned, so that a build does not change under us. pip runs with
 # --no-deps on this full list because the backports that anyio needs on older Pythons
 # (exceptiongroup below 3.11, typing_extensions below 3.15) are skipped by a resolver
@@ -58,6 +58,7 @@ RUNTIME = (
     "httpcore==1.0.9",
     "httpx==0.28.1",
     "idna==3.20",
+    "jmespath==1.1.0",
     "pyyaml==6.0.4",
     "sniffio==1.3.1",
     "socksio==1.0.0",

@@ -92,11 +92,14 @@ def _dump_json(data: Any, stream: TextIO) -> None:
 
 
 def cmd_run(args: argparse.Namespace, env: _Env) -> int:
+    from aegis.config.params import coerce_params
     from aegis.runs import run_workflow
 
     config = _load(args, env)
     if args.workflow not in config.workflows:
         _unknown_workflow(config, args.workflow)
+    given = _param_options(args.param)
+    params = coerce_params(args.workflow, config.workflows[args.workflow].params, given, text=True)
     if args.junit:
         _check_writable(args.junit)
     from aegis.config.environment import unset_key_warnings
@@ -111,6 +114,7 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
         progress=progress,
         environ=env.environ,
         warn=env.warn,
+        params=params,
     )
     if args.json:
         _dump_json(run.to_dict(), env.stdout)
@@ -128,6 +132,19 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
     else:
         where = f"run {run.run_id} is in the history"
     return _ci_outputs(args, env, run, code, where)
+
+
+def _param_options(options: Sequence[str]) -> dict[str, str]:
+    """``-p NAME=VALUE`` options as a mapping; a malformed or repeated one is a usage error."""
+    given: dict[str, str] = {}
+    for option in options:
+        name, sep, value = option.partition("=")
+        if not sep or not name:
+            raise _usage(f"-p takes NAME=VALUE, not {option!r}")
+        if name in given:
+            raise _usage(f"-p {name}: given more than once")
+        given[name] = value
+    return given
 
 
 def _check_writable(path: str) -> None:
@@ -420,6 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a workflow; the exit code is the verdict")
     run.add_argument("workflow", help="the workflow's key in the config")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a value for one of the workflow's params (repeatable)",
+    )
     run.add_argument("--json", action="store_true", help="print the run as JSON on stdout")
     run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     run.add_argument("--no-history", action="store_true", help="do not record this run")

@@ -7,6 +7,7 @@ plain ASCII apart from names and messages that come from the config or the servi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -173,12 +174,21 @@ def render_run(console: Console, run: Run) -> None:
         f"verdict {console.status(verdict)} ({_seconds(run.duration_ms)}, {run.trigger})"
     )
     console.line(f"  started {run.started_at}")
+    if run.params:
+        shown = ", ".join(f"{name}={_param_text(value)}" for name, value in run.params.items())
+        console.line(f"  params {printable(shown)}")
     _table(console, ["STEP", "STATUS", "TIME", "ATTEMPTS", "DETAIL"], map(_step_row, run.steps))
     failing = _failing_tests(run)
     if failing:
         console.line("Failing tests:")
         for test, message in failing:
             console.line(f"  - {printable(test)}: {printable(message)}")
+
+
+def _param_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _failing_tests(run: Run) -> list[tuple[str, str]]:

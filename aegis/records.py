@@ -235,6 +235,8 @@ class Run:
     verdict: Verdict | None = None
     finished_at: str | None = None
     duration_ms: float | None = None
+    # the params it ran with, secret ones as "***" (aegis.config.params.shown_params)
+    params: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, *, summary: bool = False) -> dict[str, Any]:
         """The run JSON; ``summary`` leaves out each step's ``data`` and ``attempts``."""
@@ -247,6 +249,7 @@ class Run:
             "finished_at": self.finished_at,
             "duration_ms": self.duration_ms,
             "trigger": self.trigger,
+            "params": self.params,
             "steps": [s.to_dict(summary=summary) for s in self.steps],
         }
 
@@ -263,4 +266,5 @@ class Run:
             verdict=Verdict(verdict) if verdict else None,
             finished_at=data.get("finished_at"),
             duration_ms=data.get("duration_ms"),
+            params=dict(data.get("params") or {}),
         )

@@ -37,11 +37,13 @@ def run_workflow(
     warn: Callable[[str], None],
     step_types: Mapping[str, StepType] | None = None,
     trigger: str = "cli",
+    params: Mapping[str, object] | None = None,
 ) -> Run:
-    """Run workflow ``key`` to its end and return its record.
+    """Run workflow ``key`` with ``params`` to its end and return its record.
 
     ``record=False`` keeps the record in memory only. Raises ``NotFound`` for an unknown
-    workflow and ``KeyboardInterrupt`` if interrupted before the run was recorded.
+    workflow, ``ParamError`` for params it cannot take, and ``KeyboardInterrupt`` if
+    interrupted before the run was recorded.
     """
     from aegis.history import open_history
     from aegis.history.memory import MemoryHistory
@@ -59,7 +61,7 @@ def run_workflow(
     run_id = new_run_id()
     try:
         try:
-            return asyncio.run(_run_until_signalled(engine, key, run_id, trigger))
+            return asyncio.run(_run_until_signalled(engine, key, run_id, trigger, params))
         except (asyncio.CancelledError, KeyboardInterrupt):
             run = store.get(run_id)
             if run is None:
@@ -88,9 +90,11 @@ def _finish_deliveries(hooks: WebhookDispatcher) -> None:
         hooks.close(EXIT_WAIT)
 
 
-async def _run_until_signalled(engine: Engine, key: str, run_id: str, trigger: str) -> Run:
+async def _run_until_signalled(
+    engine: Engine, key: str, run_id: str, trigger: str, params: Mapping[str, object] | None
+) -> Run:
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(engine.run(key, run_id=run_id, trigger=trigger))
+    task = asyncio.ensure_future(engine.run(key, run_id=run_id, trigger=trigger, params=params))
     installed = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:

@@ -2,8 +2,10 @@
 
 The secrets are ``auth.api_key``, each webhook's ``secret``, the password of any URL in
 the config (``http://user:PASSWORD@host``), and the values of the environment variables
-that services' ``api_key_env`` name. A service may echo what it was sent back in its
-error answer, and an error message may carry a URL with its password, so the engine
+that services' ``api_key_env`` name; the engine adds the values of a run's ``secret``
+params (``aegis.config.params``) to that run's redactor. A service may echo what it was
+sent back in its error answer, and an error message may carry a URL with its password,
+so the engine
 passes every step error (and step data) through a ``Redactor`` before anything records
 or announces it; health checks hide URL passwords the same way.
 

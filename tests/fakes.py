@@ -1,14 +1,19 @@
-"""Test doubles for what the engine takes from outside: the clock and step types."""
+"""Test doubles for what the engine takes from outside: the clock and step types; configs
+from YAML text."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import textwrap
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
+from aegis.config import parse_config
 from aegis.config.model import Config, ServiceSpec, StepSpec, WorkflowSpec, frozen_mapping
 from aegis.engine.clock import Clock
+from aegis.errors import ConfigError
 from aegis.steps.base import StepContext, StepType
 
 
@@ -80,3 +85,27 @@ def config(*steps: StepSpec, timeout: float | None = None, key: str = "wf") -> C
     return Config(
         services=frozen_mapping({"svc": service}), workflows=frozen_mapping({key: workflow})
     )
+
+
+def parse_yaml(
+    text: str,
+    environ: dict[str, str] | None = None,
+    step_types: Mapping[str, StepType] | None = None,
+) -> Config:
+    """The config in ``text`` (dedented), as if read from ``/tmp/aegis.yaml``."""
+    return parse_config(
+        textwrap.dedent(text),
+        file="aegis.yaml",
+        base_dir=Path("/tmp"),
+        environ=environ or {},
+        step_types=step_types,
+    )
+
+
+def config_problems(text: str) -> list[str]:
+    """``KEY.PATH: message`` of each problem of the config in ``text``, which must have some."""
+    try:
+        parse_yaml(text)
+    except ConfigError as exc:
+        return [f"{p.path}: {p.message}" for p in exc.problems]
+    raise AssertionError("the config is valid")

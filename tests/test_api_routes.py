@@ -334,7 +334,12 @@ class FakeRuns:
         self.listed: list[tuple[Any, ...]] = []
 
     async def submit(
-        self, workflow: str, *, idempotency_key: str | None = None, trigger: str = "api"
+        self,
+        workflow: str,
+        *,
+        idempotency_key: str | None = None,
+        trigger: str = "api",
+        params: Any = None,
     ) -> tuple[Run, bool]:
         if idempotency_key in self.keys:
             return self.runs[self.keys[idempotency_key]], False

@@ -54,6 +54,7 @@ RUNTIME_DISTS = {
     "httpcore",
     "httpx",
     "idna",
+    "jmespath",
     "pyyaml",
     "sniffio",
     "socksio",

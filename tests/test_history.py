@@ -202,6 +202,17 @@ def test_finish_round_trips_the_full_run_json(store: HistoryStore) -> None:
     assert got == run
 
 
+def test_params_are_kept_from_the_start_and_listed(store: HistoryStore) -> None:
+    params = {"suite": "full", "count": 3, "token": "***", "none": None}
+    run = replace(make_run("p1"), params=params)
+    store.start(run)
+    assert store.get("p1") == run
+    store.finish(finished(run))
+    got = store.get("p1")
+    assert got is not None and got.params == params
+    assert store.list()[0].params == params
+
+
 def test_finish_replaces_the_steps_reported_while_running(store: HistoryStore) -> None:
     run = make_run("aaaa00000001")
     store.start(run)

@@ -1049,3 +1049,52 @@ def test_a_run_removed_by_another_process_while_it_ran_is_recorded_afresh(
     assert store.get(run.run_id) == final
     assert raw(path, "SELECT count(*) FROM steps") == [(2,)]
     assert raw(path, "SELECT seq FROM runs") == [(2,)]  # seqs are never reused
+
+
+# The schema of files written before runs had params (the runs table without `params`).
+OLD_RUNS_TABLE = """CREATE TABLE runs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL UNIQUE,
+    workflow TEXT NOT NULL, status TEXT NOT NULL, verdict TEXT, started_at TEXT NOT NULL,
+    finished_at TEXT, duration_ms REAL, trigger TEXT NOT NULL, owner_host TEXT NOT NULL,
+    owner_pid INTEGER NOT NULL, owner_token TEXT NOT NULL, heartbeat_at REAL NOT NULL)"""
+
+
+def _old_file(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute(OLD_RUNS_TABLE)
+    for statement in sqlite_module._SCHEMA[1:]:
+        if "runs" not in statement.split("(")[0] or "INDEX" in statement:
+            db.execute(statement)
+    db.execute(
+        "INSERT INTO runs (run_id, workflow, status, verdict, started_at, finished_at,"
+        " duration_ms, trigger, owner_host, owner_pid, owner_token, heartbeat_at)"
+        " VALUES ('old1', 'w', 'succeeded', 'passed', '2026-01-01T10:00:00.000Z',"
+        " '2026-01-01T10:00:01.000Z', 1.0, 'cli', 'h', 1, 't', 0)"
+    )
+    db.execute(f"PRAGMA user_version = {sqlite_module.SCHEMA_VERSION}")
+    db.commit()
+    db.close()
+
+
+def test_a_file_from_before_params_opens_read_only_and_for_writing(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _old_file(path)
+    reader = SqliteHistory(path, read_only=True)
+    try:
+        old = reader.get("old1")
+        assert old is not None and old.params == {}
+        assert [run.params for run in reader.list()] == [{}]
+    finally:
+        reader.close()
+    store = SqliteHistory(path)  # adds the column
+    try:
+        assert store.get("old1") is not None
+        store.start(replace(make_run("new1"), params={"suite": "full"}))
+        new = store.get("new1")
+        assert new is not None and new.params == {"suite": "full"}
+        assert {run.run_id: run.params for run in store.list()} == {
+            "new1": {"suite": "full"},
+            "old1": {},
+        }
+    finally:
+        store.close()

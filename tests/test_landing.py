@@ -19,6 +19,7 @@ from pyz_helpers import load_build_module
 
 from aegis.config.load import load_config
 from aegis.config.model import ServiceSpec, StepSpec, WorkflowSpec
+from aegis.config.params import param_to_dict
 from aegis.events import EVENT_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +71,7 @@ def workflow_json(workflow: WorkflowSpec) -> dict[str, Any]:
         "name": workflow.name,
         "description": workflow.description,
         "timeout": workflow.timeout,
+        "params": {name: param_to_dict(spec) for name, spec in workflow.params.items()},
         "steps": [step_json(step) for step in workflow.steps],
     }
 

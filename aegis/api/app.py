@@ -157,6 +157,7 @@ class ApiApp:
                 title=f"{config.identity.name} API",
                 version=__version__,
                 description=config.identity.tagline,
+                workflows=config.workflows,
             )
             return dump_json(built)
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from aegis import __version__
 from aegis.config.model import Config
+from aegis.config.params import ParamError
 from aegis.errors import NotFound
 from aegis.events import EVENT_TYPES, Event, EventLog
 from aegis.records import Run, RunStatus
@@ -63,7 +64,12 @@ class Loop(Protocol):
 
 class Runs(Protocol):
     async def submit(
-        self, workflow: str, *, idempotency_key: str | None = None, trigger: str = "api"
+        self,
+        workflow: str,
+        *,
+        idempotency_key: str | None = None,
+        trigger: str = "api",
+        params: Mapping[str, object] | None = None,
     ) -> tuple[Run, bool]: ...
 
     async def wait(self, run_id: str, timeout: float) -> Run: ...
@@ -239,9 +245,15 @@ def get_workflow(ctx: ApiContext, request: Request) -> Response:
 def start_run(ctx: ApiContext, request: Request) -> Response:
     key = request.params["key"]
     _workflow(ctx, key)
-    _json_body(request)
+    params = _run_params(_json_body(request) or {})
     idempotency_key = request.params["Idempotency-Key"]
-    run, created = ctx.call(ctx.runs.submit(key, idempotency_key=idempotency_key, trigger="api"))
+    try:
+        run, created = ctx.call(
+            ctx.runs.submit(key, idempotency_key=idempotency_key, trigger="api", params=params)
+        )
+    except ParamError as exc:
+        problems = [problem.to_dict() for problem in exc.problems]
+        raise HttpError(400, str(exc), extra={"params": problems}) from None
     wait = request.params["wait"]
     if wait is not None and not run.status.finished:
         run = ctx.call(ctx.runs.wait(run.run_id, wait), timeout=wait + ctx.call_timeout)
@@ -266,6 +278,16 @@ def _json_body(request: Request) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise HttpError(400, "the request body must be a JSON object")
     return data
+
+
+def _run_params(body: dict[str, Any]) -> dict[str, Any]:
+    """The ``params`` object of a run request (``{}`` when absent)."""
+    if "params" not in body:
+        return {}
+    params = body["params"]
+    if not isinstance(params, dict):
+        raise HttpError(400, "'params' must be a JSON object of param names to values")
+    return params
 
 
 def _run_page(ctx: ApiContext, request: Request, workflow: str | None) -> Response:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from aegis.config.model import Config, WorkflowSpec
+from aegis.config.params import coerce_params, shown_params
 from aegis.engine.clock import Clock, SystemClock
 from aegis.engine.runner import ClientFactory, Engine, new_run_id, skipped_result
 from aegis.errors import Conflict, NotFound
@@ -64,6 +65,7 @@ class _Entry:
     record: Run
     done: asyncio.Future[None]
     task: asyncio.Task[Any] | None = None  # None while queued
+    params: dict[str, object] | None = None  # the real values (the record hides secrets)
 
 
 class _Recorder:
@@ -143,17 +145,25 @@ class RunManager:
     # ------------------------------------------------------------ on the loop
 
     async def submit(
-        self, workflow: str, *, idempotency_key: str | None = None, trigger: str = "api"
+        self,
+        workflow: str,
+        *,
+        idempotency_key: str | None = None,
+        trigger: str = "api",
+        params: Mapping[str, object] | None = None,
     ) -> tuple[Run, bool]:
-        """Queue a run of ``workflow``; returns its record and whether it is new.
+        """Queue a run of ``workflow`` with ``params``; returns its record and whether it
+        is new.
 
         With an ``idempotency_key`` seen for this workflow within the TTL, the earlier
         run's current record comes back instead, with ``False``. Raises ``NotFound`` for
-        an unknown workflow and ``Conflict`` after ``shutdown``.
+        an unknown workflow, ``ParamError`` for params it cannot take, and ``Conflict``
+        after ``shutdown``.
         """
         if self._closed:
             raise Conflict("not accepting runs: the server is shutting down")
         spec = self._workflows.workflow(workflow)
+        values = coerce_params(workflow, spec.params, params or {})
         earlier = self._repeated(workflow, idempotency_key)
         if earlier is not None:
             return earlier, False
@@ -163,8 +173,9 @@ class RunManager:
             status=RunStatus.QUEUED,
             started_at=self._now(),
             trigger=trigger,
+            params=shown_params(spec.params, values),
         )
-        entry = _Entry(run, asyncio.get_running_loop().create_future())
+        entry = _Entry(run, asyncio.get_running_loop().create_future(), params=values)
         with self._lock:
             self._live[run.run_id] = entry
         self._record(self.history.start, run)
@@ -287,7 +298,9 @@ class RunManager:
             run = entry.record
             engine = self._engine_for(history=_Recorder(self.history, entry))
             entry.task = asyncio.ensure_future(
-                engine.run(run.workflow, trigger=run.trigger, run_id=run.run_id)
+                engine.run(
+                    run.workflow, trigger=run.trigger, run_id=run.run_id, params=entry.params
+                )
             )
             entry.task.add_done_callback(functools.partial(self._settle, entry))
 

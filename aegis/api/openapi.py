@@ -7,11 +7,14 @@ JSON bodies (``SCHEMAS``) that the routes' answers name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .routes import JSON_TYPE, Answer, Route
+
+if TYPE_CHECKING:
+    from aegis.config.model import WorkflowSpec
 
 __all__ = ["SCHEMAS", "build_openapi"]
 
@@ -73,6 +76,10 @@ _RUN: dict[str, Any] = {
     "finished_at": _maybe("string", format="date-time"),
     "duration_ms": _maybe("number"),
     "trigger": STRING,
+    "params": {
+        "type": "object",
+        "description": "the params the run was given, a secret param's value as ***",
+    },
 }
 _SERVICE_CARD: dict[str, Any] = {
     "key": STRING,
@@ -126,17 +133,28 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         deadline=_maybe("number"),
         **{"with": {"type": "object", "description": "the step type's own settings"}},
     ),
+    "Param": _obj(
+        type={"type": "string", "enum": ["string", "integer", "number", "boolean", "choice"]},
+        default={"description": "used when the trigger gives none; a secret one as ***"},
+        required=BOOLEAN,
+        choices=_array(STRING),
+        description=STRING,
+        secret=BOOLEAN,
+    ),
     "Workflow": _obj(
         key=STRING,
         name=STRING,
         description=STRING,
         timeout=_maybe("number"),
+        params={"type": "object", "additionalProperties": _ref("Param")},
         steps=_array(_ref("Step")),
     ),
     "WorkflowList": _obj(workflows=_array(_ref("Workflow"))),
     "RunRequest": {
         "type": "object",
-        "description": "optional; no field is read yet, but a body must be a JSON object",
+        "description": "optional; `params` gives the workflow's params (Params.KEY describes"
+        " those of workflow KEY; an unknown or wrong one is a 400 naming each)",
+        "properties": {"params": {"type": "object"}},
     },
     "RunAccepted": _obj(
         run_id=STRING,
@@ -186,9 +204,15 @@ _ERROR_HEADERS = {
 
 
 def build_openapi(
-    routes: Iterable[Route], *, title: str, version: str, description: str = ""
+    routes: Iterable[Route],
+    *,
+    title: str,
+    version: str,
+    description: str = "",
+    workflows: Mapping[str, WorkflowSpec] | None = None,
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document for ``routes``."""
+    """The OpenAPI 3.1 document for ``routes``; ``workflows`` adds a ``Params.KEY``
+    schema per workflow and limits a run request's ``params`` to theirs."""
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
@@ -196,8 +220,23 @@ def build_openapi(
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},
         "paths": paths,
-        "components": {"schemas": SCHEMAS, "securitySchemes": SECURITY_SCHEMES},
+        "components": {
+            "schemas": {**SCHEMAS, **_workflow_params(workflows or {})},
+            "securitySchemes": SECURITY_SCHEMES,
+        },
     }
+
+
+def _workflow_params(workflows: Mapping[str, WorkflowSpec]) -> dict[str, Any]:
+    """``Params.KEY`` for each workflow, and a ``RunRequest`` whose ``params`` is one of them."""
+    if not workflows:
+        return {}
+    from aegis.config.params import params_schema
+
+    found = {f"Params.{key}": params_schema(spec.params) for key, spec in workflows.items()}
+    request = dict(SCHEMAS["RunRequest"])
+    request["properties"] = {"params": {"anyOf": [_ref(name) for name in found]}}
+    return {**found, "RunRequest": request}
 
 
 def _operation(route: Route) -> dict[str, Any]:

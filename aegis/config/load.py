@@ -54,8 +54,10 @@ _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
-# `$$`, or the start of a `${...}` (whose end is found by counting nested ones).
-_TOKEN = re.compile(r"\$\$|\$\{")
+# A run-time template's start (`${{`, or `$${{` for a literal one: aegis.templates reads
+# both, so they are kept as written), `$$`, or the start of a `${...}` (whose end is found
+# by counting nested ones).
+_TOKEN = re.compile(r"\$?\$\{\{|\$\$|\$\{")
 _EXPRESSION = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
 # What matters inside a `${...}` when looking for its end.
 _BRACES = re.compile(r"\$\$|\$\{|\}")
@@ -477,6 +479,11 @@ def _substitute(text: str, environ: Mapping[str, str], errors: list[str], depth:
         if match.start() < index:
             continue  # inside a `${...}` already replaced
         parts.append(text[index : match.start()])
+        if match.group(0).endswith("{{"):  # resolved before each attempt of a step, not here
+            close = text.find("}}", match.end())
+            index = len(text) if close < 0 else close + 2
+            parts.append(text[match.start() : index])
+            continue
         if match.group(0) == "$$":
             parts.append("$")
             index = match.end()

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from aegis.config.params import ParamSpec
+
 __all__ = [
     "DEFAULT_HEALTH_ENDPOINT",
     "DEFAULT_RETRY_DELAY",
@@ -90,6 +92,7 @@ class WorkflowSpec:
     steps: tuple[StepSpec, ...]
     description: str = ""
     timeout: float | None = None
+    params: MappingProxyType[str, ParamSpec] = field(default_factory=frozen_mapping)
 
 
 @dataclass(frozen=True)

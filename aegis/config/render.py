@@ -1,7 +1,8 @@
 """A ``Config`` as plain JSON-able data, for ``aegis config show`` and the API.
 
 Keys are those of the YAML file; each service and workflow also carries its ``key``.
-Secrets (``auth.api_key``, webhook secrets, passwords inside URLs) are shown as ``***``
+Secrets (``auth.api_key``, webhook secrets, passwords inside URLs, the default of a
+``secret`` param) are shown as ``***``
 unless ``redact`` is false; an empty secret stays empty, so "not set" remains visible.
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from aegis.config.model import Config, ServiceSpec, StepSpec, WebhookSpec, WorkflowSpec
+from aegis.config.params import param_to_dict
 
 __all__ = ["REDACTED", "config_to_dict"]
 
@@ -27,7 +29,7 @@ def config_to_dict(config: Config, *, redact: bool = True) -> dict[str, Any]:
             "public_url": _url(config.identity.public_url, redact),
         },
         "services": {key: _service(spec, redact) for key, spec in config.services.items()},
-        "workflows": {key: _workflow(spec) for key, spec in config.workflows.items()},
+        "workflows": {key: _workflow(spec, redact) for key, spec in config.workflows.items()},
         "history": {"path": config.history.path, "max_runs": config.history.max_runs},
         "server": {
             "host": config.server.host,
@@ -56,12 +58,15 @@ def _service(spec: ServiceSpec, redact: bool) -> dict[str, Any]:
     }
 
 
-def _workflow(spec: WorkflowSpec) -> dict[str, Any]:
+def _workflow(spec: WorkflowSpec, redact: bool) -> dict[str, Any]:
     return {
         "key": spec.key,
         "name": spec.name,
         "description": spec.description,
         "timeout": spec.timeout,
+        "params": {
+            name: param_to_dict(param, redact=redact) for name, param in spec.params.items()
+        },
         "steps": [_step(step) for step in spec.steps],
     }
 

@@ -38,10 +38,12 @@ from aegis.config.model import (
     WorkflowSpec,
     frozen_mapping,
 )
+from aegis.config.params import NAME_PATTERN, PARAM_TYPES, ParamSpec, coerce_value
 from aegis.engine.conditions import CONDITIONS as ENGINE_CONDITIONS
 from aegis.errors import ERROR_KINDS, ConfigError, ConfigProblem
 from aegis.events import EVENT_TYPES
 from aegis.secrets import hide_url_passwords
+from aegis.templates import has_templates
 
 if TYPE_CHECKING:  # the step modules import the config model: importing them here would cycle
     from aegis.steps.base import StepType
@@ -89,7 +91,8 @@ SERVICE_KEYS = (
     "repo_url",
     "docs_url",
 )
-WORKFLOW_KEYS = ("name", "description", "timeout", "steps")
+WORKFLOW_KEYS = ("name", "description", "timeout", "params", "steps")
+PARAM_KEYS = ("type", "default", "required", "choices", "description", "secret")
 STEP_KEYS = (
     "type",
     "name",
@@ -585,13 +588,94 @@ def _workflow(
 ) -> WorkflowSpec:
     path = join_key("workflows", key)
     section = reader.section(raw, path, WORKFLOW_KEYS)
+    params = _workflow_params(reader, section.get("params"), join_key(path, "params"))
+    steps = _steps(reader, section, path, services, step_types)
+    _check_templates(reader, steps, params, join_key(path, "steps"))
     return WorkflowSpec(
         key=key,
         name=reader.get(section, "name", path, _name, key),
-        steps=_steps(reader, section, path, services, step_types),
+        steps=steps,
         description=reader.get(section, "description", path, _text, ""),
         timeout=reader.get(section, "timeout", path, _number(0, exclusive=True), None),
+        params=MappingProxyType(params),
     )
+
+
+def _workflow_params(reader: _Reader, raw: object, path: str) -> dict[str, ParamSpec]:
+    if raw is None or raw is UNRESOLVED:
+        return {}
+    if not isinstance(raw, dict):
+        reader.report(path, f"expected a mapping of param names to params, got {describe(raw)}")
+        return {}
+    specs = {}
+    for name, entry in raw.items():
+        if not (isinstance(name, str) and NAME_PATTERN.fullmatch(name)):
+            reader.report(
+                join_key(path, name),
+                f"invalid param name {describe(name)}: use letters, digits and '_',"
+                " not starting with a digit",
+            )
+            continue
+        specs[name] = _param_spec(reader, name, entry, join_key(path, name))
+    return specs
+
+
+def _param_spec(reader: _Reader, name: str, raw: object, path: str) -> ParamSpec:
+    section = reader.section(raw, path, PARAM_KEYS, what="a param (a mapping with a 'type')")
+    kind = reader.get(section, "type", path, _choice("param type", PARAM_TYPES), "string")
+    choices = reader.items(section, "choices", path, _name, "non-empty strings") or ()
+    if kind == "choice" and not choices and "choices" not in section.misspelt:
+        reader.report(
+            join_key(path, "choices"), "missing; a 'choice' param needs a list of its choices"
+        )
+    elif choices and kind != "choice":
+        reader.report(join_key(path, "choices"), "only a param of type 'choice' takes choices")
+    spec = ParamSpec(
+        name=name,
+        type=kind,
+        required=reader.get(section, "required", path, _boolean, False),
+        choices=tuple(dict.fromkeys(choices)),
+        description=reader.get(section, "description", path, _text, ""),
+        secret=reader.get(section, "secret", path, _boolean, False),
+    )
+    raw_default = section.get("default")
+    if raw_default is None or raw_default is UNRESOLVED:
+        return spec
+    if spec.required:
+        reader.report(join_key(path, "default"), "a required param takes no default")
+        return spec
+    try:  # an interpolated default is read like a `-p NAME=VALUE` text
+        if isinstance(raw_default, EnvText):
+            default = coerce_value(spec, str(raw_default), text=True)
+        else:
+            default = coerce_value(spec, raw_default)
+    except ValueError as exc:
+        reader.report(join_key(path, "default"), str(exc))
+        return spec
+    return dataclasses.replace(spec, default=default)
+
+
+def _check_templates(
+    reader: _Reader, steps: tuple[StepSpec, ...], params: Mapping[str, ParamSpec], path: str
+) -> None:
+    """Report every ``${{ }}`` in the steps' ``with:`` that cannot work (aegis.templates)."""
+    if not any(has_templates(spec.params) for spec in steps):
+        return
+    from aegis.templates import template_problems
+
+    group: list[int] = []  # the batch of each step: consecutive `parallel` steps share one
+    for index, spec in enumerate(steps):
+        joins = index > 0 and spec.parallel and steps[index - 1].parallel
+        group.append(group[-1] if joins else index)
+    for index, spec in enumerate(steps):
+        if not has_templates(spec.params):
+            continue
+        earlier = [s.name for i, s in enumerate(steps) if group[i] < group[index]]
+        same = [s.name for i, s in enumerate(steps) if group[i] == group[index] and i != index]
+        with_path = join_key(join_index(path, index), "with")
+        for where, problem in template_problems(dict(spec.params), params, earlier, same):
+            message = problem.message or unknown(problem.what, problem.word, problem.choices)
+            reader.report(with_path + where, message)
 
 
 def _steps(
@@ -769,6 +853,9 @@ def _check_params(
         reader.report(path, f"could not check the parameters: {type(exc).__name__}: {exc}")
         return
     for key, message in found:
+        top = re.split(r"[.\[]", key, maxsplit=1)[0]
+        if top and has_templates(values.get(top)):
+            continue  # known only once the template is resolved, before each attempt
         reader.report(join_key(path, key) if key else path, message)
 
 

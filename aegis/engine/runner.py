@@ -24,9 +24,11 @@ import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 from aegis.config.model import Config, StepSpec, WorkflowSpec
+from aegis.config.params import coerce_params, secret_param_values, shown_params
 from aegis.engine.clock import Clock, SystemClock
 from aegis.engine.conditions import skip_reason
 from aegis.engine.retry import retry_delay, should_retry
@@ -45,6 +47,7 @@ from aegis.records import (
 )
 from aegis.secrets import Redactor, secret_values
 from aegis.steps.base import StepContext, StepType
+from aegis.templates import TemplateError, compile_value, has_templates, resolve
 
 __all__ = ["Engine", "batches", "new_run_id", "skipped_result"]
 
@@ -141,19 +144,32 @@ class Engine:
             known = ", ".join(sorted(self.config.workflows)) or "none"
             raise NotFound(f"unknown workflow '{key}' (known: {known})") from None
 
-    async def run(self, key: str, *, trigger: str = "cli", run_id: str | None = None) -> Run:
+    async def run(
+        self,
+        key: str,
+        *,
+        trigger: str = "cli",
+        run_id: str | None = None,
+        params: Mapping[str, object] | None = None,
+    ) -> Run:
         """Run workflow ``key`` to its end and return the finished record.
 
-        Raises ``NotFound`` for an unknown workflow, before anything is recorded.
+        ``params`` are the trigger's values for the workflow's params (checked and
+        converted by ``coerce_params``). Raises ``NotFound`` for an unknown workflow and
+        ``ParamError`` for params it cannot take, before anything is recorded.
         A cancelled run is recorded as ``cancelled`` before ``CancelledError`` propagates.
         """
         workflow = self.workflow(key)
+        values = (
+            coerce_params(key, workflow.params, params or {}) if workflow.params or params else {}
+        )
         run = Run(
             run_id=run_id or new_run_id(),
             workflow=key,
             status=RunStatus.RUNNING,
             started_at=format_timestamp(self.clock.now()),
             trigger=trigger,
+            params=shown_params(workflow.params, values),
         )
         began = self.clock.monotonic()
         self._record("start", run)
@@ -165,7 +181,7 @@ class Engine:
             steps=len(workflow.steps),
             trigger=trigger,
         )
-        execution = _Execution(self, workflow, run.run_id)
+        execution = _Execution(self, workflow, run, values)
         try:
             status = await self._execute(execution, workflow)
         except asyncio.CancelledError:
@@ -266,12 +282,28 @@ class Engine:
 class _Execution:
     """The mutable side of one run: results so far and the aggregates over them."""
 
-    def __init__(self, engine: Engine, workflow: WorkflowSpec, run_id: str) -> None:
+    def __init__(
+        self, engine: Engine, workflow: WorkflowSpec, run: Run, params: dict[str, object]
+    ) -> None:
         self.engine = engine
         self.clock = engine.clock
         self.workflow = workflow
-        self.run_id = run_id
+        self.run_id = run.run_id
         self.state = RunState()
+        secrets = secret_param_values(workflow.params, params) if workflow.params else ()
+        # the run's secret params are hidden like the config's secrets
+        self.redactor = (
+            Redactor((*engine.redactor.secrets, *secrets)) if secrets else engine.redactor
+        )
+        # `with:` of each step made ready to resolve; None for a step without templates
+        self.plans = [
+            compile_value(dict(spec.params)) if spec.params and has_templates(spec.params) else None
+            for spec in workflow.steps
+        ]
+        self.context: dict[str, Any] | None = None
+        if any(plan is not None for plan in self.plans):
+            run_view = {"id": run.run_id, "workflow": workflow.key, "trigger": run.trigger}
+            self.context = {"params": params, "steps": {}, "run": run_view, "failures": []}
         self.results: dict[int, StepResult] = {}
         self.stop_reason: str | None = None
         self.steps_ended = False
@@ -301,8 +333,27 @@ class _Execution:
         async with opener() as http:
             self.http = http
             for batch in batches(self.workflow.steps):
-                self.state.add_batch(await self.run_batch(batch))
+                results = await self.run_batch(batch)
+                self.state.add_batch(results)
+                if self.context is not None:
+                    self._remember(results)
             self.steps_ended = True  # closing the client is not worth a timeout
+
+    def _remember(self, results: list[StepResult]) -> None:
+        """What templates of later steps can read of a batch's results."""
+        assert self.context is not None
+        for result in results:
+            data = result.data
+            outputs = data.get("outputs")
+            self.context["steps"][result.name] = {
+                "data": data,
+                "outputs": outputs if isinstance(outputs, dict) else {},
+                "status": result.status.value,
+            }
+        self.context["failures"] = [
+            {"test": test, "message": failure.get("message")}
+            for test, failure in self.state.open_failures.items()
+        ]
 
     async def run_batch(self, batch: list[tuple[int, StepSpec]]) -> list[StepResult]:
         if len(batch) == 1:
@@ -330,7 +381,7 @@ class _Execution:
         began = self.clock.monotonic()
         attempts: list[Attempt] = []
         try:
-            data, error = await self.attempts(step_type, ctx, attempts, began)
+            data, error = await self.attempts(step_type, ctx, attempts, began, self.plans[index])
         except asyncio.CancelledError:
             result = self._result(spec, StepStatus.CANCELLED, began, attempts)
             self._end(index, replace(result, error=self.stop_reason or "run cancelled"))
@@ -345,10 +396,18 @@ class _Execution:
         return self._end(index, failed)
 
     async def attempts(
-        self, step_type: StepType, ctx: StepContext, attempts: list[Attempt], began: float
+        self,
+        step_type: StepType,
+        ctx: StepContext,
+        attempts: list[Attempt],
+        began: float,
+        plan: Any = None,
     ) -> tuple[dict[str, Any], StepError | None]:
         """Try up to ``retries + 1`` times; the data of the success, or the last attempt's
-        data (what it did before it failed) and its error."""
+        data (what it did before it failed) and its error.
+
+        ``plan`` is the step's ``with:`` from ``compile_value``, resolved before each try.
+        """
         spec = ctx.spec
         deadline_at = began + spec.deadline if spec.deadline is not None else None
         error: StepError | None = None
@@ -361,7 +420,9 @@ class _Execution:
                     return data, _with_note(error, f"no retry: {deadline_note(spec)}")
                 by_deadline = remaining < limit
                 limit = min(limit, remaining)
-            data, error = await self.attempt(step_type, ctx, k + 1, limit, by_deadline, attempts)
+            data, error = await self.attempt(
+                step_type, ctx, k + 1, limit, by_deadline, attempts, plan, spec
+            )
             if error is None:
                 return data, None
             if k == spec.retries or not should_retry(error, spec.retry_on):
@@ -389,6 +450,8 @@ class _Execution:
         limit: float,
         by_deadline: bool,
         attempts: list[Attempt],
+        plan: Any = None,
+        spec: StepSpec | None = None,
     ) -> tuple[dict[str, Any], StepError | None]:
         """One try under the step's timeout; appends its ``Attempt`` record.
 
@@ -399,6 +462,8 @@ class _Execution:
         data: dict[str, Any] = {}
         error: StepError | None = None
         try:
+            if plan is not None:
+                ctx.spec = self._resolved(step_type, spec or ctx.spec, plan)
             if sys.version_info >= (3, 11):  # see the note at the top
                 async with asyncio.timeout(limit):
                     outcome = await step_type.execute(ctx)
@@ -424,9 +489,29 @@ class _Execution:
             error = StepError("error", f"{type(exc).__name__}: {exc}")
         if error is not None:
             data = dict(ctx.progress) if error.data is None else error.data
-            error = self.engine.redactor.error(error)
+            error = self.redactor.error(error)
         attempts.append(_attempt_record(number, started_at, self._since(began), error))
-        return self.engine.redactor.data(data), error
+        return self.redactor.data(data), error
+
+    def _resolved(self, step_type: StepType, spec: StepSpec, plan: Any) -> StepSpec:
+        """``spec`` with its ``with:`` templates resolved against the run so far.
+
+        Raises ``StepError`` (kind ``error``) when an expression fails or the resolved
+        values are not what the step type takes.
+        """
+        assert self.context is not None
+        try:
+            values = resolve(plan, self.context)
+        except TemplateError as exc:
+            raise StepError("error", str(exc)) from None
+        if step_type.check_params is not None:
+            found = step_type.check_params(values)
+            if found:
+                shown = "; ".join(
+                    f"{'with.' + key if key else 'with'}: {message}" for key, message in found
+                )
+                raise StepError("error", f"after resolving its templates: {shown}")
+        return replace(spec, params=MappingProxyType(values))
 
     def _since(self, began: float) -> float:
         return self.clock.monotonic() - began

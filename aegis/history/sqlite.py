@@ -31,7 +31,8 @@ Schema, version 1 (``PRAGMA user_version``)::
            tie-break after started_at, and what steps refer to),
            run_id UNIQUE, workflow, status, verdict, started_at, finished_at,
            duration_ms, trigger, owner_host, owner_pid, owner_token,
-           heartbeat_at (unix seconds)
+           heartbeat_at (unix seconds), params (JSON; added to older files on open,
+           read as {} from an older file opened read-only)
     steps  run_seq (runs.seq), name, type, service, status, duration_ms, error,
            error_kind, skip_reason, data (JSON), attempts (JSON); rowid = report order
 """
@@ -112,7 +113,8 @@ _SCHEMA = (
         owner_host TEXT NOT NULL,
         owner_pid INTEGER NOT NULL,
         owner_token TEXT NOT NULL,
-        heartbeat_at REAL NOT NULL
+        heartbeat_at REAL NOT NULL,
+        params TEXT NOT NULL DEFAULT '{}'
     )""",
     "CREATE INDEX runs_newest ON runs (started_at DESC, seq DESC)",
     "CREATE INDEX runs_by_workflow ON runs (workflow, started_at DESC, seq DESC)",
@@ -135,19 +137,22 @@ _SCHEMA = (
 )
 
 _RUN_COLUMNS = (
-    "seq, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger"
+    "seq, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger, params"
 )
+# A file written before runs had params, opened read-only: its runs had none.
+_OLD_RUN_COLUMNS = _RUN_COLUMNS.replace("params", "'{}'")
+_ADD_PARAMS = "ALTER TABLE runs ADD COLUMN params TEXT NOT NULL DEFAULT '{}'"
 _SUMMARY_COLUMNS = "name, type, service, status, duration_ms, error, error_kind, skip_reason"
 _STEP_COLUMNS = f"{_SUMMARY_COLUMNS}, data, attempts"
 
 _INSERT_RUN = (
     "INSERT INTO runs (run_id, workflow, status, verdict, started_at, finished_at,"
-    " duration_ms, trigger, owner_host, owner_pid, owner_token, heartbeat_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " duration_ms, trigger, params, owner_host, owner_pid, owner_token, heartbeat_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_RUN = (
     "UPDATE runs SET run_id = ?, workflow = ?, status = ?, verdict = ?, started_at = ?,"
-    " finished_at = ?, duration_ms = ?, trigger = ? WHERE seq = ?"
+    " finished_at = ?, duration_ms = ?, trigger = ?, params = ? WHERE seq = ?"
 )
 _INSERT_STEP = (
     f"INSERT INTO steps (run_seq, {_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -245,6 +250,7 @@ def _run_values(run: Run) -> tuple[Any, ...]:
         _opt(run.finished_at),
         run.duration_ms,
         _text(run.trigger),
+        _json(run.params),
     )
 
 
@@ -271,7 +277,8 @@ def _full_step(row: Sequence[Any]) -> StepResult:
 
 
 def _run(row: Sequence[Any], steps: Iterable[StepResult]) -> Run:
-    _, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger = row
+    _, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger = row[:9]
+    params = json.loads(row[9])
     return Run(
         run_id=run_id,
         workflow=workflow,
@@ -282,6 +289,7 @@ def _run(row: Sequence[Any], steps: Iterable[StepResult]) -> Run:
         verdict=Verdict(verdict) if verdict else None,
         finished_at=finished_at,
         duration_ms=duration_ms,
+        params=params if isinstance(params, dict) else {},
     )
 
 
@@ -303,6 +311,10 @@ def _rollback(db: sqlite3.Connection) -> None:
             db.execute("ROLLBACK")
     except sqlite3.Error:
         pass
+
+
+def _has_params(db: sqlite3.Connection) -> bool:
+    return any(row[1] == "params" for row in db.execute("PRAGMA table_info(runs)"))
 
 
 def _chunks(items: Sequence[_T]) -> Iterable[Sequence[_T]]:
@@ -368,6 +380,7 @@ class SqliteHistory(HistoryStore):
         self._pages: dict[tuple[Any, ...], Any] = {}
         self._pages_version: tuple[int, int] = (-1, -1)
         self._own_writes = 0
+        self._find_sql, self._find_prefix_sql, self._list_sql = _FIND, _FIND_PREFIX, _LIST
         if read_only:
             self._db = self._open_read_only()
             return
@@ -686,6 +699,12 @@ class SqliteHistory(HistoryStore):
             raise HistoryUnavailable(self.path, self._newer(version))
         if version < SCHEMA_VERSION:
             raise HistoryUnavailable(self.path, "not an aegis history file (no runs table)")
+        if not _has_params(db):  # written before runs had params; read them as none
+            self._find_sql = _FIND.replace(_RUN_COLUMNS, _OLD_RUN_COLUMNS)
+            self._find_prefix_sql = _FIND_PREFIX.replace(_RUN_COLUMNS, _OLD_RUN_COLUMNS)
+            self._list_sql = {
+                key: sql.replace(_RUN_COLUMNS, _OLD_RUN_COLUMNS) for key, sql in _LIST.items()
+            }
 
     @staticmethod
     def _newer(version: int) -> str:
@@ -723,6 +742,8 @@ class SqliteHistory(HistoryStore):
             # SQLite opens a read-only file without complaint and fails only at the first
             # write; this write (of the same value) finds that out now, not mid-run.
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if not _has_params(db):  # a file from before runs had params
+                db.execute(_ADD_PARAMS)
             return
         if version > SCHEMA_VERSION:
             raise HistoryUnavailable(self.path, self._newer(version))
@@ -799,10 +820,10 @@ class SqliteHistory(HistoryStore):
 
     def _find(self, db: sqlite3.Connection, run_id: str) -> Run | None:
         run_id = _text(run_id)
-        row = db.execute(_FIND, (run_id,)).fetchone()
+        row = db.execute(self._find_sql, (run_id,)).fetchone()
         if row is None:
             pattern = re.sub(r"([\\%_])", r"\\\1", run_id) + "%"
-            rows = {r[1]: r for r in db.execute(_FIND_PREFIX, (pattern,))}
+            rows = {r[1]: r for r in db.execute(self._find_prefix_sql, (pattern,))}
             found = matching_run_id(run_id, rows)
             if found is None:
                 return None
@@ -818,7 +839,7 @@ class SqliteHistory(HistoryStore):
         offset: int,
     ) -> RunList:
         filters = self._filters(workflow, status)
-        sql = _LIST[workflow is not None, status is not None]
+        sql = self._list_sql[workflow is not None, status is not None]
         rows = db.execute(sql, (*filters, limit, offset)).fetchall()
         steps = self._summaries(db, [row[0] for row in rows])
         runs = (self._decoded(_run, row, steps.get(row[0], ())) for row in rows)

@@ -501,6 +501,7 @@
         fact("Finished", run.finished_at ? when(run.finished_at) : "—"),
         fact("Duration", duration(run.duration_ms)),
         fact("Trigger", text(run.trigger)),
+        paramsText(run.params) ? fact("Params", el("code", {}, paramsText(run.params))) : null,
         fact("Run id", el("code", {}, text(run.run_id))),
       ),
       steps.length
@@ -515,6 +516,14 @@
       detail.dataset.runId = run.run_id;
       fill(detail, fresh);
     }
+  }
+
+  /** A run's params as `name=value` pairs (a secret one arrives as ***); "" for none. */
+  function paramsText(params) {
+    if (!params || typeof params !== "object") return "";
+    return Object.entries(params)
+      .map(([name, value]) => `${name}=${typeof value === "string" ? value : JSON.stringify(value)}`)
+      .join(", ");
   }
 
   /** Put `fresh` where `old` is unless they are equal; a list of the same length item by item. */
