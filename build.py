@@ -51,6 +51,7 @@ RUNTIME = (
     "httpcore==1.0.9",
     "httpx==0.28.1",
     "idna==3.20",
+    "jmespath==1.1.0",
     "pyyaml==6.0.4",
     "typing_extensions==4.16.0",
 )

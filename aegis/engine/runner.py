@@ -176,7 +176,7 @@ class Engine:
     async def _execute(self, execution: _Execution, workflow: WorkflowSpec) -> RunStatus:
         """Run the batches under the workflow timeout; the run's status comes back."""
         needs_http = any(
-            self.step_types[spec.type].needs_service
+            self.step_types[spec.type].service_needed(spec.params)
             for spec in workflow.steps
             if spec.type in self.step_types
         )
@@ -309,6 +309,8 @@ class _Execution:
             state=self.state,
             http=self.http,
             environ=self.engine.environ,
+            clock=self.clock,
+            base_dir=self.engine.config.base_dir,
         )
         self._emit("step.started", spec, attempts_allowed=spec.retries + 1)
         began = self.clock.monotonic()

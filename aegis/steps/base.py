@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aegis.config.model import ServiceSpec, StepSpec, WorkflowSpec
+from aegis.engine.clock import Clock, SystemClock
 from aegis.engine.state import RunState
 
 __all__ = ["ParamCheck", "StepContext", "StepType", "check_path"]
@@ -29,6 +30,8 @@ class StepContext:
 
     ``http`` is the run's one shared ``httpx.AsyncClient``. ``scratch`` survives from one
     attempt of this step to the next (``submit_bugs`` remembers what was accepted there).
+    ``clock`` is the engine's (steps that wait, like a polling ``http`` step, sleep on it);
+    ``base_dir`` is the directory of the config file, which relative paths are taken from.
     """
 
     spec: StepSpec
@@ -39,6 +42,8 @@ class StepContext:
     http: Any
     environ: Mapping[str, str]
     scratch: dict[str, Any] = field(default_factory=dict)
+    clock: Clock = field(default_factory=SystemClock)
+    base_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,17 @@ class StepType:
 
     name: str
     execute: Callable[[StepContext], Awaitable[dict[str, Any]]]
-    needs_service: bool = True
+    # whether a step needs `service:`; a function of `with:` when it depends on it
+    needs_service: bool | Callable[[Mapping[str, Any]], bool] = True
     params: frozenset[str] = frozenset({"path"})  # the `with:` keys it accepts
     check_params: ParamCheck | None = None
     description: str = ""
+
+    def service_needed(self, params: Mapping[str, Any]) -> bool:
+        """Whether a step of this type with ``params`` as its ``with:`` needs a service."""
+        if callable(self.needs_service):
+            return self.needs_service(params)
+        return self.needs_service
 
 
 def check_path(params: Mapping[str, Any]) -> list[tuple[str, str]]:

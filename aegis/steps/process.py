@@ -1,0 +1,132 @@
+"""Running a local program in a process group of its own, and ending all of it.
+
+``run_process`` starts the program in a new session (so it leads a new process group),
+keeps the last ``MAX_OUTPUT_BYTES`` of its stdout and stderr, and waits for it. When it
+ends, or when the waiting is cancelled (the step's timeout, deadline, or the run being
+cancelled), every process left in the group gets SIGTERM and, after ``GRACE_SECONDS``,
+SIGKILL: nothing the program started outlives the step, unless it left the group itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+
+__all__ = ["GRACE_SECONDS", "MAX_OUTPUT_BYTES", "Finished", "run_process", "signal_name"]
+
+MAX_OUTPUT_BYTES = 64 * 1024
+GRACE_SECONDS = 2.0
+_POLL_SECONDS = 0.02
+_READ_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a program ended: its exit code (``-N``: killed by signal N) and output tails."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+class _Tail:
+    """The last ``limit`` bytes written to it."""
+
+    def __init__(self, limit: int = MAX_OUTPUT_BYTES) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.cut = False
+
+    def add(self, piece: bytes) -> None:
+        self.data += piece
+        if len(self.data) > self.limit:
+            del self.data[: len(self.data) - self.limit]
+            self.cut = True
+
+    def text(self) -> str:
+        text = self.data.decode("utf-8", "replace")
+        if self.cut:  # the first character may be the end of a cut one
+            text = text.lstrip("\ufffd")
+        return text
+
+
+async def run_process(
+    argv: list[str], *, cwd: str, env: dict[str, str], grace: float = GRACE_SECONDS
+) -> Finished:
+    """Run ``argv`` to its end (see the module's docstring).
+
+    Raises ``OSError`` when the program cannot be started (not found, not executable).
+    """
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    out, err = _Tail(), _Tail()
+    readers = [
+        asyncio.ensure_future(_drain(process.stdout, out)),
+        asyncio.ensure_future(_drain(process.stderr, err)),
+    ]
+    try:
+        code = await process.wait()
+    except BaseException:
+        for reader in readers:
+            reader.cancel()
+        raise
+    finally:
+        try:
+            await _end_group(process, grace)
+        finally:  # cancelled again while ending it: no more grace
+            _signal(process.pid, signal.SIGKILL)
+    # the group is gone, so its pipes are closed: what is left to read is buffered
+    await asyncio.wait(readers, timeout=grace)
+    for reader in readers:
+        reader.cancel()
+    return Finished(code, out.text(), err.text())
+
+
+async def _drain(stream: asyncio.StreamReader | None, tail: _Tail) -> None:
+    if stream is None:  # pragma: no cover - both pipes are always asked for
+        return
+    while piece := await stream.read(_READ_BYTES):
+        tail.add(piece)
+
+
+async def _end_group(process: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM to the program's group, then SIGKILL if some of it outlives ``grace``."""
+    group = process.pid  # a session leader's group id is its pid
+    if not _signal(group, signal.SIGTERM):
+        return
+    loop = asyncio.get_running_loop()
+    until = loop.time() + grace
+    while loop.time() < until:
+        if process.returncode is not None and not _signal(group, 0):
+            return
+        await asyncio.sleep(_POLL_SECONDS)
+    _signal(group, signal.SIGKILL)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(process.wait(), timeout=grace)
+
+
+def _signal(group: int, number: int) -> bool:
+    """Send ``number`` to every process of ``group``; whether any was there to get it."""
+    try:
+        os.killpg(group, number)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def signal_name(code: int) -> str:
+    """``SIGKILL`` for an exit code of ``-9``, and so on."""
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
