@@ -792,7 +792,8 @@ TESTS: tuple[DemoTest, ...] = (
 
 
 class QaAgent(DemoService):
-    """The demo QA agent: ``GET /api/routes`` and ``POST /api/runs`` (also ``verify_only``)."""
+    """The demo QA agent: ``GET /api/routes`` and ``POST /api/runs`` (also ``verify_only``),
+    and the start-and-poll API of ``aegis.demo_test_runs``."""
 
     name = "qaagent"
 
@@ -801,9 +802,20 @@ class QaAgent(DemoService):
     ) -> None:
         super().__init__(host, port, api_key=api_key)
         self._runs = 0
+        from aegis.demo_test_runs import StartedRuns
+
+        self.started = StartedRuns(self._full_run, self._rerun)
 
     def routes(self) -> dict[str, dict[str, Handler]]:
         return {"/api/routes": {"GET": self._routes}, "/api/runs": {"POST": self._run}}
+
+    def _dispatch(self, request: Request) -> Response:
+        # the start-and-poll API (aegis/demo_test_runs.py) has paths with parameters
+        if not self.started.handles(request.path):
+            return super()._dispatch(request)
+        if not self._authorized(request):
+            return _error(401, "Invalid or missing API key")
+        return self.started.answer(request)
 
     def _routes(self, request: Request) -> Response:
         return Response(200, {"routes": [dict(route) for route in ROUTES]})

@@ -19,7 +19,7 @@ __all__ = ["GRACE_SECONDS", "MAX_OUTPUT_BYTES", "Finished", "run_process", "sign
 
 MAX_OUTPUT_BYTES = 64 * 1024
 GRACE_SECONDS = 2.0
-_POLL_SECONDS = 0.02
+_POLL_SECONDS = 0.05
 _READ_BYTES = 64 * 1024
 
 
@@ -107,7 +107,7 @@ async def _end_group(process: asyncio.subprocess.Process, grace: float) -> None:
     loop = asyncio.get_running_loop()
     until = loop.time() + grace
     while loop.time() < until:
-        if process.returncode is not None and not _signal(group, 0):
+        if process.returncode is not None and not _group_alive(group):
             return
         await asyncio.sleep(_POLL_SECONDS)
     _signal(group, signal.SIGKILL)
@@ -122,6 +122,28 @@ def _signal(group: int, number: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def _group_alive(group: int) -> bool:
+    """Whether some process of ``group`` still runs. Its ended children wait (as zombies)
+    for their new parent to collect them, which takes its time when that parent is a
+    container's init; they count as gone. Without ``/proc`` every member counts."""
+    if not _signal(group, 0):
+        return False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # pragma: no cover - not Linux
+        return True
+    return any(entry.isdigit() and _running_in(entry, group) for entry in entries)
+
+
+def _running_in(pid: str, group: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:  # ended meanwhile
+        return False
+    return fields[0] != "Z" and int(fields[2]) == group
 
 
 def signal_name(code: int) -> str:
