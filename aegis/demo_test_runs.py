@@ -6,7 +6,7 @@
          -> 200 {"run_id", "branch", "suite", "status": "running" | "completed",
                  "summary": {"total", "passed", "failed"} (once completed)}
     GET  /api/runs/{run_id}/findings
-         -> 200 {"run_id", "findings": [{"test_id", "title", "message"}]}
+         -> 200 {"run_id", "summary", "findings": [{"test_id", "title", "message"}]}
             409 while the run is not completed
 
 A started run reports ``running`` to its first ``polls_until_done`` reads, then
@@ -132,4 +132,4 @@ class StartedRuns:
             for test_id, message in run.outcomes
             if message is not None
         ]
-        return Response(200, {"run_id": run.run_id, "findings": findings})
+        return Response(200, {"run_id": run.run_id, "summary": run.summary(), "findings": findings})

@@ -160,7 +160,13 @@ def _check_expressions(where: str, expressions: Mapping[str, Any]) -> list[tuple
 
 
 def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """jmespath's message without the expression it quotes on further lines."""
+    text = str(exc).strip()
+    line = text.splitlines()[0].rstrip(":").removesuffix(", for expression") if text else ""
+    position = getattr(exc, "lex_position", None)
+    if isinstance(position, int) and "column" not in line:
+        line += f" (at column {position})"
+    return line or type(exc).__name__
 
 
 # ---------------------------------------------------------------------------- the request
