@@ -170,14 +170,20 @@ async def test_an_unexpected_status_is_an_http_failure(call: Any) -> None:
 async def test_an_answer_that_is_not_json(call: Any, demo: DemoServices) -> None:
     from aegis.demo import Fault
 
-    demo.qaagent.inject("/api/routes", Fault(status=None, body="plain words", content_type="text/plain"))
+    demo.qaagent.inject(
+        "/api/routes", Fault(status=None, body="plain words", content_type="text/plain")
+    )
     data = await call(path="/api/routes")
     assert data == {"status": 200, "answer": "plain words"}
-    demo.qaagent.inject("/api/routes", Fault(status=None, body="plain words", content_type="text/plain"))
+    demo.qaagent.inject(
+        "/api/routes", Fault(status=None, body="plain words", content_type="text/plain")
+    )
     with pytest.raises(StepError, match="outputs.x needs a JSON answer") as caught:
         await call(path="/api/routes", outputs={"x": "a"})
     assert caught.value.kind == "protocol"
-    demo.qaagent.inject("/api/routes", Fault(status=None, body="{oops", content_type="application/json"))
+    demo.qaagent.inject(
+        "/api/routes", Fault(status=None, body="{oops", content_type="application/json")
+    )
     with pytest.raises(StepError, match="not JSON"):
         await call(path="/api/routes")
 

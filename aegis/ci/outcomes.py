@@ -15,6 +15,9 @@ from aegis.records import Run, StepResult
 
 __all__ = ["TestOutcome", "is_infrastructure", "test_outcomes"]
 
+# Where the tests of a step without a service ran (a `command`, a `verify` that runs one):
+# one name for them all, so a `verify` re-running a `command` step's tests is matched.
+LOCAL = "local"
 # Error kinds that mean the step could not do its job, rather than the job going badly.
 INFRASTRUCTURE_KINDS = frozenset({"timeout", "connection", "protocol", "cancelled"})
 
@@ -45,7 +48,7 @@ def test_outcomes(run: Run) -> list[TestOutcome]:
     for step in run.steps:
         if step.skipped or not step.data:
             continue
-        service = step.service or step.type
+        service = step.service or LOCAL
         for failure in _failures(step.data):
             test_id = str(failure["test"])
             outcomes[(service, test_id)] = TestOutcome(
