@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import io
 import json
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -178,7 +178,7 @@ async def test_an_answer_that_is_not_json(call: Any, demo: DemoServices) -> None
     demo.qaagent.inject(
         "/api/routes", Fault(status=None, body="plain words", content_type="text/plain")
     )
-    with pytest.raises(StepError, match="outputs.x needs a JSON answer") as caught:
+    with pytest.raises(StepError, match=r"outputs\.x needs a JSON answer") as caught:
         await call(path="/api/routes", outputs={"x": "a"})
     assert caught.value.kind == "protocol"
     demo.qaagent.inject(
