@@ -170,3 +170,23 @@ def test_only_the_program_form_goes_without_a_service() -> None:
     assert not STEP.service_needed({"run": ["pytest"], "junit": "x"})
     assert STEP.service_needed({"tests": {"failures": "f"}})
     assert STEP.service_needed({})
+
+
+def test_config_needs_a_service_only_for_the_forms_that_send(tmp_path: Path) -> None:
+    import io
+
+    from aegis.cli import main
+
+    config = tmp_path / "aegis.yaml"
+    config.write_text(
+        "workflows:\n  wf:\n    steps:\n"
+        "      - {type: verify, with: {run: [pytest], junit: out.xml}}\n"
+        "      - {type: verify}\n"
+    )
+    err = io.StringIO()
+    assert main(["config", "validate", str(config)], stdout=io.StringIO(), stderr=err) == 1
+    problems = [line for line in err.getvalue().splitlines() if "steps[" in line]
+    assert len(problems) == 1
+    assert "workflows.wf.steps[1].service: missing; step type 'verify' needs a service" in (
+        problems[0]
+    )
