@@ -337,17 +337,38 @@ def test_history_empty(good: Path) -> None:
 
 def test_demo_runs_the_whole_story() -> None:
     result = cli("demo")
-    assert result.code == 0
+    assert result.code == 0, result.err
     assert "retry" in result.err
     for step in ("discover", "test-web", "test-api", "submit_bugs", "verify", "report"):
         assert step in result.out
     assert "bug reports filed" in result.out
+    # then the sample pytest suite (pytest is installed here)
+    assert "Run " in result.out and " of pytest_demo: succeeded, verdict failed" in result.out
+    assert "3 tests, 1 passed, 2 failed" in result.out
+    assert "1 verified, 1 still failing" in result.out
+    assert "then a real pytest suite run by a `command` step." in result.out
 
 
 def test_demo_json() -> None:
     result = cli("demo", "--json")
     assert result.code == 0
-    assert result.json()["status"] == "succeeded"
+    runs = result.json()
+    assert [(r["workflow"], r["status"]) for r in runs] == [
+        ("demo", "succeeded"),
+        ("pytest_demo", "succeeded"),
+    ]
+
+
+def test_demo_without_pytest_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aegis.demo_pipeline
+
+    monkeypatch.setattr(aegis.demo_pipeline.sys, "executable", "/nonexistent/python")
+    result = cli("demo", "--json")
+    assert result.code == 0
+    assert [r["workflow"] for r in result.json()] == ["demo"]
+    assert "pytest is not installed for /nonexistent/python: the pytest demo is skipped" in (
+        result.err
+    )
 
 
 # ------------------------------------------------------------------- error handling
