@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -362,11 +363,13 @@ def test_demo_json() -> None:
 def test_demo_without_pytest_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     import aegis.demo_pipeline
 
-    monkeypatch.setattr(aegis.demo_pipeline.sys, "executable", "/nonexistent/python")
+    assert aegis.demo_pipeline.pytest_available(sys.executable)
+    assert not aegis.demo_pipeline.pytest_available("/nonexistent/python")
+    monkeypatch.setattr(aegis.demo_pipeline, "pytest_available", lambda: False)
     result = cli("demo", "--json")
-    assert result.code == 0
+    assert result.code == 0, result.err
     assert [r["workflow"] for r in result.json()] == ["demo"]
-    assert "pytest is not installed for /nonexistent/python: the pytest demo is skipped" in (
+    assert f"pytest is not installed for {sys.executable}: the pytest demo is skipped" in (
         result.err
     )
 
