@@ -37,12 +37,12 @@ SHIV_REQUIREMENT = "shiv==1.0.8"
 # 1980-01-01T00:00:00Z, the earliest time a zip entry can carry.
 FALLBACK_EPOCH = 315532800
 
-# The runtime dependencies (httpx, pyyaml) and everything they pull in, pinned, so that a
-# build does not change under us. pip runs with --no-deps on this full list because the
-# backports that anyio needs on older Pythons (exceptiongroup below 3.11, typing_extensions
-# below 3.15) are skipped by a resolver running on a newer Python, and the file must run on
-# 3.10 whichever Python built it. tests/test_build.py checks every Requires-Dist of these
-# for 3.10 to 3.13.
+# The runtime dependencies (httpx with its SOCKS support, pyyaml, sniffio for httpcore) and
+# everything they pull in, pinned, so that a build does not change under us. pip runs with
+# --no-deps on this full list because the backports that anyio needs on older Pythons
+# (exceptiongroup below 3.11, typing_extensions below 3.15) are skipped by a resolver
+# running on a newer Python, and the file must run on 3.10 whichever Python built it.
+# tests/test_build.py checks every Requires-Dist of these for 3.10 to 3.13.
 RUNTIME = (
     "anyio==4.16.0",
     "certifi==2026.10.19.post1",
@@ -53,6 +53,8 @@ RUNTIME = (
     "idna==3.20",
     "jmespath==1.1.0",
     "pyyaml==6.0.4",
+    "sniffio==1.3.1",
+    "socksio==1.0.0",
     "typing_extensions==4.16.0",
 )
 # Wheels are chosen for the oldest Python we support, so pip rejects a pin that dropped it.

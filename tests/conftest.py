@@ -8,8 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-import respx
-import respx.mocks
 from pyz_helpers import build_pyz, snapshot_project
 from reliability_report import (  # noqa: F401  (hooks and fixture of the reliability suite)
     pytest_collection_finish,
@@ -46,40 +44,6 @@ async def http_client() -> AsyncIterator[httpx.AsyncClient]:
     """The run-wide client that steps share, as ``open_client()`` makes it."""
     async with open_client() as client:
         yield client
-
-
-class AegisTransportMocker(respx.mocks.AbstractRequestMocker):  # type: ignore[misc]
-    """Lets respx stand in for services at ``aegis.steps.transport.Transport``, the
-    transport of every client ``open_client`` makes (respx patches httpcore by default,
-    which that client never reaches). Unmatched requests pass through to the network."""
-
-    name = "aegis"
-    targets = ["aegis.steps.transport.Transport"]
-    target_methods = ["handle_async_request"]
-
-    @classmethod
-    def to_httpx_request(cls, **kwargs: Any) -> httpx.Request:
-        request: httpx.Request = kwargs["request"]
-        return request
-
-    @classmethod
-    async def from_async_httpx_response(
-        cls, httpx_response: httpx.Response, target: Any, **kwargs: Any
-    ) -> httpx.Response:
-        # As a transport answers: a response whose body has not been read yet.
-        return httpx.Response(
-            httpx_response.status_code,
-            headers=httpx_response.headers.raw,
-            stream=httpx_response.stream,
-            extensions=httpx_response.extensions,
-        )
-
-
-@pytest.fixture
-def respx_mock() -> Iterator[respx.MockRouter]:
-    """respx standing in for services, under the client ``open_client`` makes."""
-    with respx.mock(using=AegisTransportMocker.name) as router:
-        yield router
 
 
 MakeContext = Callable[..., StepContext]

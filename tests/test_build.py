@@ -54,6 +54,8 @@ RUNTIME_DISTS = {
     "httpx",
     "idna",
     "pyyaml",
+    "sniffio",
+    "socksio",
     "typing-extensions",
 }
 INVALID_CONFIG = "servces: {}\n"
@@ -101,8 +103,8 @@ def bundled(pyz: Path) -> dict[str, tuple[Version, str]]:
         for name in archive.namelist():
             if name.endswith(".dist-info/METADATA"):
                 metadata = archive.read(name).decode()
-                dist = re.search(r"^Name: (.+)$", metadata, re.M)
-                version = re.search(r"^Version: (.+)$", metadata, re.M)
+                dist = re.search(r"^Name: (\S+)", metadata, re.M)
+                version = re.search(r"^Version: (\S+)", metadata, re.M)
                 assert dist and version, name
                 found[canonicalize_name(dist.group(1))] = (Version(version.group(1)), metadata)
     return found
@@ -221,7 +223,7 @@ def test_bundled_requirements_hold_on_every_python(pyz: Path, python: str) -> No
         if requires_python:
             supported = SpecifierSet(requires_python.group(1))
             assert supported.contains(f"{python}.0"), f"{owner} does not support {python}"
-        for line in re.findall(r"^Requires-Dist: (.+)$", metadata, re.M):
+        for line in re.findall(r"^Requires-Dist: ([^\r\n]+)", metadata, re.M):
             requirement = Requirement(line)
             if requirement.marker and not requirement.marker.evaluate(environment):
                 continue
@@ -312,11 +314,16 @@ async def fetch(url):
     async with httpx.AsyncClient() as client:  # anyio, h11, exceptiongroup on 3.10
         return (await client.get(url)).status_code
 
+async def socks():
+    async with httpx.AsyncClient(proxy="socks5://127.0.0.1:1"):  # needs socksio
+        return True
+
 print(json.dumps({
     "python": "%d.%d" % sys.version_info[:2],
     "libyaml": yaml.__with_libyaml__,
     "yaml": yaml.safe_load("a: [1, 2]"),
     "status": asyncio.run(fetch(sys.argv[1])),
+    "socks": asyncio.run(socks()),
     "shiv_root": __import__("os").environ.get("SHIV_ROOT"),
 }))
 """
@@ -334,6 +341,7 @@ def test_runtime_is_pure_python_on_each_python(
         "libyaml": False,
         "yaml": {"a": [1, 2]},
         "status": 200,
+        "socks": True,
         "shiv_root": None,  # the root we chose is not exported to child processes
     }
 

@@ -102,6 +102,35 @@ def test_status_config_and_validate(pyz: Path, env: dict[str, str], config: Path
     assert invalid.returncode == 1 and "did you mean 'test'" in invalid.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "proxy", "reason"),
+    [
+        ("ALL_PROXY", "socks5://127.0.0.1:1", "through the proxy in ALL_PROXY"),
+        ("ALL_PROXY", "ftp://127.0.0.1:1", "the proxy in ALL_PROXY (ftp://127.0.0.1:1) cannot"),
+    ],
+)
+def test_proxies_from_the_environment(
+    pyz: Path, env: dict[str, str], config: Path, variable: str, proxy: str, reason: str
+) -> None:
+    # Loopback services are reached directly; a remote one through the proxy, whose
+    # failure (or unusable setting) is a readable `connection` failure, never an abort.
+    text = config.read_text() + "  remote:\n    steps: [{type: discover, service: remote}]\n"
+    remote_service = '  remote: {url: "http://127.0.0.2:9"}\n'
+    config.write_text(text.replace("services:\n", "services:\n" + remote_service, 1))
+    proxied = {**env, variable: proxy}
+    c = ["--config", str(config)]
+    assert aegis(pyz, proxied, *c, "run", "smoke").returncode == 0
+    remote = aegis(pyz, proxied, *c, "run", "remote", "--json")
+    assert remote.returncode == 3
+    step = json.loads(remote.stdout)["steps"][0]
+    assert step["error_kind"] == "connection" and reason in step["error"]
+    status = aegis(pyz, proxied, *c, "status", "--json")
+    assert status.returncode == 1
+    health = {s["key"]: s["health"] for s in json.loads(status.stdout)["services"]}
+    assert health["qaagent"]["status"] == "up"
+    assert health["remote"]["status"] == "down" and reason in health["remote"]["error"]
+
+
 @pytest.mark.parametrize("version", PYTHONS)
 def test_demo_runs_on_each_python(pyz: Path, env: dict[str, str], version: str) -> None:
     python = require_python(version)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -158,16 +157,21 @@ async def test_transport_errors_are_kind_connection(
 
 
 @pytest.mark.parametrize(
-    "text", ["bad Content-Length", "illegal status line: bytearray(b'SSH-2.0')"]
+    ("text", "shown"),
+    [
+        ("bad Content-Length", "bad Content-Length"),
+        ("illegal status line: bytearray(b'SSH-2.0')", "illegal status line: 'SSH-2.0'"),
+        ('illegal header line: bytearray(b"it\'s")', "illegal header line: 'it\'s'"),
+    ],
 )
 async def test_an_answer_that_is_not_http_is_kind_protocol(
-    make_context: MakeContext, respx_mock: respx.Router, text: str
+    make_context: MakeContext, respx_mock: respx.Router, text: str, shown: str
 ) -> None:
     respx_mock.get(URL).mock(side_effect=httpx.RemoteProtocolError(text))
     error = await fail(make_context("discover"))
     assert (error.kind, error.message) == (
         "protocol",
-        f"svc at {URL} did not answer in valid HTTP: {text}",
+        f"svc at {URL} did not answer in valid HTTP: {shown}",
     )
 
 
@@ -688,60 +692,7 @@ def test_the_registry_does_not_import_httpx() -> None:
         "import sys\n"
         "from aegis.steps.registry import default_step_types\n"
         "types = default_step_types()\n"
-        "assert sorted(types) == ['discover', 'report', 'submit_bugs', 'test', 'verify'], types\n"
+        "assert 'http' in types and 'command' in types, types\n"
         "assert 'httpx' not in sys.modules, 'httpx imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-
-
-async def test_every_proxy_transport_shares_the_process_tls_context(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # loading the CA bundle took ~27 ms and megabytes for each run's client
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
-    verify: list[Any] = []
-    real = httpx.AsyncHTTPTransport
-
-    def spy(**options: Any) -> httpx.AsyncHTTPTransport:
-        verify.append(options["verify"])
-        return real(**options)
-
-    monkeypatch.setattr(httpx, "AsyncHTTPTransport", spy)
-    async with http.open_client(), http.open_client():
-        pass
-    assert len(verify) == 2 and verify[0] is verify[1] is http.ssl_context()
-    assert verify[0].verify_mode.name == "CERT_REQUIRED" and verify[0].check_hostname
-
-
-def test_a_run_without_proxies_loads_neither_httpcore_nor_a_tls_context(
-    demo: DemoServices,
-) -> None:
-    # Aegis's own transport sends direct requests; httpcore (with anyio and h11) is
-    # httpx's, kept for proxies, and the CA bundle is read on the first https connection.
-    code = (
-        "import asyncio, sys, httpx\n"
-        "from aegis.steps import http\n"
-        "async def main():\n"
-        "    async with http.open_client() as client:\n"
-        f"        return await http.status_of(client, {demo.qaagent_url + '/health'!r}, {{}})\n"
-        "status = asyncio.run(main())\n"
-        "loaded = sorted({'httpcore', 'anyio', 'h11'} & set(sys.modules))\n"
-        "print(status, loaded, http.ssl_context.cache_info().currsize)\n"
-    )
-    clean = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=clean, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["200", "[]", "0"]
-
-
-def test_service_urls_are_parsed_once() -> None:
-    url = "http://127.0.0.1:9/api/routes"
-    assert http.parsed_url(url) is http.parsed_url(url)
-    assert str(http.parsed_url(url)) == url
-    with pytest.raises(httpx.InvalidURL):
-        http.parsed_url("http://[::1")

@@ -4,7 +4,8 @@ Every failure of a request is translated here, once, into a ``StepError`` whose 
 engine's retry policy understands:
 
     httpx.TimeoutException                     -> timeout
-    refused, DNS, reset, closed before answer  -> connection
+    refused, DNS, reset, closed before answer  -> connection (naming the proxy, if any)
+    a proxy variable httpx cannot use          -> connection (naming the variable)
     3xx, non-2xx, or a status not expected     -> http      (status_code, retry_after)
     2xx that is not the contracted JSON        -> protocol  (also: over 10 MiB, NaN)
     an answer that is not valid HTTP           -> protocol
@@ -30,6 +31,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -37,13 +39,10 @@ from aegis import __version__
 from aegis.config.model import ServiceSpec
 from aegis.errors import StepError
 from aegis.steps.base import StepContext
-from aegis.steps.proxies import environment_proxies
-from aegis.steps.transport import Transport
 from aegis.text import printable
 
 __all__ = [
     "CONNECT_TIMEOUT",
-    "MAX_CONNECTIONS",
     "MAX_RESPONSE_BYTES",
     "Answer",
     "describe_answer",
@@ -51,7 +50,6 @@ __all__ = [
     "join_url",
     "open_client",
     "parse_retry_after",
-    "parsed_url",
     "protocol_error",
     "request",
     "request_json",
@@ -68,90 +66,119 @@ MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
 EXCERPT_CHARS = 200
 CONNECT_TIMEOUT = 10.0
-MAX_CONNECTIONS = 256  # so that the steps of a parallel batch up to this wide never queue
-MAX_KEEPALIVE_CONNECTIONS = 16
-KEEPALIVE_EXPIRY = 15.0
 USER_AGENT = f"aegis/{__version__}"
 RETRY_AFTER_STATUSES = (429, 503)
 # Loopback never goes through a proxy: with HTTP_PROXY set and no NO_PROXY (common on CI
 # hosts), services on this machine, the demo ones included, would be unreachable.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+# The variables httpx reads a proxy from (lower case too), the most specific first.
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
 
 
 @functools.cache
 def ssl_context() -> ssl.SSLContext:
     """The process's one TLS context, made on first use as httpx makes its default.
 
-    Loading the CA bundle takes tens of milliseconds and megabytes: done for every client,
-    it was most of the cost of a short run, and of a server's memory growth.
+    Loading the CA bundle takes tens of milliseconds and megabytes: done for every run's
+    client, it was most of the cost of a short run, and of a server's memory growth.
     """
     return httpx.create_ssl_context()
-
-
-class _Cookies(httpx.Cookies):
-    """A run's cookie jar, which reads an answer only when it sets a cookie.
-
-    A service may still keep a session (a sticky load balancer does) for the rest of the
-    run; but handing every answer to ``http.cookiejar`` cost ~25 us, a fifth of what a
-    step costs on loopback, for answers that never carry a cookie.
-    """
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        if "set-cookie" in response.headers:
-            super().extract_cookies(response)
-
-
-class _Client(httpx.AsyncClient):
-    """``httpx.AsyncClient`` with the cookie jar above."""
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self._run_cookies = _Cookies()
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._run_cookies
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        self._run_cookies = _Cookies(cookies)
 
 
 @asynccontextmanager
 async def open_client() -> AsyncIterator[httpx.AsyncClient]:
     """The one ``httpx.AsyncClient`` a run shares between its steps.
 
-    Only connecting has a timeout of its own: the engine bounds each attempt with
-    ``asyncio.wait_for``, and a second, lower read timeout here would fire first with a
-    less useful message. Redirects are not followed (see ``request_json``).
+    Proxies come from the environment as httpx reads them, except for loopback, which is
+    always reached directly. Only connecting has a timeout of its own: the engine bounds
+    each attempt, and a second, lower read timeout here would fire first with a less
+    useful message. Redirects are not followed (see ``request_json``).
     """
-    limits = httpx.Limits(
-        max_connections=MAX_CONNECTIONS,
-        max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
-        keepalive_expiry=KEEPALIVE_EXPIRY,
-    )
-    # Proxied requests go through httpx's own transport; loopback never does.
-    mounts: dict[str, httpx.AsyncBaseTransport | None] = {
-        pattern: None
-        if proxy is None
-        else httpx.AsyncHTTPTransport(proxy=proxy, verify=ssl_context(), limits=limits)
-        for pattern, proxy in environment_proxies().items()
+    options: dict[str, Any] = {
+        "timeout": httpx.Timeout(None, connect=CONNECT_TIMEOUT),
+        "follow_redirects": False,
+        "headers": {"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
+        "verify": ssl_context(),
     }
-    mounts.update({f"all://{host}": None for host in LOOPBACK_HOSTS})
-    client = _Client(
-        transport=Transport(
-            ssl_context=ssl_context,  # loaded on the first https connection, if any
-            max_connections=MAX_CONNECTIONS,
-            max_keepalive=MAX_KEEPALIVE_CONNECTIONS,
-            keepalive_expiry=KEEPALIVE_EXPIRY,
-        ),
-        timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
-        follow_redirects=False,
-        headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
-        mounts=mounts,
-    )
+    # None: the client's own transport, which connects directly
+    direct: dict[str, None] = {f"all://{host}": None for host in LOOPBACK_HOSTS}
+    try:
+        client = httpx.AsyncClient(mounts=direct, **options)
+    except (ValueError, ImportError, httpx.InvalidURL) as exc:
+        client = _client_refusing_proxied_requests(_proxy_problem(exc), options)
     async with client:
         yield client
+
+
+def _proxy_problem(exc: BaseException) -> str:
+    """Why the proxy settings cannot be used, naming the variable that holds them.
+
+    httpx reads every proxy variable when a client is made, and refuses the whole client
+    when one names a proxy it cannot use (an unknown scheme, a URL it cannot parse).
+    """
+    for name in PROXY_VARIABLES:
+        variable, value = _variable(name)
+        if not value:
+            continue
+        try:
+            httpx.AsyncHTTPTransport(proxy=value if "://" in value else f"http://{value}")
+        except (ValueError, ImportError, httpx.InvalidURL) as problem:
+            return f"the proxy in {variable} ({value}) cannot be used: {_cause(problem)}"
+    return f"the proxy settings in the environment cannot be used: {_cause(exc)}"
+
+
+class _UnusableProxy(httpx.ConnectError):
+    """A request that needed the proxy settings httpx could not use."""
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy variable (and its value) that a request to ``url`` goes through, if any:
+    named in connection errors, since httpx's own words do not say a proxy was involved.
+    It follows httpx's reading: the scheme's variable, then ALL_PROXY; NO_PROXY exempts.
+    """
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+    except ValueError:  # not a URL at all: nothing was sent anywhere
+        return None
+    if host in LOOPBACK_HOSTS or f"[{host}]" in LOOPBACK_HOSTS:
+        return None
+    if _exempt(host, _variable("NO_PROXY")[1]):
+        return None
+    for name in (f"{parts.scheme.upper()}_PROXY", "ALL_PROXY"):
+        variable, value = _variable(name)
+        if value:
+            return f"{variable} ({value})"
+    return None
+
+
+def _variable(name: str) -> tuple[str, str]:
+    for variable in (name, name.lower()):
+        if os.environ.get(variable):
+            return variable, os.environ[variable]
+    return name, ""
+
+
+def _exempt(host: str, no_proxy: str) -> bool:
+    for entry in (item.strip().lower() for item in no_proxy.split(",")):
+        entry = entry.split("://")[-1].lstrip(".")
+        if entry == "*" or host == entry or host.endswith("." + entry):
+            return True
+    return False
+
+
+def _client_refusing_proxied_requests(problem: str, options: dict[str, Any]) -> httpx.AsyncClient:
+    """A client that reaches loopback directly and fails every other request with
+    ``problem``, so a bad proxy variable fails the steps that need it, readably."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise _UnusableProxy(problem, request=request)
+
+    direct_transport = httpx.AsyncHTTPTransport(verify=options["verify"])
+    mounts = {f"all://{host}": direct_transport for host in LOOPBACK_HOSTS}
+    return httpx.AsyncClient(
+        transport=httpx.MockTransport(refuse), mounts=mounts, trust_env=False, **options
+    )
 
 
 @dataclass
@@ -183,7 +210,7 @@ async def request_json(
     exchange = _Exchange(service.key, method, url)
     try:
         async with ctx.http.stream(
-            method, parsed_url(url), json=json, headers=service_headers(service, ctx.environ)
+            method, url, json=json, headers=service_headers(service, ctx.environ)
         ) as response:
             exchange.answered = True
             return await _receive(exchange, response, tuple(expect))
@@ -198,7 +225,7 @@ async def status_of(client: httpx.AsyncClient, url: str, headers: Mapping[str, s
     answering 50 MiB, or a gzip bomb, cost over 100 MiB per check. Raises httpx errors
     as they come; ``describe_failure`` words them.
     """
-    async with client.stream("GET", parsed_url(url), headers=dict(headers)) as response:
+    async with client.stream("GET", url, headers=dict(headers)) as response:
         return response.status_code
 
 
@@ -210,13 +237,6 @@ def describe_failure(exc: BaseException, service: str, url: str, method: str = "
     if isinstance(exc, (httpx.HTTPError, httpx.InvalidURL)):
         return _translate(exc, _Exchange(service, method, url)).message
     return f"request to {service} at {url} failed: {_cause(exc)}"
-
-
-@functools.lru_cache(maxsize=256)
-def parsed_url(url: str) -> httpx.URL:
-    """``httpx.URL(url)``, parsed once: httpx parses a string URL on every request, and
-    for an IP address host that alone cost ~0.1 ms. Raises ``httpx.InvalidURL``."""
-    return httpx.URL(url)
 
 
 def join_url(base: str, path: str) -> str:
@@ -507,6 +527,11 @@ def _seconds_until(http_date: str, now: datetime) -> float | None:
 
 def _translate(exc: httpx.HTTPError | httpx.InvalidURL, exchange: _Exchange) -> StepError:
     where = f"{exchange.service} at {exchange.url}"
+    if isinstance(exc, _UnusableProxy):
+        return StepError("connection", f"cannot connect to {where}: {exc}")
+    proxy = _proxy_for(exchange.url)
+    if proxy:
+        where += f" through the proxy in {proxy}"
     if isinstance(exc, httpx.InvalidURL):
         return StepError("connection", f"cannot connect to {where}: invalid URL ({exc})")
     if isinstance(exc, httpx.TimeoutException):
@@ -516,7 +541,7 @@ def _translate(exc: httpx.HTTPError | httpx.InvalidURL, exchange: _Exchange) -> 
         return StepError("protocol", f"cannot decode the answer of {where}: {_cause(exc)}")
     if isinstance(exc, httpx.RemoteProtocolError) and not _closed_early(exc):
         # A status line, header or chunk that is not HTTP: retrying will not mend it.
-        return StepError("protocol", f"{where} did not answer in valid HTTP: {_cause(exc)}")
+        return StepError("protocol", f"{where} did not answer in valid HTTP: {_quoted(exc)}")
     if exchange.answered:
         return StepError(
             "connection", f"connection to {where} lost while reading the answer: {_cause(exc)}"
@@ -528,6 +553,15 @@ def _translate(exc: httpx.HTTPError | httpx.InvalidURL, exchange: _Exchange) -> 
             "connection", f"connection to {where} lost before an answer: {_cause(exc)}"
         )
     return StepError("connection", f"cannot connect to {where}: {_cause(exc)}")
+
+
+# h11 quotes the offending bytes as a Python repr: bytearray(b'HELLO WORLD')
+_BYTES_REPR = re.compile(r"""bytearray\(b(['"])(.*?)\1\)""")
+
+
+def _quoted(exc: httpx.RemoteProtocolError) -> str:
+    """h11's words for a malformed answer, with the bytes it quotes shown as text."""
+    return _BYTES_REPR.sub(lambda match: f"'{match[2]}'", _cause(exc))
 
 
 def _closed_early(exc: httpx.RemoteProtocolError) -> bool:
@@ -637,7 +671,7 @@ async def request(
     expected = tuple(expect) if expect is not None else tuple(range(200, 300))
     try:
         async with ctx.http.stream(
-            method, parsed_url(url), params=query, headers=sent, content=content
+            method, url, params=query, headers=sent, content=content
         ) as response:
             exchange.answered = True
             status = response.status_code
