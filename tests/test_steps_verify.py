@@ -187,6 +187,7 @@ def test_config_needs_a_service_only_for_the_forms_that_send(tmp_path: Path) -> 
     assert main(["config", "validate", str(config)], stdout=io.StringIO(), stderr=err) == 1
     problems = [line for line in err.getvalue().splitlines() if "steps[" in line]
     assert len(problems) == 1
-    assert "workflows.wf.steps[1].service: missing; step type 'verify' needs a service" in (
-        problems[0]
+    assert (
+        "workflows.wf.steps[1].service: missing; step type 'verify' needs a service"
+        in (problems[0])
     )
