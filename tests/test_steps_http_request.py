@@ -307,3 +307,38 @@ def test_config_validate_names_each_problem(tmp_path: Path) -> None:
         "workflows.wf.steps[3].with.tests.totl: unknown key (expected total, passed, failed,"
         " skipped, failures)",
     ]
+
+
+async def test_a_redirect_or_an_error_status_fails_readably(call: Any, demo: DemoServices) -> None:
+    from aegis.demo import Fault
+
+    demo.qaagent.inject("/api/routes", Fault(status=302, location="/elsewhere"))
+    with pytest.raises(StepError, match="redirect to /elsewhere not followed"):
+        await call(path="/api/routes")
+    demo.qaagent.inject("/api/routes", Fault(status=503, payload={"detail": "busy"}))
+    with pytest.raises(StepError, match="HTTP 503 from svc: busy"):
+        await call(path="/api/routes")
+
+
+async def test_a_large_answer_is_not_kept_in_the_data(call: Any, demo: DemoServices) -> None:
+    from aegis.demo import Fault
+
+    demo.qaagent.inject("/api/routes", Fault(status=None, size=70_000))
+    data = await call(path="/api/routes", outputs={"kind": "type(@)"})
+    assert data == {"status": 200, "outputs": {"kind": "object"}}
+
+
+async def test_counts_that_are_not_numbers_are_refused(call: Any) -> None:
+    with pytest.raises(StepError, match="'total' should be an integer >= 0") as caught:
+        await call(path="/api/routes", tests={"failures": "`[]`", "passed": "'x'"})
+    assert caught.value.kind == "protocol"
+
+
+async def test_a_verify_by_request_needs_tests(
+    make_context: MakeContext, demo: DemoServices
+) -> None:
+    from aegis.steps.http_request import call
+
+    ctx = make_context("verify", demo.qaagent_url, params={"method": "GET", "path": "/health"})
+    with pytest.raises(StepError, match=r"with\.tests is required"):
+        await call(ctx, tests_required=True)
