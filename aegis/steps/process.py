@@ -10,7 +10,6 @@ SIGKILL: nothing the program started outlives the step, unless it left the group
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ __all__ = ["GRACE_SECONDS", "MAX_OUTPUT_BYTES", "Finished", "run_process", "sign
 MAX_OUTPUT_BYTES = 64 * 1024
 GRACE_SECONDS = 2.0
 _POLL_SECONDS = 0.05
-_READ_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,6 +51,29 @@ class _Tail:
         return text
 
 
+class _Collector(asyncio.SubprocessProtocol):
+    """Keeps the tails of stdout and stderr; says when the program exits, and when both
+    pipes are closed (which a child it left behind may hold open long after)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.tails = {1: _Tail(), 2: _Tail()}
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._open = 2
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self.tails[fd].add(data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._open -= 1
+        if self._open == 0 and not self.closed.done():
+            self.closed.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
 async def run_process(
     argv: list[str], *, cwd: str, env: dict[str, str], grace: float = GRACE_SECONDS
 ) -> Finished:
@@ -60,7 +81,9 @@ async def run_process(
 
     Raises ``OSError`` when the program cannot be started (not found, not executable).
     """
-    process = await asyncio.create_subprocess_exec(
+    loop = asyncio.get_running_loop()
+    transport, collector = await loop.subprocess_exec(
+        lambda: _Collector(loop),
         *argv,
         cwd=cwd,
         env=env,
@@ -69,50 +92,40 @@ async def run_process(
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
-    out, err = _Tail(), _Tail()
-    readers = [
-        asyncio.ensure_future(_drain(process.stdout, out)),
-        asyncio.ensure_future(_drain(process.stderr, err)),
-    ]
+    group = transport.get_pid()  # a session leader's group id is its pid
     try:
-        code = await process.wait()
-    except BaseException:
-        for reader in readers:
-            reader.cancel()
-        raise
-    finally:
         try:
-            await _end_group(process, grace)
-        finally:  # cancelled again while ending it: no more grace
-            _signal(process.pid, signal.SIGKILL)
-    # the group is gone, so its pipes are closed: what is left to read is buffered
-    await asyncio.wait(readers, timeout=grace)
-    for reader in readers:
-        reader.cancel()
-    return Finished(code, out.text(), err.text())
+            # `Process.wait()` would also wait for the pipes, which a child left
+            # behind keeps open: the program's own exit is what counts
+            await asyncio.shield(collector.exited)
+        finally:
+            try:
+                await _end_group(transport, group, grace)
+            finally:  # cancelled again while ending it: no more grace
+                _signal(group, signal.SIGKILL)
+        # the group is gone, so its pipes are closed: what is left to read is buffered
+        await asyncio.wait([collector.closed], timeout=grace)
+    finally:
+        transport.close()
+    code = transport.get_returncode()
+    return Finished(
+        code if code is not None else -signal.SIGKILL,
+        collector.tails[1].text(),
+        collector.tails[2].text(),
+    )
 
 
-async def _drain(stream: asyncio.StreamReader | None, tail: _Tail) -> None:
-    if stream is None:  # pragma: no cover - both pipes are always asked for
-        return
-    while piece := await stream.read(_READ_BYTES):
-        tail.add(piece)
-
-
-async def _end_group(process: asyncio.subprocess.Process, grace: float) -> None:
+async def _end_group(transport: asyncio.SubprocessTransport, group: int, grace: float) -> None:
     """SIGTERM to the program's group, then SIGKILL if some of it outlives ``grace``."""
-    group = process.pid  # a session leader's group id is its pid
     if not _signal(group, signal.SIGTERM):
         return
     loop = asyncio.get_running_loop()
     until = loop.time() + grace
     while loop.time() < until:
-        if process.returncode is not None and not _group_alive(group):
+        if transport.get_returncode() is not None and not _group_alive(group):
             return
         await asyncio.sleep(_POLL_SECONDS)
     _signal(group, signal.SIGKILL)
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(process.wait(), timeout=grace)
 
 
 def _signal(group: int, number: int) -> bool:
