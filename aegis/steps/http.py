@@ -266,14 +266,21 @@ def _path_of(ctx: StepContext, default_path: str) -> str:
 
 
 async def _receive(exchange: _Exchange, response: httpx.Response, expect: tuple[int, ...]) -> Any:
+    body = await _expected_body(exchange, response, expect)
+    return _decode_json(exchange, response.status_code, body)
+
+
+async def _expected_body(
+    exchange: _Exchange, response: httpx.Response, expect: tuple[int, ...]
+) -> bytearray:
+    """The body of an answer whose status is expected; else the ``StepError`` for it."""
     status = response.status_code
     if 300 <= status < 400:
         raise _redirect_error(exchange, response)
     if status not in expect:
         body = await _read(exchange, response, MAX_ERROR_BYTES, strict=False)
         raise _status_error(exchange, response, body, expect)
-    body = await _read(exchange, response, MAX_RESPONSE_BYTES, strict=True)
-    return _decode_json(exchange, status, body)
+    return await _read(exchange, response, MAX_RESPONSE_BYTES, strict=True)
 
 
 def _decode_json(exchange: _Exchange, status: int, body: bytearray) -> Any:
@@ -675,12 +682,7 @@ async def request(
         ) as response:
             exchange.answered = True
             status = response.status_code
-            if 300 <= status < 400:
-                raise _redirect_error(exchange, response)
-            if status not in expected:
-                failed = await _read(exchange, response, MAX_ERROR_BYTES, strict=False)
-                raise _status_error(exchange, response, failed, expected)
-            body = await _read(exchange, response, MAX_RESPONSE_BYTES, strict=True)
+            body = await _expected_body(exchange, response, expected)
             says_json = "json" in response.headers.get("content-type", "").lower()
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise _translate(exc, exchange) from exc
