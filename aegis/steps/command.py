@@ -17,7 +17,6 @@ from __future__ import annotations
 import glob
 import os
 import shlex
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,9 +31,6 @@ SHELL = "/bin/sh"
 # What a failure message quotes of the program's last words.
 TAIL_LINES = 5
 TAIL_CHARS = 600
-# A JUnit file counts when written since the step began; file systems with a coarse
-# modification time (1-2 s) could otherwise miss one.
-MTIME_SLACK_SECONDS = 2.0
 _SCALARS = (str, int, float, bool)
 
 
@@ -143,7 +139,8 @@ async def run_command(ctx: StepContext) -> dict[str, Any]:
     params = ctx.spec.params
     argv = argv_of(params)
     cwd = _cwd(ctx)
-    began = time.time()
+    pattern = params.get("junit")
+    before = _junit_files(cwd, str(pattern)) if pattern is not None else {}
     try:
         finished = await run_process(argv, cwd=cwd, env=_environment(ctx))
     except OSError as exc:
@@ -155,12 +152,13 @@ async def run_command(ctx: StepContext) -> dict[str, Any]:
         "stderr": finished.stderr,
     }
     codes = params.get("success_codes") or [0]
-    pattern = params.get("junit")
     if pattern is None:
         if finished.code not in codes:
             raise _exit_error(argv[0], data)
         return data
-    files = _junit_files(cwd, str(pattern), began)
+    # the files the program wrote: new ones, and old ones it rewrote
+    after = _junit_files(cwd, str(pattern))
+    files = [path for path, stamp in after.items() if before.get(path) != stamp]
     if not files:
         if finished.code not in codes:
             raise _exit_error(argv[0], data)
@@ -172,16 +170,17 @@ async def run_command(ctx: StepContext) -> dict[str, Any]:
     return {**data, **results, "junit_files": [os.path.relpath(f, cwd) for f in files]}
 
 
-def _junit_files(cwd: str, pattern: str, since: float) -> list[str]:
-    found = glob.glob(os.path.join(cwd, os.path.expanduser(pattern)), recursive=True)
-    fresh = []
-    for path in sorted(found):
+def _junit_files(cwd: str, pattern: str) -> dict[str, tuple[int, int]]:
+    """The files matching ``pattern``, each with its modification time and size."""
+    found: dict[str, tuple[int, int]] = {}
+    for path in sorted(glob.glob(os.path.join(cwd, os.path.expanduser(pattern)), recursive=True)):
         try:
-            if os.path.isfile(path) and os.path.getmtime(path) >= since - MTIME_SLACK_SECONDS:
-                fresh.append(path)
+            stat = os.stat(path)
         except OSError:  # removed meanwhile
             continue
-    return fresh
+        if os.path.isfile(path):
+            found[path] = (stat.st_mtime_ns, stat.st_size)
+    return found
 
 
 def _results(files: list[str], cwd: str) -> dict[str, Any]:
