@@ -30,6 +30,13 @@ import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+# An older Python is refused in the words the built file uses (aegis/_pyz_main.py).
+MIN_PYTHON = (3, 10)
+if sys.version_info[:2] < MIN_PYTHON:
+    THIS = ".".join(str(part) for part in sys.version_info[:3])
+    sys.stderr.write(f"Aegis needs Python 3.10 or newer (this is {THIS})\n")
+    sys.exit(2)
+
 HERE = Path(__file__).resolve().parent
 ENTRY_POINT = "aegis.cli:main"
 SHEBANG = "/usr/bin/env python3"

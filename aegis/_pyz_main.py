@@ -33,6 +33,24 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+# Aegis runs on CPython 3.10 and newer. Say so before anything else can fail on an older
+# one (3.8 and 3.9 would otherwise unpack and then crash with a TypeError); the imports
+# above are the standard library's, the same on 3.8.
+MIN_PYTHON = (3, 10)
+
+
+def too_old(major: int, minor: int, micro: int) -> str | None:
+    """The refusal for a Python older than ``MIN_PYTHON``, else None."""
+    if (major, minor) >= MIN_PYTHON:
+        return None
+    return f"Aegis needs Python 3.10 or newer (this is {major}.{minor}.{micro})"
+
+
+REFUSAL = too_old(*sys.version_info[:3])
+if REFUSAL:  # pragma: no cover - only an older Python gets here
+    sys.stderr.write(REFUSAL + "\n")
+    sys.exit(2)
+
 if sys.platform != "win32":  # pragma: no branch
     import fcntl
 

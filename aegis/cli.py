@@ -99,6 +99,10 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
         _unknown_workflow(config, args.workflow)
     if args.junit:
         _check_writable(args.junit)
+    from aegis.config.environment import unset_key_warnings
+
+    for warning in unset_key_warnings(config, env.environ, args.workflow):
+        env.warn(warning)
     progress = None if args.quiet else env.err()
     run = run_workflow(
         config,
@@ -115,7 +119,13 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
 
         render_run(env.out(), run)
     code = run_exit_code(run)
-    return _ci_outputs(args, env, run, code)
+    if args.no_history:
+        where = f"run {run.run_id} was not recorded: --no-history"
+    elif config.history.path == ":memory:":
+        where = f"run {run.run_id} was not recorded: history.path is :memory:"
+    else:
+        where = f"run {run.run_id} is in the history"
+    return _ci_outputs(args, env, run, code, where)
 
 
 def _check_writable(path: str) -> None:
@@ -134,8 +144,11 @@ def _check_writable(path: str) -> None:
         raise _usage(f"--junit: cannot write '{path}': {exc.strerror or exc}") from None
 
 
-def _ci_outputs(args: argparse.Namespace, env: _Env, run: Run, code: int) -> int:
-    """The JUnit file and GitHub Actions output of a finished run; returns the exit code."""
+def _ci_outputs(args: argparse.Namespace, env: _Env, run: Run, code: int, where: str) -> int:
+    """The JUnit file and GitHub Actions output of a finished run; returns the exit code.
+
+    ``where`` says where the run can still be found, should the JUnit file fail.
+    """
     if env.environ.get("GITHUB_ACTIONS") == "true":
         from aegis.ci.github import annotation_lines
 
@@ -160,7 +173,7 @@ def _ci_outputs(args: argparse.Namespace, env: _Env, run: Run, code: int) -> int
         except OSError as exc:
             print(
                 f"aegis: error: cannot write the JUnit report '{args.junit}': "
-                f"{exc.strerror or exc} (run {run.run_id} is recorded)",
+                f"{exc.strerror or exc} ({where})",
                 file=env.stderr,
             )
             return code or EXIT["usage"]
@@ -192,12 +205,9 @@ def cmd_status(args: argparse.Namespace, env: _Env) -> int:
             env.stdout,
         )
     else:
-        out = env.out()
-        for health in results:
-            detail = f"{health.latency_ms:.1f} ms" if health.up else health.error
-            out.line(f"{out.status(health.status):<6} {health.key:<16} {health.url}  {detail}")
-        if not results:
-            out.line("No services configured.")
+        from aegis.console import render_services
+
+        render_services(env.out(), results)
     return 0 if all(h.up for h in results) else 1
 
 
@@ -227,6 +237,10 @@ def cmd_config_validate(args: argparse.Namespace, env: _Env) -> int:
         count = len(exc.problems)
         print(f"invalid: {count} problem{'s' if count != 1 else ''}", file=env.stderr)
         return 1
+    from aegis.config.environment import unset_key_warnings
+
+    for warning in unset_key_warnings(config, env.environ):
+        env.warn(warning)
     print(
         f"{found}: valid ({len(config.services)} services, {len(config.workflows)} workflows)",
         file=env.stdout,
@@ -250,11 +264,19 @@ def cmd_history(args: argparse.Namespace, env: _Env) -> int:
     workflow = words[0] if words else None
     if workflow is not None and workflow not in config.workflows:
         _unknown_workflow(config, workflow)
-    store = open_history(config.history, warn=env.warn, reading=True)
-    try:
-        runs = store.list(workflow=workflow, limit=args.limit)
-    finally:
-        store.close()
+    missing = _no_history_file(config)
+    runs: list[Run] = []
+    if missing:  # reading never creates a file, and a mistyped path should not look empty
+        if not args.json:
+            print(f"No runs recorded: {missing}.", file=env.stdout)
+            return 0
+        env.warn(missing)
+    else:
+        store = open_history(config.history, warn=env.warn, reading=True)
+        try:
+            runs = store.list(workflow=workflow, limit=args.limit)
+        finally:
+            store.close()
     if args.json:
         _dump_json({"runs": [r.to_dict(summary=True) for r in runs]}, env.stdout)
     else:
@@ -264,11 +286,24 @@ def cmd_history(args: argparse.Namespace, env: _Env) -> int:
     return 0
 
 
+def _no_history_file(config: Config) -> str | None:
+    """Why there is no history to read (its file does not exist), else ``None``."""
+    from aegis.history import MEMORY_PATH
+
+    path = config.history.path
+    if path == MEMORY_PATH or os.path.lexists(path):
+        return None
+    return f"there is no history file at {path} (history.path; nothing was recorded there)"
+
+
 def _history_show(args: argparse.Namespace, env: _Env, run_id: str) -> int:
     from aegis.errors import NotFound
     from aegis.history import open_history
 
     config = _load(args, env)
+    missing = _no_history_file(config)
+    if missing:
+        raise NotFound(f"no run '{run_id}': {missing}")
     store = open_history(config.history, warn=env.warn, reading=True)
     try:
         run = store.get(run_id)
@@ -306,7 +341,27 @@ def _check_port(port: int | None) -> None:
         raise _usage(f"--port must be from 0 to 65535 (0: any free port), not {port}")
 
 
+# The demo's closing hint, in commands as someone holding only the built file types them.
+DEMO_NEXT = (
+    "Next: `python3 aegis.pyz demo --services` keeps those services up (qaagent on :8080,",
+    "bugalizer on :8090) until Ctrl-C. Point an aegis.yaml at them (aegis.example.yaml in",
+    "the Aegis repository shows every key) and run `python3 aegis.pyz run WORKFLOW`.",
+)
+
+
 def cmd_demo(args: argparse.Namespace, env: _Env) -> int:
+    if args.services:
+        if args.serve or args.json or args.port is not None:
+            raise _usage("demo --services takes only --host")
+        from aegis import demo
+
+        return demo.serve_services(
+            args.host or demo.DEFAULT_HOST,
+            demo.DEFAULT_QAAGENT_PORT,
+            demo.DEFAULT_BUGALIZER_PORT,
+            stdout=env.stdout,
+            stderr=env.stderr,
+        )
     if args.serve:
         from aegis.api.app import serve_demo
 
@@ -327,7 +382,8 @@ def cmd_demo(args: argparse.Namespace, env: _Env) -> int:
             out.line()
         then = ", then a real pytest suite run by a `command` step" if len(runs) > 1 else ""
         out.line(f"That was the demo pipeline against Aegis's built-in reference services{then}.")
-        out.line("Next: write an aegis.yaml (see aegis.example.yaml) and `aegis run <workflow>`.")
+        for line in DEMO_NEXT:
+            out.line(line)
     # the demo succeeded when its pipelines ran end to end; the verdict is part of the show
     failed = [run for run in runs if run.status.value != "succeeded"]
     return run_exit_code(failed[0]) if failed else 0
@@ -410,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--serve",
         action="store_true",
         help="then keep serving the API and the landing page with a first run started",
+    )
+    demo.add_argument(
+        "--services",
+        action="store_true",
+        help="only start the reference services (qaagent on :8080, bugalizer on :8090, "
+        "as aegis.example.yaml expects) until Ctrl-C; --host picks the address",
     )
     _add_listen_options(demo, "with --serve: ")
     demo.set_defaults(handler=cmd_demo)

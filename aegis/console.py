@@ -8,13 +8,24 @@ plain ASCII apart from names and messages that come from the config or the servi
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from aegis.events import Event
 from aegis.records import Run, StepResult
 from aegis.text import printable
 
-__all__ = ["Console", "ProgressPrinter", "printable", "render_run", "render_runs", "step_detail"]
+if TYPE_CHECKING:
+    from aegis.services import Health
+
+__all__ = [
+    "Console",
+    "ProgressPrinter",
+    "printable",
+    "render_run",
+    "render_runs",
+    "render_services",
+    "step_detail",
+]
 
 _CODES = {"red": "31", "green": "32", "yellow": "33", "dim": "2", "bold": "1"}
 _STATUS_COLOURS = {
@@ -25,6 +36,7 @@ _STATUS_COLOURS = {
     "timed_out": "red",
     "down": "red",
     "cancelled": "yellow",
+    "degraded": "yellow",
     "interrupted": "yellow",
     "skipped": "dim",
     "running": "bold",
@@ -85,6 +97,9 @@ def step_detail(data: Mapping[str, Any]) -> str:
         parts.append(f"{len(data['still_failing'])} still failing")
     if isinstance(data.get("submitted"), int):
         parts.append(f"{data['submitted']} bug reports filed")
+    for key, words in (("reused", "reused"), ("bug_updates", "bug reports moved on")):
+        if isinstance(data.get(key), list) and data[key]:
+            parts.append(f"{len(data[key])} {words}")
     return ", ".join(parts)
 
 
@@ -164,24 +179,47 @@ def render_run(console: Console, run: Run) -> None:
     )
     console.line(f"  started {run.started_at}")
     _table(console, ["STEP", "STATUS", "TIME", "ATTEMPTS", "DETAIL"], map(_step_row, run.steps))
-    failing = _failing_tests(run.steps)
+    failing = _failing_tests(run)
     if failing:
         console.line("Failing tests:")
         for test, message in failing:
             console.line(f"  - {printable(test)}: {printable(message)}")
 
 
-def _failing_tests(steps: Sequence[StepResult]) -> list[tuple[str, str]]:
-    """Tests failing at the end: the last step reporting tests decides which."""
-    for step in reversed(steps):
-        failures = step.data.get("failures") if not step.skipped else None
-        if isinstance(failures, list) and "failed" in step.data:
-            return [
-                (str(f.get("test", "?")), str(f.get("message", "")))
-                for f in failures
-                if isinstance(f, dict)
-            ]
-    return []
+def _failing_tests(run: Run) -> list[tuple[str, str]]:
+    """Tests still failing at the end: reported by some step and not since verified."""
+    from aegis.ci.outcomes import test_outcomes
+
+    return [(o.test_id, o.message) for o in test_outcomes(run) if o.failing]
+
+
+def render_services(console: Console, results: Sequence[Health]) -> None:
+    """A table of service health results (``services.Health``), columns aligned."""
+    if not results:
+        console.line("No services configured.")
+        return
+    rows = [
+        [
+            h.status,
+            printable(h.key),
+            printable(h.url),
+            _health_detail(h),
+        ]
+        for h in results
+    ]
+    _table(console, ["STATUS", "SERVICE", "URL", "DETAIL"], rows)
+
+
+def _health_detail(health: Health) -> str:
+    """Latency or why it failed, and the service's own status word when it gave one."""
+    if health.status == "down":
+        detail = health.error or ""
+    elif health.status == "degraded":
+        detail = f"{health.latency_ms:.1f} ms, not ready: {health.error}"
+    else:
+        detail = f"{health.latency_ms:.1f} ms"
+    word = health.service_status
+    return printable(f"{detail} (says {word!r})" if word else detail)
 
 
 def render_runs(console: Console, runs: Sequence[Run]) -> None:

@@ -5,7 +5,7 @@ first test call answer 503 once (so a retry shows), runs a pipeline with a paral
 group, bug filing and a verify through the real config loader and engine, and keeps
 its history in a temporary directory that is removed afterwards: nothing is written
 anywhere else. Then, when the Python running Aegis has pytest, it runs the sample suite
-of ``aegis.demo_suite`` (copied into that directory) through a ``command`` step, files
+of ``aegis.demo.suite`` (copied into that directory) through a ``command`` step, files
 its failures and re-runs only those with ``verify``.
 """
 
@@ -128,7 +128,7 @@ def demo_setup() -> Iterator[DemoSetup]:
     shows) and load the demo config against them; everything stops and is removed after."""
     from aegis.config import parse_config
     from aegis.demo import DemoServices, Fault
-    from aegis.demo_suite import install
+    from aegis.demo.suite import install
     from aegis.steps.registry import default_step_types
 
     step_types = default_step_types()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "ERROR_KINDS",
@@ -80,6 +81,8 @@ class StepError(AegisError):
     ``kind`` is one of ``ERROR_KINDS``; ``status_code`` is set for ``http`` failures;
     ``retry_after`` (seconds) is set when the service asked for a pause (429/503 with a
     ``Retry-After`` header) and replaces the engine's own backoff for the next wait.
+    ``data`` is what the failed attempt did before it failed (reports it filed, say); the
+    engine records it as the step's data when this is the step's last attempt.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class StepError(AegisError):
         *,
         status_code: int | None = None,
         retry_after: float | None = None,
+        data: dict[str, Any] | None = None,
     ) -> None:
         if kind not in ERROR_KINDS:
             raise ValueError(f"unknown error kind {kind!r}")
@@ -97,3 +101,4 @@ class StepError(AegisError):
         self.message = message
         self.status_code = status_code
         self.retry_after = retry_after
+        self.data = data

@@ -109,14 +109,20 @@ class EventLog:
     def list(
         self, *, limit: int = 100, type: str | None = None, after: int | None = None
     ) -> EventList:
-        """Up to ``limit`` events, oldest first, newer than ``after`` and of ``type``."""
+        """Up to ``limit`` events of ``type``, oldest first.
+
+        With ``after`` (an event id) they are the first ``limit`` newer than it, so a client
+        pages forward without a gap; without it, the newest ``limit``.
+        """
         with self._changed:
             events = [
                 e
                 for e in self._events
                 if (after is None or e.id > after) and (type is None or e.type == type)
             ]
-        return events[-limit:] if limit > 0 else []
+        if limit <= 0:
+            return []
+        return events[:limit] if after is not None else events[-limit:]
 
     def wait_after(self, after: int, timeout: float) -> EventList:
         """Events newer than ``after``, waiting up to ``timeout`` seconds for the first."""

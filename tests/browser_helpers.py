@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from html.parser import HTMLParser
@@ -44,6 +44,8 @@ from aegis.config.load import load_config
 ROOT = Path(__file__).resolve().parent.parent
 LANDING = ROOT / "aegis" / "landing"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
+# The committed screenshots change only on purpose, when this is "1" (README names it).
+UPDATE_SCREENSHOTS = "AEGIS_UPDATE_SCREENSHOTS"
 COMMAND_TIMEOUT = 30.0  # one DevTools command
 WAIT_TIMEOUT = 20.0  # a condition on the page
 MAX_SCREENSHOT_HEIGHT = 6000
@@ -65,6 +67,15 @@ def _high(fd: int) -> int:
     moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
     os.close(fd)
     return moved
+
+
+def screenshot_dir(tmp_path: Path, environ: Mapping[str, str]) -> Path:
+    """Where the screenshot tests write: ``docs/screenshots`` only when
+    ``AEGIS_UPDATE_SCREENSHOTS=1`` asks for it, else under ``tmp_path``, so that running
+    the tests never rewrites tracked files."""
+    if environ.get(UPDATE_SCREENSHOTS) == "1":
+        return SCREENSHOTS
+    return tmp_path / "screenshots"
 
 
 class BrowserError(AssertionError):

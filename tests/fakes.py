@@ -38,6 +38,28 @@ class FakeClock(Clock):
         return self._randoms.pop(0) if self._randoms else 0.5
 
 
+class ManualClock(FakeClock):
+    """Time that moves only when the test advances it; a sleeper wakes once its time is due."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        woken = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.t + seconds, woken))
+        await woken
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+        for due, woken in list(self._sleepers):
+            if due <= self.t:
+                self._sleepers.remove((due, woken))
+                if not woken.done():
+                    woken.set_result(None)
+
+
 def step_type(
     name: str,
     execute: Callable[[StepContext], Awaitable[dict[str, Any]]],

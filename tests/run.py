@@ -106,6 +106,37 @@ def check_file_coverage(report: Path) -> None:
         sys.exit(f"FAILED: coverage below its bar in {', '.join(failed)}")
 
 
+def tree_status() -> set[str] | None:
+    """``git status --porcelain`` lines of the checkout, or None outside one."""
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        return None
+    found = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return set(found.splitlines())
+
+
+def check_tree_untouched(before: set[str] | None) -> None:
+    """Tests write only to temporary or ignored paths: the tree is as it was before them.
+
+    docs/RELIABILITY.md, which the reliability tests rewrite, is checked on its own.
+    """
+    after = tree_status()
+    if before is None or after is None:
+        return
+    touched = sorted(line for line in after - before if not line.endswith("docs/RELIABILITY.md"))
+    if touched:
+        sys.exit(
+            "FAILED: the tests changed files of the checkout (they must write only to tmp or"
+            " ignored paths):\n  " + "\n  ".join(touched)
+        )
+    print("the checkout is as the tests found it")
+
+
 def check_reliability_report() -> None:
     """docs/RELIABILITY.md is written by the reliability tests; it must match the commit."""
     if not (ROOT / ".git").exists() or shutil.which("git") is None:
@@ -132,6 +163,7 @@ def main(pytest_args: list[str]) -> None:
     step("ruff", PYTHON, "-m", "ruff", "check", "aegis", "tests", "build.py")
     step("mypy", PYTHON, "-m", "mypy", "aegis")
     report = ROOT / "coverage.json"
+    before = tree_status()
     step(
         "pytest",
         PYTHON,
@@ -147,6 +179,7 @@ def main(pytest_args: list[str]) -> None:
         *pytest_args,
     )
     check_file_coverage(report)
+    check_tree_untouched(before)
     check_reliability_report()
     print("\nall checks passed")
 

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -217,12 +217,43 @@ async def test_a_huge_health_answer_is_not_read(demo: DemoServices) -> None:
         assert peak < 5 << 20, f"{peak / 2**20:.1f} MiB"
 
 
+@pytest.mark.parametrize(
+    ("fault", "word"),
+    [
+        (None, "ok"),
+        (Fault(status=200, payload={"status": "degraded"}), "degraded"),
+        (Fault(status=200, payload={"status": "x" * 41}), None),
+        (Fault(status=200, payload={"status": "bad\x1b[2J"}), None),
+        (Fault(status=200, payload=["ok"]), None),
+        (Fault(status=200, body="not json"), None),
+        (Fault(status=200, payload={"status": "ok", "pad": "x" * 5000}), None),
+        (Fault(status=200, payload={"status": "ok"}, gzip=True), None),
+    ],
+)
+async def test_the_services_own_status_word(
+    demo: DemoServices, fault: Fault | None, word: str | None
+) -> None:
+    if fault is not None:
+        demo.qaagent.inject("/health", fault)
+    spec = ServiceSpec(key="qaagent", name="QA", url=demo.qaagent_url)
+    cache = HealthCache({"qaagent": spec}, environ={})
+    try:
+        health = await cache.one("qaagent")
+    finally:
+        await cache.close()
+    assert (health.status, health.service_status) == ("up", word)
+
+
 # ------------------------------------------------------- order and the client
 
 
 @dataclass
 class Answer:
     status_code: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        yield b'{"status": "fine"}'
 
 
 class HeldClient:

@@ -235,7 +235,13 @@ def test_services_with_cached_health(client: Client) -> None:
     assert qaagent["health"]["status"] == "up" and qaagent["health"]["latency_ms"] > 0
     assert bugalizer["health"]["status"] == "up"
     assert ghost["health"]["status"] == "down" and ghost["health"]["error"]
-    assert set(ghost["health"]) == {"status", "latency_ms", "error", "checked_at"}
+    assert set(ghost["health"]) == {
+        "status",
+        "latency_ms",
+        "error",
+        "checked_at",
+        "service_status",
+    }
     again = client.get("/api/services").data["services"]
     assert again[0]["health"]["checked_at"] == qaagent["health"]["checked_at"]  # cached
 
@@ -298,6 +304,7 @@ def test_a_run_through_the_api(client: Client, tmp_path: Path) -> None:
     assert client.get("/api/workflows/pipeline/history").data["total"] == 0
     assert client.get("/api/workflows/nope/history").status == 404
     assert client.get(f"/api/runs/{run_id[:6]}").data["run_id"] == run_id  # a prefix will do
+    assert client.get(f"/api/runs/{run_id[:2].upper()}").data["run_id"] == run_id  # any case
     with open_history(make_history_spec(tmp_path), warn=print) as store:  # the CLI's view
         assert store.get(run_id) is not None and store.get(run_id).trigger == "api"  # type: ignore[union-attr]
 
@@ -457,7 +464,10 @@ def test_events_after_a_run(client: Client) -> None:
     assert ids == sorted(ids)
     done = client.get("/api/events?type=workflow.completed").data["events"]
     assert [e["data"]["status"] for e in done] == ["succeeded"]
-    assert client.get(f"/api/events?after={ids[1]}&limit=1").data["events"][0]["id"] == ids[-1]
+    page = client.get(f"/api/events?after={ids[0]}&limit=2").data["events"]
+    assert [e["id"] for e in page] == ids[1:3]  # forward from the id, not the newest
+    newest = client.get("/api/events?limit=2").data["events"]
+    assert [e["id"] for e in newest] == ids[-2:]
 
 
 def read_sse(

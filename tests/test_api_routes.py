@@ -584,8 +584,8 @@ def test_events_filtered_by_type_after_and_limit(ctx: ApiContext) -> None:
         bus.emit("step.started", f"r{index}", "smoke", step="discover")
         bus.emit("step.completed", f"r{index}", "smoke", step="discover")
     events = body(call(ctx, "GET", "/api/events?type=step.completed&limit=2&after=3"))["events"]
-    assert [e["id"] for e in events] == [6, 8]
-    assert events[0]["run_id"] == "r2" and events[0]["data"] == {"step": "discover"}
+    assert [e["id"] for e in events] == [4, 6]  # forward from after=3, not the newest
+    assert events[0]["run_id"] == "r1" and events[0]["data"] == {"step": "discover"}
     with pytest.raises(HttpError, match=r"must be one of workflow\.started"):
         call(ctx, "GET", "/api/events?type=nope")
 

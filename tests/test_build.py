@@ -256,6 +256,29 @@ def test_version_runs_on_each_python(pyz: Path, tmp_path: Path, python: str) -> 
     assert unpackings(root) == [f"aegis.pyz_{build_id(pyz)}"]
 
 
+@pytest.mark.parametrize("python", ["3.8", "3.9"])
+def test_an_older_python_is_told_what_is_needed_before_anything_else(
+    pyz: Path, tmp_path: Path, python: str
+) -> None:
+    interpreter = require_python(python)
+    micro = subprocess.run(
+        [interpreter, "-c", "import platform; print(platform.python_version())"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.strip()  # fmt: skip
+    refusal = f"Aegis needs Python 3.10 or newer (this is {micro})\n"
+    root = tmp_path / "root"
+    for args in (["--version"], ["config", "validate", "nowhere.yaml"], ["demo"]):
+        done = run_pyz(interpreter, pyz, args, base_environ(SHIV_ROOT=str(root)), cwd=tmp_path)
+        assert (done.returncode, done.stdout, done.stderr) == (2, "", refusal)
+    assert not root.exists()  # nothing was unpacked
+    built = subprocess.run(
+        [interpreter, str(BUILD_PY), "--out", str(tmp_path / "old.pyz")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (built.returncode, built.stdout, built.stderr) == (2, "", refusal)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_a_second_python_gets_its_own_bytecode_once(pyz: Path, tmp_path: Path) -> None:
     # 3.12 unpacks (shiv compiles for 3.12); 3.10 then runs the unpacked build. With
     # PYTHONDONTWRITEBYTECODE it compiled every module from source at every start.

@@ -135,3 +135,19 @@ def test_the_summary_lists_still_failing_tests_and_counts_the_rest() -> None:
     assert "| `t'0` | qaagent | " + "x" * 199 + "… |" in text
     assert "… and 5 more." in text
     assert text.count("| `t'") == 50
+
+
+def test_the_step_summary_shows_what_a_failed_step_did() -> None:
+    failed = StepResult(
+        "file bugs",
+        "submit_bugs",
+        "bugalizer",
+        StepStatus.FAILED,
+        data={"submitted": 2, "report_ids": ["a1", "b2"], "errors": ["t3: HTTP 503"]},
+        error="1 bug report not filed",
+        error_kind="http",
+    )
+    text = step_summary(run_of(failed))
+    assert "**Step `file bugs` failed after doing this:**" in text
+    assert '| `report_ids` | ["a1", "b2"] |' in text
+    assert '| `errors` | ["t3: HTTP 503"] |' in text

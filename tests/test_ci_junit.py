@@ -242,3 +242,22 @@ def test_the_host_name_falls_back_to_localhost(
     root = ET.fromstring(write_junit(run_of(step("s")), tmp_path / "a.xml").read_bytes())
     suite = root.find("testsuite")
     assert suite is not None and suite.get("hostname") == "localhost"
+
+
+def test_a_failed_step_shows_the_data_it_recorded_before_failing() -> None:
+    partial = {"submitted": 1, "report_ids": ["a1b2c3d4e5f60718"], "errors": ["t2: timed out"]}
+    failed = step(
+        "file bugs",
+        StepStatus.FAILED,
+        type="submit_bugs",
+        service="bugalizer",
+        error="1 bug report not filed",
+        error_kind="timeout",
+        data=partial,
+    )
+    root = check_schema(junit_xml(run_of(failed)))
+    element = cases(root)[("aegis.pipeline", "file bugs")].find("error")
+    assert element is not None
+    assert "data before the failure:" in (element.text or "")
+    assert '"a1b2c3d4e5f60718"' in (element.text or "")
+    assert "t2: timed out" in (element.text or "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -254,6 +255,35 @@ def test_validate_a_good_config(good: Path) -> None:
     assert "valid (2 services, 3 workflows)" in result.out
 
 
+KEYED = """
+services:
+  qaagent: {url: "%(qaagent)s", api_key_env: QA_KEY}
+  bugalizer: {url: "%(bugalizer)s", api_key_env: BUG_KEY}
+workflows:
+  bugs:
+    steps:
+      - {type: submit_bugs, service: bugalizer, with: {project_id: web-shop}}
+"""
+
+
+def test_validate_and_run_warn_of_an_unset_key_variable(tmp_path: Path, demo_services: Any) -> None:
+    urls = {"qaagent": demo_services.qaagent_url, "bugalizer": demo_services.bugalizer_url}
+    path = write(tmp_path, KEYED % urls)
+    validated = cli("config", "validate", str(path), env={"QA_KEY": "k"})
+    assert validated.code == 0 and "valid (2 services, 1 workflows)" in validated.out
+    assert validated.err == (
+        f"aegis: warning: {path}: services.bugalizer.api_key_env: BUG_KEY is not set, "
+        "so requests to bugalizer carry no X-API-Key\n"
+    )
+    assert (
+        "warning"
+        not in cli("config", "validate", str(path), env={"QA_KEY": "k", "BUG_KEY": "b"}).err
+    )
+    ran = cli("--config", str(path), "run", "bugs", "--quiet", "--no-history")
+    assert ran.code == 0
+    assert "BUG_KEY is not set" in ran.err and "QA_KEY" not in ran.err  # bugs uses bugalizer only
+
+
 def test_validate_finds_the_config_by_environment(good: Path) -> None:
     assert cli("config", "validate", env={"AEGIS_CONFIG": str(good)}).code == 0
 
@@ -287,6 +317,58 @@ def test_status_all_up_exits_0(good: Path) -> None:
     assert result.out.count("up") >= 2
 
 
+def test_status_shows_degraded_and_the_services_own_word(
+    tmp_path: Path, demo_services: Any
+) -> None:
+    url = demo_services.bugalizer_url
+    path = write(
+        tmp_path,
+        f"""
+        services:
+          bugalizer: {{url: "{url}", health_endpoint: /health/live, ready_endpoint: /health}}
+          broken: {{url: "{url}", ready_endpoint: /nowhere}}
+        workflows: {{}}
+    """,
+    )
+    demo_services.bugalizer.degraded = True
+    result = cli("--config", str(path), "status")
+    assert result.code == 0  # degraded services still answer
+    bugalizer = next(line for line in result.out.splitlines() if " bugalizer " in line)
+    broken = next(line for line in result.out.splitlines() if " broken " in line)
+    assert bugalizer.split()[0] == "up" and bugalizer.endswith(" ms (says 'degraded')")
+    assert broken.split()[0] == "degraded"
+    assert f"not ready: HTTP 404 from {url}/nowhere (says 'degraded')" in broken
+    health = {
+        s["key"]: s["health"]
+        for s in cli("--config", str(path), "status", "--json").json()["services"]
+    }
+    assert (health["bugalizer"]["status"], health["bugalizer"]["service_status"]) == (
+        "up",
+        "degraded",
+    )
+    assert health["broken"]["status"] == "degraded"
+
+
+def test_status_columns_line_up_whatever_the_urls(tmp_path: Path, demo_services: Any) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        services:
+          qaagent: {{url: "{demo_services.qaagent_url}"}}
+          a_much_longer_service_key: {{url: "{demo_services.bugalizer_url}/with/a/long/prefix"}}
+          down: {{url: "http://127.0.0.1:9"}}
+        workflows: {{}}
+    """,
+    )
+    result = cli("--config", str(path), "status", env={"FORCE_COLOR": "1"})
+    assert result.code == 1
+    plain = [re.sub(r"\033\[[0-9;]*m", "", line) for line in result.out.splitlines()]
+    assert plain[0].split() == ["STATUS", "SERVICE", "URL", "DETAIL"]
+    for column in ("SERVICE", "URL", "DETAIL"):
+        at = plain[0].index(column)
+        assert all(line[at - 2 : at] == "  " and line[at] != " " for line in plain[1:]), column
+
+
 def test_status_any_down_exits_1(tmp_path: Path, demo_services: Any) -> None:
     path = write(
         tmp_path,
@@ -318,6 +400,28 @@ def test_history_lists_by_workflow_and_limits(good: Path) -> None:
     assert table.code == 0 and "RUN" in table.out and "broken" in table.out
     shown = cli("--config", str(good), "history", "show", limited[0]["run_id"])
     assert shown.code == 0 and "HTTP 404" in shown.out
+    # a unique prefix of any length, in any case, will do
+    ids = [r["run_id"] for r in cli("--config", str(good), "history", "--json").json()["runs"]]
+    wanted = ids[0]
+    prefix = next(
+        wanted[:n] for n in range(1, 13) if not any(o.startswith(wanted[:n]) for o in ids[1:])
+    )
+    shown = cli("--config", str(good), "history", "show", prefix.upper(), "--json")
+    assert shown.code == 0 and shown.json()["run_id"] == wanted
+
+
+def test_history_show_lists_the_runs_an_ambiguous_prefix_matches(tmp_path: Path) -> None:
+    from aegis.history.sqlite import SqliteHistory
+    from aegis.records import Run, RunStatus
+
+    path = write(tmp_path, "history: {path: runs.db}\nworkflows: {}\n")
+    with SqliteHistory(str(tmp_path / "runs.db")) as store:
+        for run_id in ("ab01", "ab02", "cd03"):
+            store.finish(Run(run_id, "w", RunStatus.SUCCEEDED, "2026-01-01T00:00:00.000Z"))
+    result = cli("--config", str(path), "history", "show", "AB")
+    assert result.code == 2
+    assert "run id 'AB' is ambiguous: it matches ab01, ab02; give more characters" in result.err
+    assert cli("--config", str(path), "history", "show", "C").code == 0
 
 
 def test_history_errors(good: Path) -> None:
@@ -329,8 +433,24 @@ def test_history_errors(good: Path) -> None:
 
 
 def test_history_empty(good: Path) -> None:
+    (good.parent / "history.db").touch()  # a file, but no runs in it
     result = cli("--config", str(good), "history")
     assert result.code == 0 and "No runs recorded yet" in result.out
+
+
+def test_reading_history_never_creates_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "history: {path: histroy/typo.db}\nworkflows: {}\n")
+    missing = tmp_path / "histroy" / "typo.db"
+    expected = f"there is no history file at {missing} (history.path; nothing was recorded there)"
+
+    listed = cli("--config", str(path), "history")
+    assert (listed.code, listed.out) == (0, f"No runs recorded: {expected}.\n")
+    as_json = cli("--config", str(path), "history", "--json")
+    assert (as_json.code, as_json.json()) == (0, {"runs": []})
+    assert expected in as_json.err
+    shown = cli("--config", str(path), "history", "show", "abc")
+    assert shown.code == 2 and f"no run 'abc': {expected}" in shown.err
+    assert list(tmp_path.iterdir()) == [path]
 
 
 # ------------------------------------------------------------------------------ demo
@@ -348,6 +468,60 @@ def test_demo_runs_the_whole_story() -> None:
     assert "3 tests, 1 passed, 2 failed" in result.out
     assert "1 verified, 1 still failing" in result.out
     assert "then a real pytest suite run by a `command` step." in result.out
+
+
+def test_demo_ends_with_commands_a_pyz_user_can_type() -> None:
+    result = cli("demo")
+    hint = result.out.split("That was the demo pipeline")[1].split("\n", 1)[1]
+    assert "`python3 aegis.pyz demo --services`" in hint
+    assert "`python3 aegis.pyz run WORKFLOW`" in hint
+    assert "`aegis " not in hint
+
+
+def test_demo_services_serves_the_reference_services_until_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    import httpx
+
+    from aegis import demo
+
+    answers: list[int] = []
+    out = io.StringIO()
+
+    def while_serving(stop: threading.Event) -> None:
+        urls = [line.split()[1] for line in out.getvalue().splitlines()[:2]]
+        with httpx.Client(timeout=10) as client:
+            answers.extend(client.get(f"{url}/health").status_code for url in urls)
+        raise KeyboardInterrupt  # as Ctrl-C would
+
+    monkeypatch.setattr(demo, "DEFAULT_QAAGENT_PORT", 0)
+    monkeypatch.setattr(demo, "DEFAULT_BUGALIZER_PORT", 0)
+    monkeypatch.setattr(demo, "_wait", while_serving)
+    code = main(["demo", "--services"], stdout=out, stderr=io.StringIO(), environ={})
+    assert code == 0 and answers == [200, 200]
+    assert out.getvalue().splitlines()[0].startswith("qaagent    http://127.0.0.1:")
+    assert out.getvalue().splitlines()[-1] == "Press Ctrl-C to stop."
+
+
+def test_demo_services_takes_only_host() -> None:
+    for extra in (["--json"], ["--serve"], ["--port", "9"]):
+        result = cli("demo", "--services", *extra)
+        assert result.code == 2 and "demo --services takes only --host" in result.err
+
+
+def test_demo_services_on_a_busy_port_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from aegis import demo
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        monkeypatch.setattr(demo, "DEFAULT_QAAGENT_PORT", busy.getsockname()[1])
+        result = cli("demo", "--services")
+    assert result.code == 1 and "cannot start the demo services on 127.0.0.1" in result.err
 
 
 def test_demo_json() -> None:

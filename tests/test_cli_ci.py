@@ -30,7 +30,7 @@ workflows:
       - {type: report, condition: always}
   down:
     steps:
-      - {type: discover, service: qaagent, retries: 1, retry_delay: 0.01,
+      - {type: discover, service: qaagent, retries: 1, retry_delay: 0.01, retry_on: [http],
          with: {path: /nowhere}}
       - {type: report, condition: on_success}
 history:
@@ -108,7 +108,19 @@ def test_a_junit_write_failing_after_the_run_is_reported(
     monkeypatch.setattr("aegis.ci.junit.os.replace", full)
     code, _, err = aegis("--config", str(config), "run", "down", "--junit", str(tmp_path / "a.xml"))
     assert code == 3  # the run's own code wins
-    assert "cannot write the JUnit report" in err and "No space left" in err and "recorded" in err
+    assert "cannot write the JUnit report" in err and "No space left" in err
+    assert err.rstrip().endswith("is in the history)")
+    code, _, err = aegis(
+        "--config", str(config), "run", "down", "--no-history", "--junit", str(tmp_path / "a.xml")
+    )
+    assert code == 3 and err.rstrip().endswith("was not recorded: --no-history)")
+    assert "is in the history" not in err
+    in_memory = tmp_path / "memory.yaml"
+    in_memory.write_text(config.read_text().replace("path: history.db", 'path: ":memory:"'))
+    code, _, err = aegis(
+        "--config", str(in_memory), "run", "down", "--junit", str(tmp_path / "m.xml")
+    )
+    assert code == 3 and err.rstrip().endswith("was not recorded: history.path is :memory:)")
     code, _, err = aegis(
         "--config", str(config), "run", "pipeline", "--junit", str(tmp_path / "b.xml")
     )

@@ -116,6 +116,64 @@ def test_a_directory_is_not_a_config_file(tmp_path: Path) -> None:
     assert str(caught.value) == f"{tmp_path}: is a directory, not a config file"
 
 
+def test_a_fifo_or_a_socket_is_named_for_what_it_is(tmp_path: Path) -> None:
+    import socket
+
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as caught:
+        find_config(str(fifo), environ={})
+    assert str(caught.value) == f"{fifo}: is a FIFO (named pipe), not a config file"
+
+    sock = tmp_path / "s.yaml"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(sock))
+        with pytest.raises(ConfigError) as caught:
+            find_config(str(sock), environ={})
+    assert str(caught.value) == f"{sock}: is a socket, not a config file"
+
+    with pytest.raises(ConfigError) as caught:
+        find_config("/dev/null", environ={})
+    assert str(caught.value) == "/dev/null: is a device, not a config file"
+
+    under_a_file = write(tmp_path / "plain", "x") / "aegis.yaml"
+    with pytest.raises(ConfigError) as caught:
+        find_config(str(under_a_file), environ={})
+    assert str(caught.value).endswith("no such file (a part of the path is not a directory)")
+
+
+def test_a_file_in_a_directory_we_may_not_search_says_so() -> None:
+    """Run as an unprivileged user (root may search anything), on a copy of the package."""
+    import shutil
+    import tempfile
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None or not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs root and setpriv to run a check as another user")
+    with tempfile.TemporaryDirectory() as scratch:
+        base = Path(scratch)
+        base.chmod(0o755)
+        shutil.copytree(
+            Path(__file__).resolve().parent.parent / "aegis",
+            base / "aegis",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        locked = base / "locked"
+        locked.mkdir(mode=0o700)
+        write(locked / "aegis.yaml", MINIMAL)
+        done = subprocess.run(
+            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+             "env", f"PYTHONPATH={base}", "PYTHONDONTWRITEBYTECODE=1", "/usr/bin/python3",
+             "-m", "aegis", "--config", str(locked / "aegis.yaml"), "status"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"{locked / 'aegis.yaml'}: cannot be reached: permission denied on a directory"
+        " of the path\n"
+    )
+
+
 def test_the_environment_variable_comes_next(tmp_path: Path) -> None:
     named = write(tmp_path / "named.yaml", MINIMAL)
     write(tmp_path / "aegis.yaml", MINIMAL)
@@ -186,11 +244,11 @@ def test_a_relative_cwd_is_searched_upwards(
     assert find_config(environ={}, cwd=Path(".")) == found
 
 
-def test_a_name_the_system_refuses_is_no_such_file() -> None:
+def test_a_name_the_system_refuses_says_why() -> None:
     name = "x" * 5000  # ENAMETOOLONG: an OSError that pathlib does not swallow everywhere
     with pytest.raises(ConfigError) as caught:
         find_config(name, environ={})
-    assert str(caught.value).endswith(": no such file")
+    assert str(caught.value).endswith(": cannot be reached: file name too long")
 
 
 def test_an_unsearchable_directory_is_passed_over(tmp_path: Path) -> None:
@@ -453,6 +511,38 @@ def test_interpolation_in_strings(text: str, environ: dict[str, str], url: str |
             service_url(text, environ)
     else:
         assert service_url(text, environ) == url
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "url"),
+    [
+        ('"${A:-${B}}"', {"B": "http://b"}, "http://b"),
+        ('"${A:-${OTHER:-http://zz}}"', {}, "http://zz"),
+        ('"${A:-${B}}"', {"A": "http://a"}, "http://a"),  # B unset, but not needed
+        ('"${A:-http://${H:-h}:${P:-9}}/x"', {"P": "1"}, "http://h:1/x"),
+        ('"${A:-http://h/$${B}}"', {}, "http://h/${B}"),
+        ('"${A:-http://h}}"', {}, "http://h}"),
+    ],
+    ids=["nested", "nested-default", "outer-set", "several-nested", "dollar", "brace-after"],
+)
+def test_a_default_may_itself_interpolate(
+    text: str, environ: dict[str, str], url: str | None
+) -> None:
+    assert service_url(text, environ) == url
+
+
+def test_a_nested_whole_interpolation_is_still_read_as_a_scalar() -> None:
+    config = parse("server:\n  port: ${PORT:-${FALLBACK_PORT:-8123}}\n", {})
+    assert config.server.port == 8123
+
+
+def test_nested_interpolation_problems_name_the_key() -> None:
+    [(path, problem)] = problems_of("aegis: {name: '${A:-${B}}'}\n")
+    assert path == "aegis.name"
+    assert problem.startswith("environment variable 'B' is not set")
+    deep = "${A:-" * 10 + "x" + "}" * 10
+    [(path, problem)] = problems_of(f"aegis: {{name: '{deep}'}}\n")
+    assert path == "aegis.name" and "nests deeper than 8" in problem
 
 
 def test_an_empty_variable_without_default_is_empty() -> None:

@@ -84,7 +84,7 @@ def test_sections_keep_the_file_s_keys(config: Config) -> None:
         "webhooks",
         "event_log_size",
     ]
-    assert data["aegis"] == {"name": "QA Hub", "tagline": "Quality"}
+    assert data["aegis"] == {"name": "QA Hub", "tagline": "Quality", "public_url": ""}
     assert data["event_log_size"] == 50
     assert data["server"] == {
         "host": "127.0.0.1",
@@ -102,6 +102,7 @@ def test_services_and_workflows_carry_their_keys(config: Config, tmp_path: Path)
         "url": "http://localhost:8080",
         "description": "",
         "health_endpoint": "/health",
+        "ready_endpoint": None,
         "api_key_env": "QAAGENT_API_KEY",
         "features": ["Discovery"],
         "repo_url": "",

@@ -1030,3 +1030,20 @@ def test_long_values_are_shortened_in_messages() -> None:
     message = problems[0][1]
     assert message.endswith("...'")
     assert len(message) < 120
+
+
+def test_ready_endpoint_and_public_url() -> None:
+    config = parse(
+        'aegis: {public_url: "https://aegis.example"}\n'
+        + with_service('{url: "http://q", ready_endpoint: /health/ready}')
+    )
+    assert config.identity.public_url == "https://aegis.example"
+    assert config.services["qaagent"].ready_endpoint == "/health/ready"
+    assert parse(with_service('{url: "http://q"}')).services["qaagent"].ready_endpoint is None
+    problems = problems_of(
+        "aegis: {public_url: ftp://x}\n" + with_service('{url: "http://q", ready_endpoint: ready}')
+    )
+    assert sorted(path for path, _ in problems) == [
+        "aegis.public_url",
+        "services.qaagent.ready_endpoint",
+    ]

@@ -116,6 +116,9 @@ def test_step_detail_phrases() -> None:
         "exit 1, 3 tests, 1 passed, 2 failed"
     )
     assert step_detail({"status": 200, "polls": 3, "outputs": {}}) == "HTTP 200, 3 polls"
+    assert step_detail({"submitted": 0, "reused": ["r1", "r2"], "bug_updates": [{}]}) == (
+        "0 bug reports filed, 2 reused, 1 bug reports moved on"
+    )
 
 
 def test_progress_lines_for_each_event() -> None:

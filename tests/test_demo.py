@@ -67,7 +67,10 @@ def test_health(demo: DemoServices, client: httpx.Client, service: str) -> None:
     answer = client.get(url + "/health")
     assert answer.status_code == 200
     assert answer.json()["status"] == "ok"
-    assert answer.json()["service"] == service
+    if service == "qaagent":
+        assert answer.json()["service"] == service
+    else:  # the real bugalizer's readiness answer
+        assert answer.json()["checks"] == {"database": True, "ollama": True, "worker": None}
 
 
 def test_unknown_path_and_wrong_method(demo: DemoServices, client: httpx.Client) -> None:
@@ -209,14 +212,18 @@ def test_api_key_is_checked_except_on_health(client: httpx.Client) -> None:
 # --------------------------------------------------------------------------- bugalizer
 
 
-def test_files_and_lists_reports(demo: DemoServices, client: httpx.Client) -> None:
+def test_files_gets_and_lists_reports(demo: DemoServices, client: httpx.Client) -> None:
     url = demo.bugalizer_url + "/api/v1/reports"
     created = client.post(url, json=valid_report())
     assert created.status_code == 201
     report = created.json()
-    assert (report["id"], report["status"], report["severity"]) == ("BUG-0001", "new", "high")
+    assert re.fullmatch("[0-9a-f]{16}", report["id"])
+    assert (report["status"], report["severity"], report["labels"]) == (
+        "submitted",
+        "high",
+        ["aegis", "wf"],
+    )
     minimal = valid_report(
-        reporter=...,
         severity=...,
         steps_to_reproduce=...,
         expected_behavior=...,
@@ -226,13 +233,98 @@ def test_files_and_lists_reports(demo: DemoServices, client: httpx.Client) -> No
     second = client.post(url, json=minimal).json()
     assert (second["severity"], second["steps_to_reproduce"], second["labels"]) == (
         "medium",
-        [],
-        [],
+        None,
+        None,
     )
+    assert second["analysis_mode"] == "auto"
     listed = client.get(url).json()
     assert listed["total"] == 2
-    assert [r["id"] for r in listed["reports"]] == ["BUG-0001", "BUG-0002"]
-    assert demo.bugalizer.reports == listed["reports"]
+    assert [r["id"] for r in listed["reports"]] == [second["id"], report["id"]]  # newest first
+    assert client.get(url + "/" + report["id"]).json()["title"] == "[aegis] t failed"
+    missing = client.get(url + "/0123456789abcdef")
+    assert (missing.status_code, missing.json()) == (404, {"detail": "Bug report not found"})
+
+
+def test_the_list_filters_and_pages(client: httpx.Client) -> None:
+    with DemoServices(projects=["a", "b"]) as demo:
+        url = demo.bugalizer_url + "/api/v1/reports"
+        ids = [
+            client.post(url, json=valid_report(project_id=p, title=f"t{n}")).json()["id"]
+            for n, p in enumerate("abab")
+        ]
+        client.patch(f"{url}/{ids[2]}/status", json={"status": "triaged"})
+
+        def listed(**query: Any) -> tuple[list[str], int]:
+            answer = client.get(url, params=query).json()
+            return [r["id"] for r in answer["reports"]], answer["total"]
+
+        assert listed(project_id="a") == ([ids[2], ids[0]], 2)
+        assert listed(project_id="a", status="submitted") == ([ids[0]], 1)
+        assert listed(order="asc", limit=2, offset=1) == (ids[1:3], 4)
+        too_many = client.get(url, params={"limit": 501})
+        assert too_many.status_code == 422
+        assert too_many.json() == {
+            "detail": [
+                {
+                    "loc": ["query", "limit"],
+                    "msg": "Input should be less than or equal to 500",
+                    "type": "less_than_equal",
+                }
+            ]
+        }
+        assert client.get(url, params={"order": "up"}).status_code == 422
+        assert client.get(url, params={"offset": "x"}).status_code == 422
+        assert client.get(url, params={"offset": -1}).status_code == 422
+
+
+def test_status_moves_follow_the_state_machine(demo: DemoServices, client: httpx.Client) -> None:
+    url = demo.bugalizer_url + "/api/v1/reports"
+    report_id = client.post(url, json=valid_report()).json()["id"]
+    status = f"{url}/{report_id}/status"
+    skipped = client.patch(status, json={"status": "closed"})
+    assert (skipped.status_code, skipped.json()) == (
+        409,
+        {"detail": "Invalid transition: 'submitted' → 'closed'"},
+    )
+    assert client.patch(status, json={"status": "triaged"}).json() == {
+        "id": report_id,
+        "previous_status": "submitted",
+        "new_status": "triaged",
+        "resolution_reason": None,
+    }
+    closed = client.patch(status, json={"status": "closed", "resolution_reason": "fixed"})
+    assert closed.json()["new_status"] == "closed"
+    assert demo.bugalizer.reports[0]["resolution_reason"] == "fixed"
+    again = client.patch(status, json={"status": "triaged"})
+    assert (again.status_code, again.json()) == (
+        409,
+        {"detail": "Cannot transition from terminal status 'closed'"},
+    )
+    assert client.patch(status, json={"status": "gone"}).json()["detail"][0]["type"] == "enum"
+    assert client.patch(url + "/nope/status", json={"status": "triaged"}).status_code == 404
+
+
+def test_readiness_can_be_degraded_and_liveness_stays_ok(
+    demo: DemoServices, client: httpx.Client
+) -> None:
+    demo.bugalizer.degraded = True
+    ready = client.get(demo.bugalizer_url + "/health")
+    assert (ready.status_code, ready.json()["status"]) == (200, "degraded")
+    live = client.get(demo.bugalizer_url + "/health/live")
+    assert (live.status_code, live.json()["status"]) == (200, "ok")
+
+
+def test_a_processed_fault_stores_the_report_then_spoils_the_answer(
+    demo: DemoServices, client: httpx.Client
+) -> None:
+    url = demo.bugalizer_url + "/api/v1/reports"
+    demo.bugalizer.inject("/api/v1/reports", Fault(mode="drop", processed=True, method="POST"))
+    assert client.get(url).json()["total"] == 0  # a GET is not the fault's method
+    with pytest.raises(httpx.RemoteProtocolError):
+        client.post(url, json=valid_report())
+    demo.bugalizer.inject("/api/v1/reports", Fault(status=503, processed=True))
+    assert client.post(url, json=valid_report()).status_code == 503
+    assert len(demo.bugalizer.reports) == 2
 
 
 def test_unknown_project_is_404(demo: DemoServices, client: httpx.Client) -> None:
@@ -245,10 +337,15 @@ def test_bad_body_is_422_with_a_detail_list(demo: DemoServices, client: httpx.Cl
     answer = client.post(demo.bugalizer_url + "/api/v1/reports", json={"title": "t"})
     assert answer.status_code == 422
     assert answer.json()["detail"][0] == {
-        "loc": ["body", "project_id"],
+        "loc": ["body", "description"],
         "msg": "Field required",
         "type": "missing",
     }
+    assert [p["loc"][1] for p in answer.json()["detail"]] == [
+        "description",
+        "reporter",
+        "project_id",
+    ]
 
 
 def test_bad_json_is_422(demo: DemoServices, client: httpx.Client) -> None:
@@ -268,6 +365,13 @@ def test_bad_json_is_422(demo: DemoServices, client: httpx.Client) -> None:
         ({"severity": "urgent"}, ["body", "severity"], "enum"),
         ({"steps_to_reproduce": "run it"}, ["body", "steps_to_reproduce"], "list_type"),
         ({"labels": ["a", 2]}, ["body", "labels", 1], "string_type"),
+        ({"reporter": ...}, ["body", "reporter"], "missing"),
+        ({"reporter": "r" * 201}, ["body", "reporter"], "string_too_long"),
+        ({"project_id": "p" * 101}, ["body", "project_id"], "string_too_long"),
+        ({"description": "d" * 50_001}, ["body", "description"], "string_too_long"),
+        ({"description": ""}, ["body", "description"], "string_too_short"),
+        ({"analysis_mode": "cloud"}, ["body", "analysis_mode"], "enum"),
+        ({"environment": 3}, ["body", "environment"], "string_type"),
     ],
 )
 def test_validate_report(changes: dict[str, Any], loc: list[Any], kind: str) -> None:
@@ -643,6 +747,10 @@ def test_main_in_another_thread(capsys: pytest.CaptureFixture[str]) -> None:
          "/api/routes", Fault(200, payload={"routes": "x"})),
         ("qaagent:/api/routes=body={oops", "qaagent", "/api/routes", Fault(body="{oops")),
         ("qaagent:/x=", "qaagent", "/x", Fault()),
+        ('qaagent:/api/runs={"times": "none", "status": "502", "gzip": "true"}', "qaagent",
+         "/api/runs", Fault(502, times=None, gzip=True)),
+        ('qaagent:/x={"status": 200, "payload": "none", "body": null}', "qaagent", "/x",
+         Fault(200, payload="none")),
     ],
 )  # fmt: skip
 def test_parse_fault(text: str, service: str, path: str, fault: Fault) -> None:

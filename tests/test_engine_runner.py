@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from fakes import FakeClock, config, step, step_type
+from fakes import FakeClock, ManualClock, config, step, step_type
 
 from aegis.engine.retry import RETRY_AFTER_CAP
 from aegis.engine.runner import Engine, batches
@@ -144,6 +144,15 @@ async def test_a_configured_max_retry_delay_may_allow_longer_retry_after() -> No
         (("timeout",), StepError("protocol", "bad json"), 1),
         (("4xx",), StepError("connection", "refused"), 1),
         (None, StepError("protocol", "bad json"), 2),
+        # by default a 4xx is final, but for those that may pass when sent again
+        (None, http_error(401), 1),
+        (None, http_error(404), 1),
+        (None, http_error(422), 1),
+        (None, http_error(408), 2),
+        (None, http_error(425), 2),
+        (None, http_error(429), 2),
+        (None, http_error(503), 2),
+        (("4xx",), http_error(401), 2),
     ],
 )
 async def test_retry_on_retries_only_matching_failures(
@@ -152,6 +161,31 @@ async def test_retry_on_retries_only_matching_failures(
     cfg = config(step("flaky", retries=1, retry_on=retry_on))
     run = await engine(cfg, [step_type("flaky", flaky([error]))]).run("wf")
     assert len(run.steps[0].attempts) == attempts
+
+
+async def test_a_failed_step_records_the_data_its_last_attempt_carried() -> None:
+    errors = [
+        StepError("connection", "reset", data={"done": ["a"]}),
+        StepError("connection", "reset", data={"done": ["a", "b"]}),
+    ]
+    cfg = config(step("flaky", retries=1), step("after", condition="on_failure"))
+    types = [step_type("flaky", flaky(errors)), step_type("after", ok)]
+    run = await engine(cfg, types).run("wf")
+    failed = run.steps[0]
+    assert failed.status is StepStatus.FAILED and failed.data == {"done": ["a", "b"]}
+    assert run.to_dict()["steps"][0]["data"] == {"done": ["a", "b"]}
+
+
+async def test_an_attempt_cut_by_its_timeout_records_the_steps_progress() -> None:
+    async def slow_after_one(ctx: StepContext) -> dict[str, Any]:
+        ctx.progress["filed"] = ["r1"]
+        await asyncio.sleep(60)
+        return {}
+
+    cfg = config(step("slow", timeout=0.2))
+    run = await Engine(cfg, {"slow": step_type("slow", slow_after_one)}).run("wf")
+    result = run.steps[0]
+    assert (result.error_kind, result.data) == ("timeout", {"filed": ["r1"]})
 
 
 async def test_slow_step_times_out_with_kind_timeout() -> None:
@@ -302,17 +336,6 @@ async def test_failing_tests_fail_the_verdict_not_the_run() -> None:
     assert run.verdict is Verdict.FAILED
 
 
-async def test_verdict_follows_the_last_step_reporting_counts() -> None:
-    cfg = config(step("a"), step("b"), step("c"))
-    types = [
-        step_type("a", reports_failures),
-        step_type("b", reports_all_passing),
-        step_type("c", ok),
-    ]
-    run = await engine(cfg, types).run("wf")
-    assert run.verdict is Verdict.PASSED
-
-
 async def test_workflow_timeout_cancels_running_and_skips_the_rest() -> None:
     cfg = config(step("fast"), step("slow"), step("never"), timeout=0.3)
     history = MemoryHistory()
@@ -328,6 +351,89 @@ async def test_workflow_timeout_cancels_running_and_skips_the_rest() -> None:
     assert never.skipped and never.skip_reason == "workflow timeout after 0.3s"
     stored = history.get(run.run_id)
     assert stored is not None and stored.status is RunStatus.TIMED_OUT
+
+
+def stubborn(entered: asyncio.Event, cleaning: asyncio.Event, gate: asyncio.Event):  # type: ignore[no-untyped-def]
+    """A step that waits forever and, once cancelled, takes until ``gate`` to clean up."""
+
+    async def execute(ctx: StepContext) -> dict[str, Any]:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleaning.set()
+            await gate.wait()
+            raise
+        return {}
+
+    return execute
+
+
+async def bounded(event: asyncio.Event) -> None:
+    await asyncio.wait_for(event.wait(), 10)
+
+
+async def test_a_cancel_before_the_workflow_timeout_is_recorded_cancelled() -> None:
+    clock, history = ManualClock(), MemoryHistory()
+    entered, cleaning, gate = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    cfg = config(step("s"), step("after"), timeout=5)
+    types = [step_type("s", stubborn(entered, cleaning, gate)), step_type("after", ok)]
+    task = asyncio.ensure_future(engine(cfg, types, clock, history).run("wf", run_id="r1"))
+    await bounded(entered)
+    task.cancel()
+    await bounded(cleaning)
+    clock.advance(10)  # the timeout passes while the step is still cleaning up
+    await asyncio.sleep(0)
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    run = history.get("r1")
+    assert run is not None and run.status is RunStatus.CANCELLED
+    assert run.steps[0].error == "run cancelled"
+    assert run.steps[1].skip_reason == "run cancelled"
+
+
+async def test_a_cancel_after_the_workflow_timeout_is_recorded_timed_out() -> None:
+    clock, history, bus = ManualClock(), MemoryHistory(), EventBus()
+    events: list[Event] = []
+    bus.subscribe(events.append)
+    entered, cleaning, gate = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    cfg = config(step("s"), step("after"), timeout=5)
+    types = [step_type("s", stubborn(entered, cleaning, gate)), step_type("after", ok)]
+    task = asyncio.ensure_future(engine(cfg, types, clock, history, bus).run("wf", run_id="r2"))
+    await bounded(entered)
+    clock.advance(5)  # the timeout fires first ...
+    await bounded(cleaning)
+    task.cancel()  # ... then a cancel arrives while the step cleans up
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):  # the caller's cancel is not swallowed
+        await task
+    run = history.get("r2")
+    assert run is not None and run.status is RunStatus.TIMED_OUT
+    assert run.steps[0].error == "workflow timeout after 5s"
+    assert run.steps[1].skip_reason == "workflow timeout after 5s"
+    assert events[-1].data["reason"] == "workflow timeout after 5s"
+
+
+async def sleeping(clock: ManualClock) -> None:
+    while not clock.sleeps:
+        await asyncio.sleep(0)
+
+
+async def test_a_timeout_due_after_the_last_step_ended_changes_nothing() -> None:
+    clock, bus = ManualClock(), EventBus()
+    events: list[Event] = []
+    bus.subscribe(events.append)
+
+    async def last(ctx: StepContext) -> dict[str, Any]:
+        await asyncio.wait_for(sleeping(clock), 10)  # the timer has started to wait
+        clock.advance(5)  # it is due as the last step returns
+        return {"ok": True}
+
+    cfg = config(step("last"), timeout=5)
+    run = await engine(cfg, [step_type("last", last)], clock, bus=bus).run("wf")
+    assert run.status is RunStatus.SUCCEEDED and run.verdict is Verdict.PASSED
+    assert events[-1].type == "workflow.completed" and events[-1].data["reason"] is None
 
 
 async def test_cancelled_run_is_recorded_then_cancellation_propagates() -> None:

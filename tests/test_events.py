@@ -46,6 +46,21 @@ def test_log_keeps_the_latest_and_filters() -> None:
     assert log.list(limit=0) == []
 
 
+def test_after_pages_forward_and_limit_alone_gives_the_newest() -> None:
+    bus, log = EventBus(), EventLog(size=100)
+    bus.subscribe(log.append)
+    for _ in range(60):
+        bus.emit("step.started", "r", "w")
+    assert [e.id for e in log.list(after=50, limit=3)] == [51, 52, 53]
+    assert [e.id for e in log.list(limit=3)] == [58, 59, 60]
+    seen: list[int] = []
+    after = 0
+    while page := log.list(after=after, limit=7):
+        seen += [e.id for e in page]
+        after = page[-1].id
+    assert seen == list(range(1, 61))
+
+
 def test_wait_after_wakes_when_a_newer_event_arrives() -> None:
     bus, log = EventBus(), EventLog()
     bus.subscribe(log.append)

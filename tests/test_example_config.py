@@ -12,7 +12,7 @@ import pytest
 
 from aegis.cli import main
 from aegis.demo import DemoServices
-from aegis.demo_suite import install
+from aegis.demo.suite import install
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "aegis.example.yaml"
 
@@ -54,7 +54,7 @@ def test_the_example_runs_against_the_reference_services(
 
 
 def test_the_sample_suite_can_be_copied_for_the_example(tmp_path: Path) -> None:
-    from aegis.demo_suite.__main__ import main as copy_suite
+    from aegis.demo.suite.__main__ import main as copy_suite
 
     assert copy_suite([str(tmp_path / "shop")]) == 0
     assert sorted(p.name for p in (tmp_path / "shop").iterdir()) == ["pytest.ini", "test_shop.py"]

@@ -15,7 +15,7 @@ import pytest
 import aegis.history.sqlite as sqlite_module
 from aegis.config.model import HistorySpec
 from aegis.errors import NotFound
-from aegis.history import HistoryStore, HistoryUnavailable, open_history
+from aegis.history import SHOWN_MATCHES, HistoryStore, HistoryUnavailable, open_history
 from aegis.history.memory import MemoryHistory
 from aegis.history.sqlite import SqliteHistory
 from aegis.records import Attempt, Run, RunStatus, StepResult, StepStatus, Verdict
@@ -314,16 +314,23 @@ def test_duplicate_step_names_of_a_finished_run_are_kept(store: HistoryStore) ->
 # ---------------------------------------------------------------- looking up
 
 
-def test_get_accepts_a_unique_prefix_of_at_least_four_characters(store: HistoryStore) -> None:
+def test_get_accepts_any_unique_prefix_in_any_case(store: HistoryStore) -> None:
     store.finish(finished(make_run("abcdef000001")))
     store.finish(finished(make_run("abcxyz000002")))
+    store.finish(finished(make_run("f0a1b2c3d4e5")))
 
-    found = store.get("abcd")
-    assert found is not None and found.run_id == "abcdef000001"
-    assert store.get("abc") is None  # too short to be taken as a prefix
+    for prefix in ("abcd", "ABCD", "abcD", "abcdef000001", "ABCDEF000001"):
+        found = store.get(prefix)
+        assert found is not None and found.run_id == "abcdef000001", prefix
+    for prefix in ("f", "F", "f0A"):
+        found = store.get(prefix)
+        assert found is not None and found.run_id == "f0a1b2c3d4e5", prefix
     assert store.get("abcdf") is None
     assert store.get("zzzz") is None
+    assert store.get("a%") is None and store.get("_b") is None  # no wildcards
     assert store.get("") is None
+    with pytest.raises(NotFound, match="'ab' is ambiguous: it matches abcdef000001, abcxyz000002;"):
+        store.get("ab")
 
 
 def test_an_exact_id_wins_over_longer_ids_it_prefixes(store: HistoryStore) -> None:
@@ -335,16 +342,18 @@ def test_an_exact_id_wins_over_longer_ids_it_prefixes(store: HistoryStore) -> No
     assert exact is not None and exact.run_id == "abc"
 
 
-@pytest.mark.parametrize("matches", [2, 3])
+@pytest.mark.parametrize("matches", [2, 3, 11])
 def test_an_ambiguous_prefix_raises_not_found_naming_the_matches(
     store: HistoryStore, matches: int
 ) -> None:
     for n in range(matches):
-        store.finish(finished(make_run(f"abcd{n}0000000")))
+        store.finish(finished(make_run(f"abcd{n:02d}000000")))
 
-    with pytest.raises(NotFound, match="'abcd' is ambiguous: it matches abcd00000000, abcd1") as e:
-        store.get("abcd")
-    assert ("and more" in str(e.value)) is (matches > 2)
+    with pytest.raises(NotFound, match="'ABCD' is ambiguous: it matches abcd00000000, abcd01") as e:
+        store.get("ABCD")
+    assert ("and more" in str(e.value)) is (matches > SHOWN_MATCHES)
+    listed = str(e.value).split("matches ")[1].split(";")[0].removesuffix(" and more")
+    assert listed.split(", ") == [f"abcd{n:02d}000000" for n in range(min(matches, SHOWN_MATCHES))]
 
 
 # ------------------------------------------------------------------- listing

@@ -279,3 +279,12 @@ def test_nothing_loads_from_other_hosts(name: str) -> None:
     assert urls == []
     assert "@import" not in text and "url(" not in text
     assert "fonts.googleapis" not in text and "cdn" not in text.lower()
+
+
+def test_screenshot_tests_write_under_tmp_unless_asked_to_refresh_docs(tmp_path: Path) -> None:
+    from browser_helpers import ROOT, SCREENSHOTS, screenshot_dir
+
+    default = screenshot_dir(tmp_path, {})
+    assert default.is_relative_to(tmp_path) and not default.is_relative_to(ROOT)
+    assert screenshot_dir(tmp_path, {"AEGIS_UPDATE_SCREENSHOTS": "0"}) == default
+    assert screenshot_dir(tmp_path, {"AEGIS_UPDATE_SCREENSHOTS": "1"}) == SCREENSHOTS

@@ -7,7 +7,8 @@ their steps live (started, retrying, completed, with attempts) in the recent run
 the Recent events panel, from the event stream or, without one, by polling.
 Offline: ``index.html`` from disk, and from a server whose API is missing, must show the
 example data, the offline notice and a "not live" events panel. Screenshots of both, at
-375 and 1280 px wide, go to ``docs/screenshots/``.
+375 and 1280 px wide, go under tmp, or to ``docs/screenshots/`` with
+``AEGIS_UPDATE_SCREENSHOTS=1`` (README: refreshing the screenshots).
 
 Every wait polls the page for a condition with a timeout (``Tab.wait_for``); nothing sleeps
 to synchronise. Chromium missing: the tests skip, or fail when CI is set.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -26,13 +28,13 @@ import httpx
 import pytest
 from browser_helpers import (
     LANDING,
-    SCREENSHOTS,
     Chromium,
     Node,
     Tab,
     api_server,
     chromium_binary,
     free_port,
+    screenshot_dir,
     static_only_server,
 )
 
@@ -305,8 +307,11 @@ def test_the_live_page_shows_what_the_api_serves(tab: Tab, live: LiveSite) -> No
     ]
 
 
-def test_live_screenshot(tab: Tab, showcase: LiveSite, demo_pair: DemoServices) -> None:
+def test_live_screenshot(
+    tab: Tab, showcase: LiveSite, demo_pair: DemoServices, tmp_path: Path
+) -> None:
     """A finished run and one in its slow test step, the events of both in the panel."""
+    shots = screenshot_dir(tmp_path, os.environ)
     showcase.start("smoke", wait=30)
     demo_pair.qaagent.inject("/api/runs", Fault(status=None, delay=60, times=1))
     run_id = str(showcase.start("full_pipeline")["run_id"])
@@ -317,7 +322,7 @@ def test_live_screenshot(tab: Tab, showcase: LiveSite, demo_pair: DemoServices) 
             f"{step_in_detail('test')} && {step_in_detail('test')}.dataset.status === 'running'"
         )
         for width in (1280, 375):
-            tab.screenshot(SCREENSHOTS / f"live-{width}.png", width)
+            tab.screenshot(shots / f"live-{width}.png", width)
     finally:
         demo_pair.qaagent.clear_faults()
         httpx.post(f"{showcase.url}api/runs/{run_id}/cancel", timeout=30)
@@ -538,7 +543,8 @@ def test_without_an_api_the_page_shows_the_example_data(tab: Tab) -> None:
     assert "The API did not answer" in page.by_id("offline-notice").text
 
 
-def test_offline_screenshot(tab: Tab) -> None:
+def test_offline_screenshot(tab: Tab, tmp_path: Path) -> None:
+    shots = screenshot_dir(tmp_path, os.environ)
     open_offline(tab, (LANDING / "index.html").as_uri())
     for width in (1280, 375):
-        tab.screenshot(SCREENSHOTS / f"offline-{width}.png", width)
+        tab.screenshot(shots / f"offline-{width}.png", width)

@@ -1,6 +1,6 @@
 """A real pytest suite through ``command`` → ``submit_bugs`` → ``verify`` → JUnit out.
 
-The suite is the demo's (``aegis.demo_suite``): with ``-m smoke`` two of its tests fail,
+The suite is the demo's (``aegis.demo.suite``): with ``-m smoke`` two of its tests fail,
 one for good and one only the first time.
 """
 
@@ -17,7 +17,7 @@ import pytest
 
 from aegis.cli import main
 from aegis.demo import DemoServices
-from aegis.demo_suite import install
+from aegis.demo.suite import install
 
 FAILING = "test_shop.py::test_checkout_applies_discount"
 FLAKY = "test_shop.py::test_login_is_rate_limited"

@@ -444,3 +444,11 @@ def test_an_unpacked_build_this_user_cannot_write_is_not_compiled(
     wrapper.compile_for_this_python(site_packages)
     assert not (site_packages / "__pycache__").exists()
     assert not list(site_packages.glob(".compiled-*"))
+
+
+def test_a_python_older_than_3_10_is_refused_in_plain_words() -> None:
+    from aegis._pyz_main import too_old
+
+    assert too_old(3, 9, 18) == "Aegis needs Python 3.10 or newer (this is 3.9.18)"
+    assert too_old(2, 7, 18) == "Aegis needs Python 3.10 or newer (this is 2.7.18)"
+    assert too_old(3, 10, 0) is None and too_old(4, 0, 0) is None

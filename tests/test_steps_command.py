@@ -16,6 +16,7 @@ import pytest
 from conftest import MakeContext
 
 from aegis.cli import main
+from aegis.config.model import Config, frozen_mapping
 from aegis.errors import StepError
 from aegis.steps import command
 from aegis.steps.command import STEP
@@ -28,7 +29,8 @@ PY = sys.executable
 def run_step(make_context: MakeContext, tmp_path: Path) -> Any:
     async def run(**params: Any) -> dict[str, Any]:
         ctx = make_context("command", None, params=params, environ={"FROM_ENGINE": "engine"})
-        return await STEP.execute(dataclasses.replace(ctx, base_dir=str(tmp_path)))
+        config = Config(frozen_mapping(), frozen_mapping(), base_dir=str(tmp_path))
+        return await STEP.execute(dataclasses.replace(ctx, config=config))
 
     return run
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import respx
 from conftest import MakeContext
 
-from aegis.demo import DemoServices
+from aegis.config.model import Config, ServiceSpec, StepSpec, WorkflowSpec, frozen_mapping
+from aegis.demo import DemoServices, Fault
+from aegis.engine.runner import Engine
 from aegis.engine.state import RunState
 from aegis.errors import StepError
-from aegis.records import StepResult, StepStatus
-from aegis.steps import command, http_request, test, verify
+from aegis.records import Run, StepResult, StepStatus
+from aegis.steps import bugalizer, command, http_request, test, verify
+from aegis.steps.registry import default_step_types
 from aegis.steps.verify import STEP
 
 
@@ -97,6 +101,169 @@ def test_step_type_metadata() -> None:
     assert STEP.params == {"path"} | command.PARAMS | http_request.PARAMS
     assert STEP.check_params is not None and STEP.check_params({"path": "x"})
     assert verify.STEP.description
+
+
+# --------------------------------------------------------------------------- closing bugs
+
+
+def pipeline(demo: DemoServices, **bugs: object) -> Config:
+    steps = (
+        StepSpec("test", "test", service="qaagent"),
+        StepSpec(
+            "submit_bugs",
+            "bugs",
+            service="bugalizer",
+            condition="has_failures",
+            params=frozen_mapping({"project_id": "web-shop", **bugs}),
+        ),
+        StepSpec("verify", "verify", service="qaagent", condition="has_failures"),
+    )
+    services = {
+        "qaagent": ServiceSpec("qaagent", "QA Agent", demo.qaagent_url),
+        "bugalizer": ServiceSpec("bugalizer", "Bugalizer", demo.bugalizer_url),
+    }
+    return Config(
+        services=frozen_mapping(services),
+        workflows=frozen_mapping({"wf": WorkflowSpec("wf", "WF", steps)}),
+    )
+
+
+async def run_pipeline(demo: DemoServices, **bugs: object) -> Run:
+    return await Engine(pipeline(demo, **bugs), default_step_types(), environ={}).run("wf")
+
+
+def status_of(demo: DemoServices, report_id: str) -> tuple[str, str | None]:
+    report = next(r for r in demo.bugalizer.reports if r["id"] == report_id)
+    return report["status"], report["resolution_reason"]
+
+
+async def test_a_fixed_test_has_its_bug_closed(demo: DemoServices) -> None:
+    run = await run_pipeline(demo)
+    bugs, check = run.steps[1], run.steps[2]
+    fixed = bugs.data["bug_reports"]["test_api_login_rate_limit"]
+    still = bugs.data["bug_reports"]["test_checkout_applies_discount"]
+    assert check.status is StepStatus.SUCCEEDED
+    assert check.data["bug_updates"] == [
+        {
+            "test": "test_api_login_rate_limit",
+            "report_id": fixed,
+            "from": "submitted",
+            "status": "closed",
+        }
+    ]
+    reason = f"Aegis run {run.run_id} (workflow wf) found the test passing"
+    assert status_of(demo, fixed) == ("closed", reason)
+    assert status_of(demo, still) == ("submitted", None)
+    patches = [c for c in demo.bugalizer.calls if c.method == "PATCH"]
+    assert [c.json["status"] for c in patches] == ["triaged", "closed"]
+
+
+async def test_a_bug_from_an_earlier_run_is_closed_too(demo: DemoServices) -> None:
+    first = await run_pipeline(demo, close_fixed=False)
+    earlier = first.steps[1].data["bug_reports"]["test_api_login_rate_limit"]
+    assert first.steps[2].data["bug_updates"][0]["note"] == "left open: close_fixed is false"
+    assert status_of(demo, earlier)[0] == "submitted"
+    second = await run_pipeline(demo)
+    assert second.steps[1].data["reused"] == first.steps[1].data["report_ids"]
+    assert second.steps[2].data["bug_updates"][0]["report_id"] == earlier
+    assert status_of(demo, earlier)[0] == "closed"
+    assert len(demo.bugalizer.reports) == 2  # two runs, each bug filed once
+
+
+@pytest.mark.parametrize(
+    ("status", "update"),
+    [
+        ("triaged", {"from": "triaged", "status": "closed"}),
+        (
+            "fix_approved",
+            {
+                "from": "fix_approved",
+                "status": "fix_approved",
+                "note": "bugalizer allows no move from 'fix_approved' to 'closed'",
+            },
+        ),
+    ],
+)
+async def test_a_bug_moves_as_far_as_the_state_machine_allows(
+    demo: DemoServices, status: str, update: dict[str, str]
+) -> None:
+    first = await run_pipeline(demo, close_fixed=False)
+    report_id = first.steps[1].data["bug_reports"]["test_api_login_rate_limit"]
+    with demo.bugalizer._lock:  # a person moved it meanwhile
+        demo.bugalizer._reports[report_id]["status"] = status
+    run = await run_pipeline(demo)
+    [found] = run.steps[2].data["bug_updates"]
+    assert found == {"test": "test_api_login_rate_limit", "report_id": report_id, **update}
+
+
+async def test_failing_to_close_is_data_not_a_failure(demo: DemoServices) -> None:
+    demo.bugalizer.inject("*", Fault(503, method="PATCH", times=None))
+    run = await run_pipeline(demo)
+    check = run.steps[2]
+    assert check.status is StepStatus.SUCCEEDED
+    [update] = check.data["bug_updates"]
+    assert update["status"] == "submitted"
+    assert update["note"] == (
+        "could not move it to 'triaged': HTTP 503 from bugalizer: injected fault: HTTP 503"
+    )
+
+
+async def test_an_unreadable_bug_is_noted(demo: DemoServices) -> None:
+    demo.bugalizer.inject("*", Fault(500, method="GET", times=None))
+    run = await run_pipeline(demo, on_existing="file")
+    [update] = run.steps[2].data["bug_updates"]
+    assert update["note"] == "HTTP 500 from bugalizer: injected fault: HTTP 500"
+
+
+async def test_closing_stops_at_its_time_budget(demo: DemoServices) -> None:
+    demo.bugalizer.inject("*", Fault(status=None, mode="stall", method="GET", times=None))
+    config = pipeline(demo, on_existing="file")
+    steps = list(config.workflows["wf"].steps)
+    steps[2] = dataclasses.replace(steps[2], timeout=0.5)
+    workflow = dataclasses.replace(config.workflows["wf"], steps=tuple(steps))
+    config = dataclasses.replace(config, workflows=frozen_mapping({"wf": workflow}))
+    run = await Engine(config, default_step_types(), environ={}).run("wf")
+    check = run.steps[2]
+    assert check.status is StepStatus.SUCCEEDED
+    assert check.data["bug_updates"][0]["note"] == "not done: out of time"
+
+
+async def test_bugs_of_an_unknown_service_are_left_open(
+    make_context: MakeContext, demo: DemoServices
+) -> None:
+    state = state_with_failures("test_api_login_rate_limit")
+    state.bug_reports["test_api_login_rate_limit"] = "abc"
+    state.bug_tracker = {"service": "gone", "path": "/api/v1/reports", "project_id": "p"}
+    data = await STEP.execute(make_context("verify", demo.qaagent_url, state=state))
+    assert data["bug_updates"] == [
+        {
+            "test": "test_api_login_rate_limit",
+            "report_id": "abc",
+            "note": "left open: service 'gone' is not configured",
+        }
+    ]
+
+
+async def test_an_already_closed_bug_is_left_as_it_is(
+    make_context: MakeContext, demo: DemoServices
+) -> None:
+    ctx = make_context("verify", demo.bugalizer_url, service="bugalizer")
+    assert ctx.service is not None
+    tracker = bugalizer.Tracker(ctx.service, bugalizer.REPORTS_PATH, "web-shop")
+    report_id = await bugalizer.file_report(
+        ctx,
+        tracker,
+        {"project_id": "web-shop", "title": "t", "description": "d", "reporter": "r"},
+    )
+    with demo.bugalizer._lock:
+        demo.bugalizer._reports[report_id]["status"] = "closed"
+    outcome = await bugalizer.close_report(ctx, tracker, report_id, "fixed")
+    assert outcome == {
+        "report_id": report_id,
+        "from": "closed",
+        "status": "closed",
+        "note": "already closed",
+    }
 
 
 # ------------------------------------------------------------------ any source of tests

@@ -140,7 +140,11 @@ class ApiContext:
         self.workflows = {key: dump_json(w) for key, w in rendered["workflows"].items()}
         self.workflow_list = dump_json({"workflows": list(rendered["workflows"].values())})
         self.portfolio = dump_json(
-            {"aegis": rendered["aegis"], "version": __version__, "services": self.services}
+            {
+                "aegis": {key: rendered["aegis"][key] for key in ("name", "tagline")},
+                "version": __version__,
+                "services": self.services,
+            }
         )
 
     def openapi_document(self) -> bytes:
@@ -426,9 +430,12 @@ ROUTES: tuple[Route, ...] = (
           (Answer(200, "events from the server's ring buffer", "EventList"),),
           params=(
               Param("limit", type="integer", minimum=1, maximum=1000, default=100,
-                    description="at most this many (the newest)"),
+                    description="at most this many: the first ones after `after` when "
+                                "it is given, else the newest"),
               Param("type", enum=EVENT_TYPES, description="only events of this type"),
-              Param("after", type="integer", minimum=0, description="only events after this id"),
+              Param("after", type="integer", minimum=0,
+                    description="only events after this id, oldest first: "
+                                "page forward by passing the last id seen"),
           ),
           errors=JSON_ERRORS, tag="events"),
     Route("GET", "/api/events/stream", stream_events, "Events as they happen (SSE)",

@@ -96,10 +96,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     "ServerHealth": _obj(status={"const": "ok"}, version=STRING, uptime_s=NUMBER),
     "Health": _obj(
-        status={"type": "string", "enum": ["up", "down"]},
+        status={"type": "string", "enum": ["up", "degraded", "down"]},
         latency_ms=_maybe("number"),
         error=_maybe("string"),
         checked_at=TIMESTAMP,
+        service_status=_maybe("string"),
     ),
     "ServiceHealth": {"allOf": [_ref("Health"), _obj(key=STRING)]},
     "ServiceCard": _obj(**_SERVICE_CARD),

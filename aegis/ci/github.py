@@ -3,11 +3,13 @@
 With ``GITHUB_ACTIONS=true`` `aegis run` prints ``::error title=…::…`` workflow commands
 for failed steps and still-failing tests — at most ``MAX_ANNOTATIONS``, then one line
 counting the rest. With ``GITHUB_STEP_SUMMARY`` naming a file, it appends a Markdown
-summary: status, verdict and a table of the steps with durations and attempts.
+summary: status, verdict, a table of the steps with durations and attempts, and the data
+a failed step recorded before it failed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 from aegis.ci.outcomes import test_outcomes
@@ -86,6 +88,21 @@ _MARK = {
 }
 
 
+def _partial_data(run: Run) -> list[str]:
+    """What each failed step did before it failed (its data), one row per key."""
+    lines: list[str] = []
+    for step in run.steps:
+        if not (step.failed and step.data):
+            continue
+        lines += ["", f"**Step {_code(step.name)} {step.status.value} after doing this:**"]
+        lines += ["", "| key | value |", "|---|---|"]
+        lines += [
+            f"| {_code(key)} | {_cell(json.dumps(value, ensure_ascii=False, default=str))} |"
+            for key, value in step.data.items()
+        ]
+    return lines
+
+
 def step_summary(run: Run) -> str:
     """The Markdown that `aegis run` appends to ``$GITHUB_STEP_SUMMARY``."""
     status = run.status.value
@@ -107,6 +124,7 @@ def step_summary(run: Run) -> str:
             f" | {_MARK.get(state, '')} {state}{(': ' + _cell(note)) if note else ''}"
             f" | {step.duration_ms / 1000:.2f} s | {len(step.attempts)} |"
         )
+    lines += _partial_data(run)
     failing = [o for o in test_outcomes(run) if o.failing]
     if failing:
         lines += ["", f"**Still failing: {len(failing)} test{'s' if len(failing) != 1 else ''}**"]

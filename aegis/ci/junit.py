@@ -4,7 +4,8 @@ One ``<testsuite>`` per run (inside ``<testsuites>``), holding:
 
 - a ``<testcase>`` per step, classname ``aegis.<workflow>``: ``<error>`` when the step
   failed on infrastructure (timeout, connection, protocol, cancelled), ``<failure>`` when
-  it failed otherwise, ``<skipped>`` when it was skipped;
+  it failed otherwise (either with the data the step recorded before failing),
+  ``<skipped>`` when it was skipped;
 - a ``<testcase>`` per test a ``test`` or ``verify`` step reported failing, named by the
   test id with the service as classname: ``<failure>`` with the service's message while it
   is still failing, passing if a later ``verify`` step found it fixed.
@@ -129,6 +130,9 @@ def _attempt_lines(step: StepResult) -> list[str]:
     for attempt in step.attempts:
         outcome = "ok" if attempt.success else f"{attempt.error_kind or 'failed'}: {attempt.error}"
         lines.append(f"attempt {attempt.attempt} ({attempt.duration_ms:.0f} ms): {outcome}")
+    if step.data:  # what the step did before it failed (reports filed, say)
+        lines.append("data before the failure:")
+        lines.append(json.dumps(step.data, indent=2, ensure_ascii=False, default=str))
     return lines
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,10 +54,13 @@ _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
-# `$$`, a closed `${...}`, or a `${` that is never closed.
-_TOKEN = re.compile(r"\$\$|\$\{(?P<body>[^}]*)\}|\$\{")
+# `$$`, or the start of a `${...}` (whose end is found by counting nested ones).
+_TOKEN = re.compile(r"\$\$|\$\{")
 _EXPRESSION = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
-_WHOLE = re.compile(r"\$\{[^}]*\}")
+# What matters inside a `${...}` when looking for its end.
+_BRACES = re.compile(r"\$\$|\$\{|\}")
+# How deep `${A:-${B:-${C}}}` may nest.
+MAX_NESTING = 8
 
 
 class _PlainText(str):
@@ -100,23 +104,43 @@ def find_config(
 
 def _named_file(name: str, origin: str) -> Path:
     path = Path(name)
-    if not _is_file(path):
-        what = "is a directory, not a config file" if _is_dir(path) else "no such file"
-        raise ConfigError.single(name, "", what + origin)
+    problem = _not_a_file(path)
+    if problem:
+        raise ConfigError.single(name, "", problem + origin)
     return path
+
+
+# What a path names when it is not a regular file, by the type bits of its mode.
+_KINDS = (
+    (stat.S_ISDIR, "is a directory, not a config file"),
+    (stat.S_ISFIFO, "is a FIFO (named pipe), not a config file"),
+    (stat.S_ISSOCK, "is a socket, not a config file"),
+    (stat.S_ISCHR, "is a device, not a config file"),
+    (stat.S_ISBLK, "is a device, not a config file"),
+)
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as a config file ('' when it is a regular file)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except NotADirectoryError:
+        return "no such file (a part of the path is not a directory)"
+    except PermissionError:
+        return "cannot be reached: permission denied on a directory of the path"
+    except OSError as exc:
+        return f"cannot be reached: {(exc.strerror or str(exc)).lower()}"
+    if stat.S_ISREG(mode):
+        return ""
+    return next((what for test, what in _KINDS if test(mode)), "is not a regular file")
 
 
 def _is_file(path: Path) -> bool:
     try:
         return path.is_file()
     except OSError:  # e.g. a parent directory we may not search
-        return False
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return path.is_dir()
-    except OSError:
         return False
 
 
@@ -436,38 +460,70 @@ def _interpolate_text(
     if "$" not in text:
         return str(text)
     errors: list[str] = []
-
-    def replace(match: re.Match[str]) -> str:
-        result, error = _expand(match, environ)
-        if error:
-            errors.append(error)
-        return result
-
-    result = _TOKEN.sub(replace, text)
+    result = _substitute(text, environ, errors, 0)
     if errors:
         problems.extend(ConfigProblem(file, path, error) for error in errors)
         return UNRESOLVED
-    if _WHOLE.fullmatch(text):
+    if text.startswith("${") and _closing(text, 2) == len(text) - 1:
         return EnvText(result, _yaml_scalar(result), plain=isinstance(text, _PlainText))
     return result
 
 
-def _expand(match: re.Match[str], environ: Mapping[str, str]) -> tuple[str, str]:
-    """The replacement for one token, and the problem with it ('' when none)."""
-    token = match.group(0)
-    if token == "$$":
-        return "$", ""
-    body = match.group("body")
-    if body is None:
-        return "", "unclosed '${' (write '$$' for a literal '$')"
-    expression = _EXPRESSION.fullmatch(body)
+def _substitute(text: str, environ: Mapping[str, str], errors: list[str], depth: int) -> str:
+    """``text`` with every ``$$`` and ``${...}`` replaced; problems go to ``errors``."""
+    parts = []
+    index = 0
+    for match in _TOKEN.finditer(text):
+        if match.start() < index:
+            continue  # inside a `${...}` already replaced
+        parts.append(text[index : match.start()])
+        if match.group(0) == "$$":
+            parts.append("$")
+            index = match.end()
+            continue
+        end = _closing(text, match.end())
+        if end is None:
+            errors.append("unclosed '${' (write '$$' for a literal '$')")
+            return ""
+        parts.append(_expand(text[match.start() : end + 1], environ, errors, depth))
+        index = end + 1
+    parts.append(text[index:])
+    return "".join(parts)
+
+
+def _closing(text: str, start: int) -> int | None:
+    """The index of the ``}`` closing a ``${`` whose body starts at ``start``."""
+    depth = 1
+    for match in _BRACES.finditer(text, start):
+        token = match.group(0)
+        if token == "${":
+            depth += 1
+        elif token == "}":
+            depth -= 1
+            if depth == 0:
+                return match.start()
+    return None
+
+
+def _expand(token: str, environ: Mapping[str, str], errors: list[str], depth: int) -> str:
+    """The value of one whole ``${...}`` token; a default may hold ``${...}`` itself."""
+    expression = _EXPRESSION.fullmatch(token[2:-1])
     if expression is None:
         expected = "expected ${NAME} or ${NAME:-default}"
-        return "", f"invalid interpolation {describe(token)}: {expected}"
+        errors.append(f"invalid interpolation {describe(token)}: {expected}")
+        return ""
     name, default = expression.group("name"), expression.group("default")
     value = environ.get(name)
     if default is not None:
-        return (value or default), ""  # like the shell's `:-`, an empty variable takes the default
+        if value:  # like the shell's `:-`, an empty variable takes the default
+            return value
+        if depth >= MAX_NESTING:
+            errors.append(f"interpolation {describe(token)} nests deeper than {MAX_NESTING}")
+            return ""
+        return _substitute(default, environ, errors, depth + 1)
     if value is None:
-        return "", f"environment variable {name!r} is not set (give a default: ${{{name}:-...}})"
-    return value, ""
+        errors.append(
+            f"environment variable {name!r} is not set (give a default: ${{{name}:-...}})"
+        )
+        return ""
+    return value

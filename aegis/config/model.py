@@ -43,6 +43,7 @@ class Identity:
 
     name: str = "Aegis"
     tagline: str = "The AI Quality Control Plane"
+    public_url: str = ""  # where people reach `aegis serve`; bug reports link runs there
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class ServiceSpec:
     url: str
     description: str = ""
     health_endpoint: str = DEFAULT_HEALTH_ENDPOINT
+    ready_endpoint: str | None = None  # a deeper check than liveness; failing = degraded
     api_key_env: str | None = None
     features: tuple[str, ...] = ()
     repo_url: str = ""

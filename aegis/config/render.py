@@ -21,7 +21,11 @@ REDACTED = "***"
 def config_to_dict(config: Config, *, redact: bool = True) -> dict[str, Any]:
     """``config`` as a JSON-able dict (see the module docstring for secrets)."""
     return {
-        "aegis": {"name": config.identity.name, "tagline": config.identity.tagline},
+        "aegis": {
+            "name": config.identity.name,
+            "tagline": config.identity.tagline,
+            "public_url": _url(config.identity.public_url, redact),
+        },
         "services": {key: _service(spec, redact) for key, spec in config.services.items()},
         "workflows": {key: _workflow(spec) for key, spec in config.workflows.items()},
         "history": {"path": config.history.path, "max_runs": config.history.max_runs},
@@ -44,6 +48,7 @@ def _service(spec: ServiceSpec, redact: bool) -> dict[str, Any]:
         "url": _url(spec.url, redact),
         "description": spec.description,
         "health_endpoint": spec.health_endpoint,
+        "ready_endpoint": spec.ready_endpoint,
         "api_key_env": spec.api_key_env,
         "features": list(spec.features),
         "repo_url": spec.repo_url,

@@ -77,12 +77,13 @@ TOP_KEYS = (
     "webhooks",
     "event_log_size",
 )
-IDENTITY_KEYS = ("name", "tagline")
+IDENTITY_KEYS = ("name", "tagline", "public_url")
 SERVICE_KEYS = (
     "name",
     "url",
     "description",
     "health_endpoint",
+    "ready_endpoint",
     "api_key_env",
     "features",
     "repo_url",
@@ -534,6 +535,7 @@ def _identity(reader: _Reader, raw: object) -> Identity:
     return Identity(
         name=reader.get(section, "name", "aegis", _name, default.name),
         tagline=reader.get(section, "tagline", "aegis", _text, default.tagline),
+        public_url=reader.get(section, "public_url", "aegis", _optional_url, ""),
     )
 
 
@@ -555,6 +557,7 @@ def _service(reader: _Reader, key: str, raw: object) -> ServiceSpec:
         health_endpoint=reader.get(
             section, "health_endpoint", path, _endpoint, DEFAULT_HEALTH_ENDPOINT
         ),
+        ready_endpoint=reader.get(section, "ready_endpoint", path, _endpoint, None),
         api_key_env=reader.get(section, "api_key_env", path, _env_name, None),
         features=reader.items(section, "features", path, _text, "strings") or (),
         repo_url=reader.get(section, "repo_url", path, _optional_url, ""),

@@ -7,22 +7,28 @@ from collections.abc import Callable
 from aegis.config.model import StepSpec
 from aegis.errors import StepError
 
-__all__ = ["RETRY_AFTER_CAP", "retry_delay", "should_retry"]
+__all__ = ["RETRYABLE_4XX", "RETRY_AFTER_CAP", "retry_delay", "should_retry"]
 
 # The longest a service's Retry-After may hold a step when max_retry_delay is not set: a
 # "Retry-After: 86400" must not park a CI run for a day.
 RETRY_AFTER_CAP = 60.0
+# The client errors that can succeed when sent again unchanged (Request Timeout, Too
+# Early, Too Many Requests). Any other 4xx (a wrong key, an unknown project, a body the
+# service refuses) would be refused again, so without a retry_on it is not retried.
+RETRYABLE_4XX = frozenset({408, 425, 429})
 
 
 def should_retry(error: StepError, retry_on: tuple[str, ...] | None) -> bool:
-    """Whether ``error`` matches ``retry_on`` (``None`` means every failure matches).
+    """Whether ``error`` matches ``retry_on``.
 
     Items are error kinds (``timeout``), status classes (``5xx``) or status codes
-    (``429``); the last two match only failures that carry a status code.
+    (``429``); the last two match only failures that carry a status code. ``None`` (no
+    ``retry_on`` in the config) matches every failure except a 4xx answer other than
+    those in ``RETRYABLE_4XX``.
     """
-    if retry_on is None:
-        return True
     status = error.status_code
+    if retry_on is None:
+        return status is None or status // 100 != 4 or status in RETRYABLE_4XX
     for item in retry_on:
         if item == error.kind:
             return True

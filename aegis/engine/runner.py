@@ -169,7 +169,11 @@ class Engine:
         try:
             status = await self._execute(execution, workflow)
         except asyncio.CancelledError:
-            self._finish(run, execution, RunStatus.CANCELLED, began, "run cancelled")
+            # cancelled from outside; a workflow timeout that came first still names the run
+            if execution.stop_reason is not None:
+                self._finish(run, execution, RunStatus.TIMED_OUT, began, execution.stop_reason)
+            else:
+                self._finish(run, execution, RunStatus.CANCELLED, began, "run cancelled")
             raise
         return self._finish(run, execution, status, began, execution.stop_reason)
 
@@ -183,22 +187,28 @@ class Engine:
         main = asyncio.ensure_future(execution.run_batches(needs_http))
         timer = None
         if workflow.timeout is not None:
-            timer = asyncio.get_running_loop().call_later(
-                workflow.timeout, execution.expire, main, workflow.timeout
-            )
+            timer = asyncio.ensure_future(execution.expire_after(main, workflow.timeout))
         try:
-            await main
+            # ``wait`` rather than ``await main``: a cancel from outside reaches this task
+            # first, so it is known to have come before any timeout that fires later
+            await asyncio.wait((main,))
         except asyncio.CancelledError:
-            if execution.stop_reason is None:
-                raise  # cancelled from outside: the caller records it
-            return RunStatus.TIMED_OUT
-        except Exception as exc:  # a bug outside any step: record it, never lose the run
-            log.exception("run %s of %s aborted", execution.run_id, workflow.key)
-            execution.stop_reason = f"run aborted: {type(exc).__name__}: {exc}"
-            return RunStatus.FAILED
+            if timer is not None:
+                timer.cancel()
+            main.cancel()
+            await asyncio.wait((main,))  # the steps record their cancellation
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
+        if main.cancelled():  # only the timer cancels it
+            return RunStatus.TIMED_OUT
+        exc = main.exception()
+        if exc is not None:  # a bug outside any step: record it, never lose the run
+            log.error("run %s of %s aborted", execution.run_id, workflow.key, exc_info=exc)
+            execution.stop_reason = f"run aborted: {type(exc).__name__}: {exc}"
+            return RunStatus.FAILED
+        execution.stop_reason = None  # every step ended before a timeout could stop one
         return RunStatus.FAILED if execution.state.any_failed else RunStatus.SUCCEEDED
 
     def _finish(
@@ -211,9 +221,8 @@ class Engine:
     ) -> Run:
         steps = execution.final_steps(reason or "not reached")
         state = execution.state
-        passed = status is RunStatus.SUCCEEDED and (
-            state.last_counts is None or state.last_counts[1] == 0
-        )
+        # every step's reported tests count, parallel ones too; a verify closes what it fixed
+        passed = status is RunStatus.SUCCEEDED and state.tests.open_count == 0
         verdict = Verdict.PASSED if passed else Verdict.FAILED
         finished = replace(
             run,
@@ -227,7 +236,7 @@ class Engine:
         counts = {s.value: 0 for s in StepStatus}
         for step in steps:
             counts[step.status.value] += 1
-        tests = state.last_counts
+        tests = state.tests
         self.bus.emit(
             "workflow.completed",
             run.run_id,
@@ -236,8 +245,8 @@ class Engine:
             verdict=verdict.value,
             duration_ms=finished.duration_ms,
             steps=counts,
-            tests_total=tests[0] if tests else None,
-            tests_failed=tests[1] if tests else None,
+            tests_total=tests.total,
+            tests_failed=tests.open_count if tests.total is not None else None,
             reason=reason,
         )
         return finished
@@ -265,10 +274,15 @@ class _Execution:
         self.state = RunState()
         self.results: dict[int, StepResult] = {}
         self.stop_reason: str | None = None
+        self.steps_ended = False
         self.http: Any = None
         self._failure_seen = False
 
-    def expire(self, main: asyncio.Future[None], timeout: float) -> None:
+    async def expire_after(self, main: asyncio.Future[None], timeout: float) -> None:
+        """After ``timeout`` seconds of the engine's clock, stop ``main`` unless it has ended."""
+        await self.clock.sleep(timeout)
+        if self.steps_ended or main.done():  # the last step ended first: nothing to stop
+            return
         self.stop_reason = f"workflow timeout after {_seconds(timeout)}"
         main.cancel()
 
@@ -288,6 +302,7 @@ class _Execution:
             self.http = http
             for batch in batches(self.workflow.steps):
                 self.state.add_batch(await self.run_batch(batch))
+            self.steps_ended = True  # closing the client is not worth a timeout
 
     async def run_batch(self, batch: list[tuple[int, StepSpec]]) -> list[StepResult]:
         if len(batch) == 1:
@@ -309,8 +324,8 @@ class _Execution:
             state=self.state,
             http=self.http,
             environ=self.engine.environ,
+            config=self.engine.config,
             clock=self.clock,
-            base_dir=self.engine.config.base_dir,
         )
         self._emit("step.started", spec, attempts_allowed=spec.retries + 1)
         began = self.clock.monotonic()
@@ -324,7 +339,7 @@ class _Execution:
         if error is None:
             return self._end(index, self._result(spec, StepStatus.SUCCEEDED, began, attempts, data))
         failed = replace(
-            self._result(spec, StepStatus.FAILED, began, attempts),
+            self._result(spec, StepStatus.FAILED, began, attempts, data),
             error=error.message,
             error_kind=error.kind,
         )
@@ -333,16 +348,18 @@ class _Execution:
     async def attempts(
         self, step_type: StepType, ctx: StepContext, attempts: list[Attempt], began: float
     ) -> tuple[dict[str, Any], StepError | None]:
-        """Try up to ``retries + 1`` times; the data of the success, or the last error."""
+        """Try up to ``retries + 1`` times; the data of the success, or the last attempt's
+        data (what it did before it failed) and its error."""
         spec = ctx.spec
         deadline_at = began + spec.deadline if spec.deadline is not None else None
         error: StepError | None = None
+        data: dict[str, Any] = {}
         for k in range(spec.retries + 1):
             limit, by_deadline = spec.timeout, False
             if deadline_at is not None:
                 remaining = deadline_at - self.clock.monotonic()
                 if remaining <= 0 and error is not None:
-                    return {}, _with_note(error, f"no retry: {deadline_note(spec)}")
+                    return data, _with_note(error, f"no retry: {deadline_note(spec)}")
                 by_deadline = remaining < limit
                 limit = min(limit, remaining)
             data, error = await self.attempt(step_type, ctx, k + 1, limit, by_deadline, attempts)
@@ -352,7 +369,7 @@ class _Execution:
                 break
             wait = retry_delay(spec, k, error, self.clock.random)
             if deadline_at is not None and self.clock.monotonic() + wait >= deadline_at:
-                return {}, _with_note(error, f"no retry: {deadline_note(spec)}")
+                return data, _with_note(error, f"no retry: {deadline_note(spec)}")
             self._emit(
                 "step.retrying",
                 spec,
@@ -363,7 +380,7 @@ class _Execution:
                 error_kind=error.kind,
             )
             await self.clock.sleep(wait)
-        return {}, error
+        return data, error
 
     async def attempt(
         self,
@@ -374,7 +391,10 @@ class _Execution:
         by_deadline: bool,
         attempts: list[Attempt],
     ) -> tuple[dict[str, Any], StepError | None]:
-        """One try under the step's timeout; appends its ``Attempt`` record."""
+        """One try under the step's timeout; appends its ``Attempt`` record.
+
+        A failed try returns what it did before failing: the ``StepError``'s ``data``,
+        else the step's ``ctx.progress``."""
         started_at = self.clock.timestamp()
         began = self.clock.monotonic()
         data: dict[str, Any] = {}
@@ -404,6 +424,7 @@ class _Execution:
             log.exception("step %s of run %s raised", ctx.spec.name, ctx.run_id)
             error = StepError("error", f"{type(exc).__name__}: {exc}")
         if error is not None:
+            data = dict(ctx.progress) if error.data is None else error.data
             error = self.engine.redactor.error(error)
         attempts.append(_attempt_record(number, started_at, self._since(began), error))
         return self.engine.redactor.data(data), error
@@ -494,4 +515,5 @@ def _with_note(error: StepError, note: str) -> StepError:
         f"{error.message} ({note})",
         status_code=error.status_code,
         retry_after=error.retry_after,
+        data=error.data,
     )

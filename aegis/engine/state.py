@@ -1,7 +1,8 @@
 """What a run knows about its own earlier steps, kept as running aggregates.
 
 Conditions, the steps that build on earlier ones (``test`` reuses discovered routes,
-``verify`` and ``submit_bugs`` use open failures) and ``report`` read this instead of
+``verify`` and ``submit_bugs`` use open failures, ``verify`` the bug reports filed for
+them) and ``report`` read this instead of
 scanning earlier results, so every per-step operation is O(1) in the number of earlier
 steps. A batch's results are added only when the whole batch has ended: results of a
 batch are visible to later batches only.
@@ -13,6 +14,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from aegis.failures import TestLedger
 from aegis.records import StepResult, StepStatus, test_counts
 
 __all__ = ["RECENT_STEPS", "RunState"]
@@ -32,9 +34,15 @@ class RunState:
         self.has_test_failures = False
         self.last_counts: tuple[int, int] | None = None
         self.routes: list[Any] | None = None
+        # which reported tests still fail: the verdict and ``verify`` read this
+        self.tests = TestLedger()
         # test id -> failure record, in the order first seen; verify removes what it fixed
-        self.open_failures: dict[str, dict[str, Any]] = {}
+        self.open_failures: dict[str, dict[str, Any]] = self.tests.open_failures
         self.recent: deque[StepResult] = deque(maxlen=RECENT_STEPS)
+        # test id -> the bug report open for it, and where those reports are kept: from
+        # any step whose data has `bug_reports` and `bug_tracker` (submit_bugs does)
+        self.bug_reports: dict[str, str] = {}
+        self.bug_tracker: dict[str, Any] | None = None
 
     def add_batch(self, results: Iterable[StepResult]) -> None:
         for result in results:
@@ -56,11 +64,12 @@ class RunState:
         failures = data.get("failures")
         if (counts is not None and counts[1] > 0) or failures:
             self.has_test_failures = True
-        for failure in failures or ():
-            if isinstance(failure, dict) and "test" in failure:
-                self.open_failures[str(failure["test"])] = failure
-        for test_id in data.get("verified") or ():
-            self.open_failures.pop(str(test_id), None)
+        self.tests.add(result)
         routes = data.get("routes")
         if isinstance(routes, list):
             self.routes = routes
+        reports = data.get("bug_reports")
+        tracker = data.get("bug_tracker")
+        if isinstance(reports, dict) and isinstance(tracker, dict):
+            self.bug_reports.update({str(test): str(report) for test, report in reports.items()})
+            self.bug_tracker = tracker

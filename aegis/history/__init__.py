@@ -9,15 +9,16 @@ that cannot be used gives one warning and a ``MemoryHistory``, because history m
 fail a run. The stores import nothing heavy until they are opened (``sqlite3`` is loaded
 only when a file is), so CLI commands that keep no history do not pay for it.
 
-Run ids may be shortened: ``get`` accepts a prefix of at least ``MIN_PREFIX`` characters
-that matches one run, and raises ``NotFound`` when a prefix matches several.
+Run ids may be shortened and typed in any case: ``get`` accepts any prefix that matches
+one run (an id matching exactly wins), and raises ``NotFound`` listing the matches when a
+prefix matches several.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -28,12 +29,13 @@ if TYPE_CHECKING:
     from aegis.records import Run, StepResult
 
 __all__ = [
-    "MIN_PREFIX",
+    "SHOWN_MATCHES",
     "HistoryStore",
     "HistoryUnavailable",
     "RunList",
     "Warn",
     "ambiguous_prefix",
+    "matching_run_id",
     "open_history",
 ]
 
@@ -43,8 +45,8 @@ Warn = Callable[[str], None]
 # `list` is a method name below, so the builtin is spelled through an alias in signatures.
 RunList = list["Run"]
 
-# Shorter prefixes match too many runs to be worth a lookup.
-MIN_PREFIX = 4
+# How many runs the error for an ambiguous prefix names.
+SHOWN_MATCHES = 10
 
 MEMORY_PATH = ":memory:"
 
@@ -59,12 +61,33 @@ class HistoryUnavailable(AegisError):
 
 
 def ambiguous_prefix(prefix: str, matches: list[str]) -> NotFound:
-    """The error for a run id prefix that matches several runs (``matches``: two or more)."""
-    shown = ", ".join(matches[:2])
+    """The error for a run id prefix that matches several runs (``matches``: two or more).
+
+    Names the first ``SHOWN_MATCHES``; more than that in ``matches`` adds "and more".
+    """
+    shown = ", ".join(matches[:SHOWN_MATCHES])
+    more = " and more" if len(matches) > SHOWN_MATCHES else ""
     return NotFound(
-        f"run id '{prefix}' is ambiguous: it matches {shown}"
-        f"{' and more' if len(matches) > 2 else ''}; give more characters"
+        f"run id '{prefix}' is ambiguous: it matches {shown}{more}; give more characters"
     )
+
+
+def matching_run_id(run_id: str, candidates: Iterable[str]) -> str | None:
+    """The id among ``candidates`` that ``run_id`` names: equal to it or, failing that,
+    the only one it is a prefix of, in any case. ``None`` when none is.
+
+    Raises ``NotFound`` (``ambiguous_prefix``) when it is a prefix of several.
+    """
+    if not run_id:
+        return None
+    wanted = run_id.lower()
+    matches = sorted(c for c in candidates if c.lower().startswith(wanted))
+    for candidate in matches:
+        if candidate.lower() == wanted:
+            return candidate
+    if len(matches) > 1:
+        raise ambiguous_prefix(run_id, matches)
+    return matches[0] if matches else None
 
 
 class HistoryStore(abc.ABC):

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from aegis.history import MIN_PREFIX, HistoryStore, RunList, Warn, ambiguous_prefix
+from aegis.history import HistoryStore, RunList, Warn, matching_run_id
 from aegis.records import Run, StepResult
 
 __all__ = ["MemoryHistory"]
@@ -71,12 +71,8 @@ class MemoryHistory(HistoryStore):
             entry = self._entries.get(run_id)
             if entry is not None:
                 return entry.record()
-            if len(run_id) < MIN_PREFIX:
-                return None
-            matches = sorted(k for k in self._entries if k.startswith(run_id))
-            if len(matches) > 1:
-                raise ambiguous_prefix(run_id, matches)
-            return self._entries[matches[0]].record() if matches else None
+            found = matching_run_id(run_id, self._entries)
+            return self._entries[found].record() if found is not None else None
 
     def list(
         self,

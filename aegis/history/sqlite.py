@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -53,12 +54,12 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from aegis.history import (
-    MIN_PREFIX,
+    SHOWN_MATCHES,
     HistoryStore,
     HistoryUnavailable,
     RunList,
     Warn,
-    ambiguous_prefix,
+    matching_run_id,
 )
 from aegis.history.memory import MemoryHistory
 from aegis.history.owners import Owner, current_owner, owner_gone, process_state
@@ -156,7 +157,12 @@ _UPDATE_STEP = (
     " error_kind = ?, skip_reason = ?, data = ?, attempts = ? WHERE run_seq = ? AND name = ?"
 )
 _SEQ_OF = "SELECT seq FROM runs WHERE run_id = ?"
-_FIND = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id >= ? ORDER BY run_id LIMIT 3"
+_FIND = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?"
+# LIKE is case-insensitive for ASCII; one row more than the error names tells "and more"
+_FIND_PREFIX = (
+    f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id LIKE ? ESCAPE '\\'"
+    f" ORDER BY run_id LIMIT {SHOWN_MATCHES + 1}"
+)
 _STEPS_OF = f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_seq = ? ORDER BY rowid"
 _PRUNABLE = (
     "SELECT seq FROM runs WHERE workflow = ? AND status NOT IN (?, ?)"
@@ -793,15 +799,14 @@ class SqliteHistory(HistoryStore):
 
     def _find(self, db: sqlite3.Connection, run_id: str) -> Run | None:
         run_id = _text(run_id)
-        rows = [r for r in db.execute(_FIND, (run_id,)) if r[1].startswith(run_id)]
-        if not rows:
-            return None
-        if rows[0][1] != run_id:
-            if len(run_id) < MIN_PREFIX:
+        row = db.execute(_FIND, (run_id,)).fetchone()
+        if row is None:
+            pattern = re.sub(r"([\\%_])", r"\\\1", run_id) + "%"
+            rows = {r[1]: r for r in db.execute(_FIND_PREFIX, (pattern,))}
+            found = matching_run_id(run_id, rows)
+            if found is None:
                 return None
-            if len(rows) > 1:
-                raise ambiguous_prefix(run_id, [r[1] for r in rows])
-        row = rows[0]
+            row = rows[found]
         return self._decoded(_run, row, map(_full_step, db.execute(_STEPS_OF, (row[0],))))
 
     def _page(

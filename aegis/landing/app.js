@@ -223,6 +223,10 @@
       state = "up";
       label = typeof health.latency_ms === "number" ? `up · ${duration(health.latency_ms)}` : "up";
       note = "";
+    } else if (health && health.status === "degraded") {
+      state = "degraded";
+      label = "degraded";
+      note = text(health.error, "");
     } else if (health && health.status === "down") {
       state = "down";
       label = "down";

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aegis.config.model import ServiceSpec, StepSpec, WorkflowSpec
+from aegis.config.model import Config, ServiceSpec, StepSpec, WorkflowSpec
 from aegis.engine.clock import Clock, SystemClock
 from aegis.engine.state import RunState
 
@@ -30,8 +30,11 @@ class StepContext:
 
     ``http`` is the run's one shared ``httpx.AsyncClient``. ``scratch`` survives from one
     attempt of this step to the next (``submit_bugs`` remembers what was accepted there).
-    ``clock`` is the engine's (steps that wait, like a polling ``http`` step, sleep on it);
-    ``base_dir`` is the directory of the config file, which relative paths are taken from.
+    ``progress`` is the data so far of a step that does several things: when an attempt
+    fails without a ``StepError`` carrying ``data`` (it timed out, say), the engine
+    records ``progress`` as the step's data, so what was done is never lost. ``config``
+    is the run's whole config (a step may need another service than its own).
+    ``clock`` is the engine's (steps that wait, like a polling ``http`` step, sleep on it).
     """
 
     spec: StepSpec
@@ -42,8 +45,9 @@ class StepContext:
     http: Any
     environ: Mapping[str, str]
     scratch: dict[str, Any] = field(default_factory=dict)
+    progress: dict[str, Any] = field(default_factory=dict)
+    config: Config | None = None
     clock: Clock = field(default_factory=SystemClock)
-    base_dir: str | None = None
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ def _argument(key: str, index: int, value: Any) -> str:
 
 
 def _cwd(ctx: StepContext) -> str:
-    base = ctx.base_dir or os.getcwd()
+    base = (ctx.config.base_dir if ctx.config else None) or os.getcwd()
     cwd = ctx.spec.params.get("cwd")
     path = os.path.normpath(os.path.join(base, os.path.expanduser(str(cwd)))) if cwd else base
     if not os.path.isdir(path):
@@ -162,8 +162,9 @@ async def run_command(ctx: StepContext) -> dict[str, Any]:
     if not files:
         if finished.code not in codes:
             raise _exit_error(argv[0], data)
-        raise StepError("protocol", f"{argv[0]} wrote no JUnit file matching {pattern!r} in {cwd}")
-    results = _results(files, cwd)
+        message = f"{argv[0]} wrote no JUnit file matching {pattern!r} in {cwd}"
+        raise StepError("protocol", message, data=data)
+    results = _results(files, cwd, data)
     tests_failed = finished.code == 1 and results["failed"] > 0
     if finished.code not in codes and not tests_failed:
         raise _exit_error(argv[0], data)
@@ -183,13 +184,13 @@ def _junit_files(cwd: str, pattern: str) -> dict[str, tuple[int, int]]:
     return found
 
 
-def _results(files: list[str], cwd: str) -> dict[str, Any]:
+def _results(files: list[str], cwd: str, data: dict[str, Any]) -> dict[str, Any]:
     from aegis.ci.junit_read import JUnitError, read_junit
 
     try:
         return read_junit(files, root=cwd)
     except JUnitError as exc:
-        raise StepError("protocol", str(exc)) from exc
+        raise StepError("protocol", str(exc), data=data) from exc
 
 
 def _exit_error(program: str, data: Mapping[str, Any]) -> StepError:
@@ -198,7 +199,8 @@ def _exit_error(program: str, data: Mapping[str, Any]) -> StepError:
     code = data["exit_code"]
     ended = f"was killed by {signal_name(code)}" if code < 0 else f"exited with code {code}"
     tail = last_words(data["stderr"]) or last_words(data["stdout"])
-    return StepError("error", f"{program} {ended}" + (f"; last output: {tail}" if tail else ""))
+    message = f"{program} {ended}" + (f"; last output: {tail}" if tail else "")
+    return StepError("error", message, data=dict(data))  # the output stays in the record
 
 
 def last_words(output: str) -> str:

@@ -58,7 +58,6 @@ __all__ = [
     "require_object",
     "service_headers",
     "ssl_context",
-    "status_of",
 ]
 
 MAX_RESPONSE_BYTES = 10 * 1024 * 1024
@@ -216,17 +215,6 @@ async def request_json(
             return await _receive(exchange, response, tuple(expect))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise _translate(exc, exchange) from exc
-
-
-async def status_of(client: httpx.AsyncClient, url: str, headers: Mapping[str, str]) -> int:
-    """The status of ``GET url``, reading none of the body (for health checks).
-
-    ``client.get`` would read the whole answer into memory, inflated: a health endpoint
-    answering 50 MiB, or a gzip bomb, cost over 100 MiB per check. Raises httpx errors
-    as they come; ``describe_failure`` words them.
-    """
-    async with client.stream("GET", url, headers=dict(headers)) as response:
-        return response.status_code
 
 
 def describe_failure(exc: BaseException, service: str, url: str, method: str = "GET") -> str:

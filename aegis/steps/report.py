@@ -24,7 +24,7 @@ async def execute(ctx: StepContext) -> dict[str, Any]:
         "status_counts": dict(state.status_counts),
         "duration_ms": round(state.total_duration_ms, 1),
         "tests": _tests(state.last_counts),
-        "open_failure_count": len(state.open_failures),
+        "open_failure_count": state.tests.open_count,
         "steps": lines,
         "steps_omitted": state.step_count - len(lines),
     }

@@ -130,6 +130,14 @@ def each_bug_filed_once(demo: DemoServices, run: dict[str, Any]) -> str:
     return "2 bugs filed, none twice"
 
 
+def each_bug_filed_once_and_recorded(demo: DemoServices, run: dict[str, Any]) -> str:
+    each_bug_filed_once(demo, run)
+    data = run["steps"][-1]["data"]
+    assert sorted(data["report_ids"]) == sorted(r["id"] for r in demo.bugalizer.reports)
+    assert len(data["adopted"]) == 1
+    return "2 bugs filed, none twice, the stored one adopted, every id recorded"
+
+
 def no_escape_on_stderr(demo: DemoServices, run: dict[str, Any]) -> str:
     return "nothing reached the terminal unescaped"
 
@@ -491,7 +499,9 @@ CASES = [
     Case(
         "wrong shape for submit_bugs (201 without an id)",
         "kind `protocol`, says how many reports are not filed",
-        on_bugalizer("/api/v1/reports", Fault(201, payload={"status": "new"}, times=None)),
+        on_bugalizer(
+            "/api/v1/reports", Fault(201, payload={"status": "new"}, times=None, method="POST")
+        ),
         run_tests() + "\n" + SUBMIT,
         "protocol",
         "2 bug reports not filed yet: unexpected answer from bugalizer: "
@@ -502,7 +512,7 @@ CASES = [
     Case(
         "bugalizer 429 with Retry-After: 3 on the second report",
         "waits 3 s, then files only the report not yet accepted: no bug filed twice",
-        on_bugalizer("/api/v1/reports", Fault(429, retry_after=3, after=1)),
+        on_bugalizer("/api/v1/reports", Fault(429, retry_after=3, after=1, method="POST")),
         run_tests() + "\n" + SUBMIT,
         None,
         attempts=2,
@@ -511,9 +521,39 @@ CASES = [
         check=each_bug_filed_once,
     ),
     Case(
+        "bugalizer stores a report, then drops the connection",
+        "the retry finds the stored report by fingerprint and adopts it: no bug filed twice",
+        on_bugalizer("/api/v1/reports", Fault(mode="drop", processed=True, method="POST")),
+        run_tests() + "\n" + SUBMIT,
+        None,
+        attempts=2,
+        sleeps=(0.5,),
+        exit_code=1,
+        check=each_bug_filed_once_and_recorded,
+    ),
+    Case(
+        "bugalizer stores a report but answers after the attempt's timeout",
+        "the retry finds the stored report by fingerprint and adopts it: no bug filed twice",
+        on_bugalizer("/api/v1/reports", Fault(status=None, delay=1.0, method="POST")),
+        run_tests()
+        + "\n"
+        + _step(
+            "submit_bugs",
+            "bugalizer",
+            retries=1,
+            timeout=0.3,
+            **{"with": {"project_id": "web-shop"}},
+        ),
+        None,
+        attempts=2,
+        sleeps=(0.5,),
+        exit_code=1,
+        check=each_bug_filed_once_and_recorded,
+    ),
+    Case(
         "submit_bugs answered 200 instead of 201",
         "kind `http`: a success the step cannot use",
-        on_bugalizer("/api/v1/reports", Fault(200, payload={"id": "X"}, times=None)),
+        on_bugalizer("/api/v1/reports", Fault(200, payload={"id": "X"}, times=None, method="POST")),
         run_tests() + "\n" + SUBMIT,
         "http",
         "2 bug reports not filed yet: HTTP 200 from bugalizer: expected 201",

@@ -1,16 +1,16 @@
-"""``python -m aegis.demo_suite DIR``: copy the sample pytest suite into DIR."""
+"""``python -m aegis.demo.suite DIR``: copy the sample pytest suite into DIR."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from aegis.demo_suite import install
+from aegis.demo.suite import install
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m aegis.demo_suite DIR", file=sys.stderr)
+        print("usage: python -m aegis.demo.suite DIR", file=sys.stderr)
         return 2
     try:
         target = install(Path(argv[0]))

@@ -1,4 +1,4 @@
-"""The reference qaagent's start-and-poll API (``aegis.demo_test_runs``)."""
+"""The reference qaagent's start-and-poll API (``aegis.demo.started_runs``)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from aegis.demo import BadRequest, Request, Response
+from aegis.demo.service import BadRequest, Request, Response
 
 __all__ = ["StartedRuns"]
 
