@@ -246,6 +246,13 @@ def test_config_validate_names_each_problem(tmp_path: Path) -> None:
     ]
 
 
+def test_a_blank_shell_script_is_refused() -> None:
+    problem = [("shell", "expected a script, or a list of a script and its arguments")]
+    assert command.check_params({"shell": "  "}) == problem
+    assert command.check_params({"shell": [3, "x"]}) == problem
+    assert command.check_params({"shell": ["pytest -q", ["a"]]}) == []
+
+
 def test_argv_of_refuses_values_that_are_not_arguments() -> None:
     with pytest.raises(StepError, match=r"with.run\[1\] should be text or a number, got dict"):
         command.argv_of({"run": ["x", {"a": 1}]})

@@ -147,12 +147,12 @@ async def test_query_headers_and_a_text_body_are_sent(call: Any, demo: DemoServi
     data = await call(
         method="post",
         path="/api/runs",
-        query={"suite": "api", "tag": ["a&b", 2], "none": None},
+        query={"suite": "api", "tag": ["a&b", 2], "none": None, "all": False},
         headers={"X-Trace": 5},
         body='{"routes": []}',
     )
     sent = demo.qaagent.calls[-1]
-    assert sent.query == "suite=api&tag=a%26b&tag=2"
+    assert sent.query == "suite=api&tag=a%26b&tag=2&all=false"
     assert sent.headers["x-trace"] == "5"
     assert sent.json == {"routes": []}
     assert data["answer"]["total"] == 4
