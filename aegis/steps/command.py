@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import os
 import shlex
+import stat
 from collections.abc import Mapping
 from typing import Any
 
@@ -176,11 +177,11 @@ def _junit_files(cwd: str, pattern: str) -> dict[str, tuple[int, int]]:
     found: dict[str, tuple[int, int]] = {}
     for path in sorted(glob.glob(os.path.join(cwd, os.path.expanduser(pattern)), recursive=True)):
         try:
-            stat = os.stat(path)
+            info = os.stat(path)
         except OSError:  # removed meanwhile
             continue
-        if os.path.isfile(path):
-            found[path] = (stat.st_mtime_ns, stat.st_size)
+        if stat.S_ISREG(info.st_mode):
+            found[path] = (info.st_mtime_ns, info.st_size)
     return found
 
 
