@@ -253,6 +253,12 @@ def test_a_blank_shell_script_is_refused() -> None:
     assert command.check_params({"shell": ["pytest -q", ["a"]]}) == []
 
 
+def test_a_template_inside_a_shell_script_is_refused() -> None:
+    (problem,) = command.check_params({"shell": "pytest ${{ failures[].test }}"})
+    assert problem[0] == "shell" and "would not be quoted" in problem[1]
+    assert command.check_params({"shell": ["pytest", "${{ failures[].test }}"]}) == []
+
+
 def test_argv_of_refuses_values_that_are_not_arguments() -> None:
     with pytest.raises(StepError, match=r"with.run\[1\] should be text or a number, got dict"):
         command.argv_of({"run": ["x", {"a": 1}]})

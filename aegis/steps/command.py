@@ -76,6 +76,15 @@ def _check_shell(shell: Any) -> list[tuple[str, str]]:
     script = shell[0] if isinstance(shell, list) and shell else shell
     if not isinstance(script, str) or not script.strip():
         return [("shell", "expected a script, or a list of a script and its arguments")]
+    if "${{" in script:
+        # resolved into the script's text, a value would be read by the shell as code
+        return [
+            (
+                "shell",
+                "a ${{ }} template in the script would not be quoted; give it as an argument "
+                'after the script: shell: ["SCRIPT", "${{ ... }}"]',
+            )
+        ]
     return []
 
 
