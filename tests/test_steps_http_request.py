@@ -342,3 +342,35 @@ async def test_a_verify_by_request_needs_tests(
     ctx = make_context("verify", demo.qaagent_url, params={"method": "GET", "path": "/health"})
     with pytest.raises(StepError, match=r"with\.tests is required"):
         await call(ctx, tests_required=True)
+
+
+def test_a_poll_that_runs_out_of_time_keeps_what_it_saw(tmp_path: Path, demo: DemoServices) -> None:
+    demo.qaagent.started.polls_until_done = 10_000
+    config = tmp_path / "aegis.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            services:
+              qaagent: {{name: Q, url: "{demo.qaagent_url}"}}
+            workflows:
+              wf:
+                steps:
+                  - type: http
+                    service: qaagent
+                    with: {{method: POST, path: /api/branches/main/run-tests}}
+                  - type: http
+                    name: wait
+                    service: qaagent
+                    timeout: 0.5
+                    with:
+                      path: /api/runs/tr-1
+                      poll: {{until: "status == 'completed'", every: 0.05}}
+            """
+        )
+    )
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--config", str(config), "run", "wf", "--json"], stdout=out, stderr=err) == 3
+    wait = json.loads(out.getvalue())["steps"][1]
+    assert (wait["status"], wait["error_kind"]) == ("failed", "timeout")
+    assert wait["data"]["status"] == 200 and wait["data"]["polls"] >= 2
+    assert wait["data"]["answer"]["status"] == "running"

@@ -242,12 +242,14 @@ async def call(ctx: StepContext, *, tests_required: bool = False) -> dict[str, A
             ctx, method, path, query=_query(params), headers=headers, content=content, expect=expect
         )
         polls += 1
+        if poll:  # kept in the record if the step times out while polling
+            ctx.progress.update(status=answer.status, polls=polls, answer=_kept(answer))
         if not poll or truthy(_search(ctx, "poll.until", poll["until"], answer.json)):
             break
         await ctx.clock.sleep(float(poll.get("every", DEFAULT_POLL_SECONDS)))
     data: dict[str, Any] = {"status": answer.status}
     if len(answer.text) <= MAX_KEPT_ANSWER:
-        data["answer"] = answer.json if answer.json is not None else answer.text
+        data["answer"] = _kept(answer)
     if poll:
         data["polls"] = polls
     outputs = params.get("outputs")
@@ -262,6 +264,13 @@ async def call(ctx: StepContext, *, tests_required: bool = False) -> dict[str, A
     elif tests_required:
         raise StepError("error", f"step {ctx.spec.name!r}: with.tests is required")
     return data
+
+
+def _kept(answer: Any) -> Any:
+    """What the step data keeps of an answer: its JSON, else its text; None when large."""
+    if len(answer.text) > MAX_KEPT_ANSWER:
+        return None
+    return answer.json if answer.json is not None else answer.text
 
 
 def truthy(value: Any) -> bool:
