@@ -200,7 +200,7 @@ def test_timeout_ends_the_whole_process_group(tmp_path: Path) -> None:
           - type: command
             timeout: 1
             with:  # $$ is a $ in a config file
-              shell: "echo $$$$ > shell.pid; sleep 30 & echo $! > sleep.pid; wait"
+              shell: "echo $$$$ > shell.pid; sleep 30 & echo $! > sleep.pid; echo started; wait"
     """
     began = time.monotonic()
     code, out, err = run_cli(tmp_path, workflow, "run", "wf", "--json")
@@ -209,6 +209,8 @@ def test_timeout_ends_the_whole_process_group(tmp_path: Path) -> None:
     (step,) = run["steps"]
     assert (code, step["status"], step["error_kind"]) == (3, "failed", "timeout"), err
     assert step["error"] == "timed out after 1s"
+    assert step["data"]["command"].startswith("/bin/sh -c 'echo")  # what it ran, and
+    assert step["data"]["stdout"] == "started\n"  # what it said before it was cut short
     assert took < 2.0  # about 1 s: the shell and sleep end on SIGTERM at once
     shell, sleeper = (int((tmp_path / f).read_text()) for f in ("shell.pid", "sleep.pid"))
     assert eventually(lambda: gone(sleeper) and group_gone(shell))

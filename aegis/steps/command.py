@@ -151,8 +151,9 @@ async def run_command(ctx: StepContext) -> dict[str, Any]:
     cwd = _cwd(ctx)
     pattern = params.get("junit")
     before = _junit_files(cwd, str(pattern)) if pattern is not None else {}
+    ctx.progress["command"] = shlex.join(argv)  # with the output so far if cut short
     try:
-        finished = await run_process(argv, cwd=cwd, env=_environment(ctx))
+        finished = await run_process(argv, cwd=cwd, env=_environment(ctx), cut_short=ctx.progress)
     except OSError as exc:
         raise StepError("error", f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
     data: dict[str, Any] = {

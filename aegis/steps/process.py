@@ -75,11 +75,18 @@ class _Collector(asyncio.SubprocessProtocol):
 
 
 async def run_process(
-    argv: list[str], *, cwd: str, env: dict[str, str], grace: float = GRACE_SECONDS
+    argv: list[str],
+    *,
+    cwd: str,
+    env: dict[str, str],
+    grace: float = GRACE_SECONDS,
+    cut_short: dict[str, str] | None = None,
 ) -> Finished:
     """Run ``argv`` to its end (see the module's docstring).
 
-    Raises ``OSError`` when the program cannot be started (not found, not executable).
+    When the waiting is cancelled, the output so far goes into ``cut_short`` (``stdout``,
+    ``stderr``) before the cancellation goes on. Raises ``OSError`` when the program
+    cannot be started (not found, not executable).
     """
     loop = asyncio.get_running_loop()
     transport, collector = await loop.subprocess_exec(
@@ -98,6 +105,10 @@ async def run_process(
             # `Process.wait()` would also wait for the pipes, which a child left
             # behind keeps open: the program's own exit is what counts
             await asyncio.shield(collector.exited)
+        except BaseException:
+            if cut_short is not None:
+                cut_short.update(stdout=collector.tails[1].text(), stderr=collector.tails[2].text())
+            raise
         finally:
             try:
                 await _end_group(transport, group, grace)
