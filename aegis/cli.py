@@ -119,9 +119,11 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
 
         render_run(env.out(), run)
     code = run_exit_code(run)
+    from aegis.history import MEMORY_PATH
+
     if args.no_history:
         where = f"run {run.run_id} was not recorded: --no-history"
-    elif config.history.path == ":memory:":
+    elif config.history.path == MEMORY_PATH:
         where = f"run {run.run_id} was not recorded: history.path is :memory:"
     else:
         where = f"run {run.run_id} is in the history"
@@ -336,9 +338,9 @@ def cmd_serve(args: argparse.Namespace, env: _Env) -> int:
     return 0
 
 
-def _check_port(port: int | None) -> None:
+def _check_port(port: int | None, option: str = "--port") -> None:
     if port is not None and not 0 <= port <= 65535:
-        raise _usage(f"--port must be from 0 to 65535 (0: any free port), not {port}")
+        raise _usage(f"{option} must be from 0 to 65535 (0: any free port), not {port}")
 
 
 # The demo's closing hint, in commands as someone holding only the built file types them.
@@ -352,16 +354,20 @@ DEMO_NEXT = (
 def cmd_demo(args: argparse.Namespace, env: _Env) -> int:
     if args.services:
         if args.serve or args.json or args.port is not None:
-            raise _usage("demo --services takes only --host")
+            raise _usage("demo --services takes only --host, --qaagent-port and --bugalizer-port")
         from aegis import demo
 
+        _check_port(args.qaagent_port, "--qaagent-port")
+        _check_port(args.bugalizer_port, "--bugalizer-port")
         return demo.serve_services(
             args.host or demo.DEFAULT_HOST,
-            demo.DEFAULT_QAAGENT_PORT,
-            demo.DEFAULT_BUGALIZER_PORT,
+            demo.DEFAULT_QAAGENT_PORT if args.qaagent_port is None else args.qaagent_port,
+            demo.DEFAULT_BUGALIZER_PORT if args.bugalizer_port is None else args.bugalizer_port,
             stdout=env.stdout,
             stderr=env.stderr,
         )
+    if args.qaagent_port is not None or args.bugalizer_port is not None:
+        raise _usage("--qaagent-port and --bugalizer-port go with demo --services")
     if args.serve:
         from aegis.api.app import serve_demo
 
@@ -473,6 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="only start the reference services (qaagent on :8080, bugalizer on :8090, "
         "as aegis.example.yaml expects) until Ctrl-C; --host picks the address",
     )
+    for service, default in (("qaagent", 8080), ("bugalizer", 8090)):
+        demo.add_argument(
+            f"--{service}-port",
+            type=int,
+            metavar="P",
+            help=f"with --services: {service}'s port (default {default}; 0 picks a free one)",
+        )
     _add_listen_options(demo, "with --serve: ")
     demo.set_defaults(handler=cmd_demo)
     return parser

@@ -29,6 +29,7 @@ from pyz_helpers import (
     BUILD_PY,
     PYTHONS,
     ROOT,
+    RUN_TIMEOUT,
     base_environ,
     build_id,
     build_pyz,
@@ -327,6 +328,40 @@ def test_config_validate_runs_on_each_python(pyz: Path, tmp_path: Path, python: 
     assert done.returncode == 1
     assert "servces" in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_built_file_alone_serves_the_reference_services_for_the_example(
+    pyz: Path, tmp_path: Path
+) -> None:
+    """``demo --services`` until Ctrl-C, and the example config run against it."""
+    import queue
+    import signal
+
+    python = require_python("3.12")
+    env = base_environ(SHIV_ROOT=str(tmp_path / "root"))
+    argv = ["demo", "--services", "--qaagent-port", "0", "--bugalizer-port", "0"]
+    services = subprocess.Popen(
+        [python, str(pyz), *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = services.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in stdout])
+    reader.start()
+    try:
+        first = [lines.get(timeout=RUN_TIMEOUT) for _ in range(3)]
+        assert first[2] == "Press Ctrl-C to stop.\n", first
+        urls = {line.split()[0]: line.split()[1] for line in first[:2]}
+        example = shutil.copy(ROOT / "aegis.example.yaml", tmp_path / "aegis.yaml")
+        env_run = {**env, "QAAGENT_URL": urls["qaagent"], "BUGALIZER_URL": urls["bugalizer"]}
+        done = run_pyz(python, pyz, ["--config", str(example), "run", "smoke", "--json"], env_run)
+        assert json.loads(done.stdout)["status"] == "succeeded", done.stderr
+    finally:
+        services.send_signal(signal.SIGINT)
+        code = services.wait(timeout=RUN_TIMEOUT)
+        reader.join(RUN_TIMEOUT)
+    assert code == 0 and "Traceback" not in (services.stderr.read() if services.stderr else "")
 
 
 RUNTIME_CHECK = """

@@ -496,10 +496,9 @@ def test_demo_services_serves_the_reference_services_until_stopped(
             answers.extend(client.get(f"{url}/health").status_code for url in urls)
         raise KeyboardInterrupt  # as Ctrl-C would
 
-    monkeypatch.setattr(demo, "DEFAULT_QAAGENT_PORT", 0)
-    monkeypatch.setattr(demo, "DEFAULT_BUGALIZER_PORT", 0)
     monkeypatch.setattr(demo, "_wait", while_serving)
-    code = main(["demo", "--services"], stdout=out, stderr=io.StringIO(), environ={})
+    argv = ["demo", "--services", "--qaagent-port", "0", "--bugalizer-port", "0"]
+    code = main(argv, stdout=out, stderr=io.StringIO(), environ={})
     assert code == 0 and answers == [200, 200]
     assert out.getvalue().splitlines()[0].startswith("qaagent    http://127.0.0.1:")
     assert out.getvalue().splitlines()[-1] == "Press Ctrl-C to stop."
@@ -508,19 +507,21 @@ def test_demo_services_serves_the_reference_services_until_stopped(
 def test_demo_services_takes_only_host() -> None:
     for extra in (["--json"], ["--serve"], ["--port", "9"]):
         result = cli("demo", "--services", *extra)
-        assert result.code == 2 and "demo --services takes only --host" in result.err
+        assert result.code == 2 and "demo --services takes only --host, --qaagent" in result.err
+    result = cli("demo", "--qaagent-port", "9")
+    assert result.code == 2 and "go with demo --services" in result.err
+    result = cli("demo", "--services", "--bugalizer-port", "70000")
+    assert result.code == 2 and "--bugalizer-port must be from 0 to 65535" in result.err
 
 
-def test_demo_services_on_a_busy_port_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_services_on_a_busy_port_says_so() -> None:
     import socket
-
-    from aegis import demo
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        monkeypatch.setattr(demo, "DEFAULT_QAAGENT_PORT", busy.getsockname()[1])
-        result = cli("demo", "--services")
+        port = str(busy.getsockname()[1])
+        result = cli("demo", "--services", "--qaagent-port", port, "--bugalizer-port", "0")
     assert result.code == 1 and "cannot start the demo services on 127.0.0.1" in result.err
 
 
