@@ -393,20 +393,23 @@ def cmd_demo(args: argparse.Namespace, env: _Env) -> int:
         return 0
     from aegis.demo_pipeline import run_demo
 
-    run = run_demo(progress=env.err(), warn=env.warn)
+    runs = run_demo(progress=env.err(), warn=env.warn)
     if args.json:
-        _dump_json(run.to_dict(), env.stdout)
+        _dump_json([run.to_dict() for run in runs], env.stdout)
     else:
         from aegis.console import render_run
 
         out = env.out()
-        render_run(out, run)
-        out.line()
-        out.line("That was the demo pipeline against Aegis's built-in reference services.")
+        for run in runs:
+            render_run(out, run)
+            out.line()
+        then = ", then a real pytest suite run by a `command` step" if len(runs) > 1 else ""
+        out.line(f"That was the demo pipeline against Aegis's built-in reference services{then}.")
         for line in DEMO_NEXT:
             out.line(line)
-    # the demo succeeded when its pipeline ran end to end; the verdict is part of the show
-    return 0 if run.status.value == "succeeded" else run_exit_code(run)
+    # the demo succeeded when its pipelines ran end to end; the verdict is part of the show
+    failed = [run for run in runs if run.status.value != "succeeded"]
+    return run_exit_code(failed[0]) if failed else 0
 
 
 def _usage(message: str) -> AegisError:

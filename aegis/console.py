@@ -79,8 +79,13 @@ def _seconds(ms: float | None) -> str:
 
 
 def step_detail(data: Mapping[str, Any]) -> str:
-    """A short human phrase for a step's data: test counts, routes, reports filed."""
+    """A short human phrase for a step's data: test counts, routes, reports filed, and
+    what a ``command`` (exit code) or ``http`` step (status, polls) ended with."""
     parts = []
+    for key, phrase in (("exit_code", "exit {}"), ("status", "HTTP {}"), ("polls", "{} polls")):
+        value = data.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            parts.append(phrase.format(value))
     if isinstance(data.get("route_count"), int):
         parts.append(f"{data['route_count']} routes")
     if isinstance(data.get("failed"), int):

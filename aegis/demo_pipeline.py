@@ -4,11 +4,15 @@ It starts the reference qaagent and bugalizer on ephemeral loopback ports, makes
 first test call answer 503 once (so a retry shows), runs a pipeline with a parallel
 group, bug filing and a verify through the real config loader and engine, and keeps
 its history in a temporary directory that is removed afterwards: nothing is written
-anywhere else.
+anywhere else. Then, when the Python running Aegis has pytest, it runs the sample suite
+of ``aegis.demo.suite`` (copied into that directory) through a ``command`` step, files
+its failures and re-runs only those with ``verify``.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +24,14 @@ from aegis.console import Console
 from aegis.records import Run
 from aegis.steps.base import StepType
 
-__all__ = ["DEMO_CONFIG", "DemoSetup", "demo_setup", "run_demo"]
+__all__ = [
+    "DEMO_CONFIG",
+    "PYTEST_WORKFLOW",
+    "DemoSetup",
+    "demo_setup",
+    "pytest_available",
+    "run_demo",
+]
 
 DEMO_CONFIG = """\
 aegis:
@@ -67,9 +78,39 @@ workflows:
         condition: has_failures
       - type: report
         condition: always
+  pytest_demo:
+    name: Demo pytest pipeline
+    description: Run a real pytest suite, file its failures as bugs, re-run only those
+    timeout: 120
+    steps:
+      - type: command
+        name: pytest
+        timeout: 60
+        with:
+          run: ["${PYTHON}", -m, pytest, -q, -m, smoke, --junitxml=reports/junit.xml]
+          cwd: suite
+          env: {PYTEST_DISABLE_PLUGIN_AUTOLOAD: "1"}  # the suite needs no plugins
+          junit: reports/junit.xml
+      - type: submit_bugs
+        service: bugalizer
+        condition: has_failures
+        with: {project_id: web-shop, severity: high}
+      - type: verify
+        condition: has_failures
+        timeout: 60
+        with:
+          # one argument per open failure: the pytest node ids read from the JUnit file
+          run: ["${PYTHON}", -m, pytest, -q, --junitxml=reports/verify.xml,
+                "${{ failures[].test }}"]
+          cwd: suite
+          env: {PYTEST_DISABLE_PLUGIN_AUTOLOAD: "1"}
+          junit: reports/verify.xml
+      - type: report
+        condition: always
 history:
   path: history.db
 """
+PYTEST_WORKFLOW = "pytest_demo"
 
 
 @dataclass(frozen=True)
@@ -87,12 +128,18 @@ def demo_setup() -> Iterator[DemoSetup]:
     shows) and load the demo config against them; everything stops and is removed after."""
     from aegis.config import parse_config
     from aegis.demo import DemoServices, Fault
+    from aegis.demo.suite import install
     from aegis.steps.registry import default_step_types
 
     step_types = default_step_types()
     with tempfile.TemporaryDirectory(prefix="aegis-demo-") as workdir, DemoServices() as demo:
         demo.qaagent.inject("/api/runs", Fault(status=503, times=1))
-        environ = {"QAAGENT_URL": demo.qaagent_url, "BUGALIZER_URL": demo.bugalizer_url}
+        install(Path(workdir) / "suite")
+        environ = {
+            "QAAGENT_URL": demo.qaagent_url,
+            "BUGALIZER_URL": demo.bugalizer_url,
+            "PYTHON": sys.executable,
+        }
         config = parse_config(
             DEMO_CONFIG,
             file="<demo>",
@@ -103,17 +150,37 @@ def demo_setup() -> Iterator[DemoSetup]:
         yield DemoSetup(config, environ, step_types)
 
 
-def run_demo(*, progress: Console | None, warn: Callable[[str], None]) -> Run:
-    """Run the demo pipeline end to end and return its record."""
+def pytest_available(python: str = sys.executable) -> bool:
+    """Whether ``python`` can import pytest (the built file itself does not carry it)."""
+    try:
+        found = subprocess.run(
+            [python, "-c", "import pytest"], capture_output=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return found.returncode == 0
+
+
+def run_demo(*, progress: Console | None, warn: Callable[[str], None]) -> list[Run]:
+    """Run the demo pipeline end to end, then the pytest one when pytest is there (else
+    ``warn`` says so); their records."""
     from aegis.runs import run_workflow
 
+    workflows = ["demo"]
+    if pytest_available():
+        workflows.append(PYTEST_WORKFLOW)
+    else:
+        warn(f"pytest is not installed for {sys.executable}: the pytest demo is skipped")
     with demo_setup() as demo:
-        return run_workflow(
-            demo.config,
-            "demo",
-            progress=progress,
-            environ=demo.environ,
-            warn=warn,
-            step_types=demo.step_types,
-            trigger="demo",
-        )
+        return [
+            run_workflow(
+                demo.config,
+                workflow,
+                progress=progress,
+                environ=demo.environ,
+                warn=warn,
+                step_types=demo.step_types,
+                trigger="demo",
+            )
+            for workflow in workflows
+        ]

@@ -19,7 +19,11 @@ from typing import Any
 
 from aegis.records import StepResult, test_counts
 
-__all__ = ["TestLedger", "TestOutcome", "reported_failures"]
+__all__ = ["LOCAL", "TestLedger", "TestOutcome", "reported_failures"]
+
+# Where the tests of a step without a service ran (a `command`, a `verify` that runs a
+# program): one name for them all, so such a `verify` re-running them is matched.
+LOCAL = "local"
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class TestLedger:
         data = step.data
         if step.skipped or not data:
             return
-        service = step.service or step.type
+        service = step.service or LOCAL
         named = reported_failures(data)
         for failure in named:
             self._fail(service, str(failure["test"]), step.name, failure)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -457,16 +458,21 @@ def test_reading_history_never_creates_the_file(tmp_path: Path) -> None:
 
 def test_demo_runs_the_whole_story() -> None:
     result = cli("demo")
-    assert result.code == 0
+    assert result.code == 0, result.err
     assert "retry" in result.err
     for step in ("discover", "test-web", "test-api", "submit_bugs", "verify", "report"):
         assert step in result.out
     assert "bug reports filed" in result.out
+    # then the sample pytest suite (pytest is installed here)
+    assert "Run " in result.out and " of pytest_demo: succeeded, verdict failed" in result.out
+    assert "3 tests, 1 passed, 2 failed" in result.out
+    assert "1 verified, 1 still failing" in result.out
+    assert "then a real pytest suite run by a `command` step." in result.out
 
 
 def test_demo_ends_with_commands_a_pyz_user_can_type() -> None:
     result = cli("demo")
-    hint = result.out.split("built-in reference services.\n")[1]
+    hint = result.out.split("That was the demo pipeline")[1].split("\n", 1)[1]
     assert "`python3 aegis.pyz demo --services`" in hint
     assert "`python3 aegis.pyz run WORKFLOW`" in hint
     assert "`aegis " not in hint
@@ -522,7 +528,25 @@ def test_demo_services_on_a_busy_port_says_so() -> None:
 def test_demo_json() -> None:
     result = cli("demo", "--json")
     assert result.code == 0
-    assert result.json()["status"] == "succeeded"
+    runs = result.json()
+    assert [(r["workflow"], r["status"]) for r in runs] == [
+        ("demo", "succeeded"),
+        ("pytest_demo", "succeeded"),
+    ]
+
+
+def test_demo_without_pytest_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aegis.demo_pipeline
+
+    assert aegis.demo_pipeline.pytest_available(sys.executable)
+    assert not aegis.demo_pipeline.pytest_available("/nonexistent/python")
+    monkeypatch.setattr(aegis.demo_pipeline, "pytest_available", lambda: False)
+    result = cli("demo", "--json")
+    assert result.code == 0, result.err
+    assert [r["workflow"] for r in result.json()] == ["demo"]
+    assert f"pytest is not installed for {sys.executable}: the pytest demo is skipped" in (
+        result.err
+    )
 
 
 # ------------------------------------------------------------------- error handling

@@ -112,6 +112,10 @@ def test_step_detail_phrases() -> None:
     assert step_detail({"verified": ["a"], "still_failing": [], "submitted": 2}) == (
         "1 verified, 0 still failing, 2 bug reports filed"
     )
+    assert step_detail({"exit_code": 1, "total": 3, "passed": 1, "failed": 2}) == (
+        "exit 1, 3 tests, 1 passed, 2 failed"
+    )
+    assert step_detail({"status": 200, "polls": 3, "outputs": {}}) == "HTTP 200, 3 polls"
     assert step_detail({"submitted": 0, "reused": ["r1", "r2"], "bug_updates": [{}]}) == (
         "0 bug reports filed, 2 reused, 1 bug reports moved on"
     )

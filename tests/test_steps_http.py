@@ -162,7 +162,7 @@ async def test_transport_errors_are_kind_connection(
     [
         ("bad Content-Length", "bad Content-Length"),
         ("illegal status line: bytearray(b'SSH-2.0')", "illegal status line: 'SSH-2.0'"),
-        ('illegal header line: bytearray(b"it\'s")', "illegal header line: 'it\'s'"),
+        ('illegal header line: bytearray(b"it\'s")', "illegal header line: 'it's'"),
     ],
 )
 async def test_an_answer_that_is_not_http_is_kind_protocol(
@@ -679,7 +679,7 @@ def test_the_registry_does_not_import_httpx() -> None:
         "import sys\n"
         "from aegis.steps.registry import default_step_types\n"
         "types = default_step_types()\n"
-        "assert sorted(types) == ['discover', 'report', 'submit_bugs', 'test', 'verify'], types\n"
+        "assert 'http' in types and 'command' in types, types\n"
         "assert 'httpx' not in sys.modules, 'httpx imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -8,13 +8,22 @@ from aegis.steps.registry import default_step_types
 
 def test_builtins_are_registered_by_name() -> None:
     types = default_step_types()
-    assert list(types) == ["discover", "test", "submit_bugs", "verify", "report"]
+    assert list(types) == [
+        "discover",
+        "test",
+        "submit_bugs",
+        "verify",
+        "report",
+        "command",
+        "http",
+    ]
     for name, step_type in types.items():
         assert isinstance(step_type, StepType)
         assert step_type.name == name
         assert step_type.description and "\n" not in step_type.description
-        assert step_type.needs_service is (name != "report")
-        assert ("path" in step_type.params) is step_type.needs_service
+        needed = step_type.service_needed({})
+        assert needed is (name not in ("report", "command"))
+        assert ("path" in step_type.params) is needed
 
 
 def test_each_call_gives_a_fresh_mapping_a_caller_may_extend() -> None:

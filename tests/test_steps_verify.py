@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import respx
@@ -14,7 +15,7 @@ from aegis.engine.runner import Engine
 from aegis.engine.state import RunState
 from aegis.errors import StepError
 from aegis.records import Run, StepResult, StepStatus
-from aegis.steps import bugalizer, test, verify
+from aegis.steps import bugalizer, command, http_request, test, verify
 from aegis.steps.registry import default_step_types
 from aegis.steps.verify import STEP
 
@@ -96,7 +97,8 @@ async def test_service_down_is_kind_connection(
 
 
 def test_step_type_metadata() -> None:
-    assert (STEP.name, STEP.needs_service, STEP.params) == ("verify", True, frozenset({"path"}))
+    assert STEP.name == "verify"
+    assert STEP.params == {"path"} | command.PARAMS | http_request.PARAMS
     assert STEP.check_params is not None and STEP.check_params({"path": "x"})
     assert verify.STEP.description
 
@@ -262,3 +264,97 @@ async def test_an_already_closed_bug_is_left_as_it_is(
         "status": "closed",
         "note": "already closed",
     }
+
+
+# ------------------------------------------------------------------ any source of tests
+
+
+async def test_verify_by_request_reruns_the_failures_it_is_given(
+    make_context: MakeContext, demo: DemoServices
+) -> None:
+    failing = ["test_checkout_applies_discount", "test_api_login_rate_limit"]
+    params = {
+        "method": "POST",
+        "path": "/api/branches/{branch}/run-tests",
+        "path_params": {"branch": "main"},
+        "json": {"tests": failing},  # as `${{ failures[].test }}` resolves
+        "expect": 202,
+        "tests": {"failures": "`[]`"},
+    }
+    ctx = make_context(
+        "verify", demo.qaagent_url, params=params, state=state_with_failures(*failing)
+    )
+    data = await STEP.execute(ctx)
+    assert demo.qaagent.calls[-1].json == {"tests": failing}
+    assert (data["verified"], data["still_failing"]) == (failing, [])
+
+
+async def test_verify_by_request_reads_the_failures_from_the_answer(
+    make_context: MakeContext, demo: DemoServices
+) -> None:
+    failing = ["test_checkout_applies_discount", "test_api_login_rate_limit"]
+    params = {
+        "method": "POST",
+        "path": "/api/runs",
+        "json": {"verify_only": True, "tests": failing},
+        "tests": {"total": "total", "failures": "failures"},
+    }
+    ctx = make_context(
+        "verify", demo.qaagent_url, params=params, state=state_with_failures(*failing)
+    )
+    data = await STEP.execute(ctx)
+    assert (data["total"], data["passed"], data["failed"]) == (2, 1, 1)
+    assert data["verified"] == ["test_api_login_rate_limit"]
+    assert data["still_failing"] == ["test_checkout_applies_discount"]
+
+
+async def test_verify_by_program_without_failures_runs_nothing(
+    make_context: MakeContext, tmp_path: Path
+) -> None:
+    params = {"run": ["touch", str(tmp_path / "ran")], "junit": "*.xml"}
+    data = await STEP.execute(make_context("verify", None, params=params))
+    assert data["verified"] == [] and not (tmp_path / "ran").exists()
+
+
+def test_verify_checks_the_keys_of_the_way_it_reruns() -> None:
+    assert verify.form({}) == "contract"
+    assert verify.form({"shell": "x"}) == "command"
+    assert verify.form({"tests": {}}) == "http"
+    assert verify.check_params({"path": "nope"}) == [
+        ("path", "expected a path starting with '/', got 'nope'")
+    ]
+    assert verify.check_params({"run": ["pytest"], "path": "/x"}) == [
+        ("path", "not used when verify re-runs the tests by running a program"),
+        ("junit", "required with run/shell: the JUnit files to read results from"),
+    ]
+    assert verify.check_params({"method": "POST", "path": "/x", "cwd": "."}) == [
+        ("cwd", "not used when verify re-runs the tests by a request"),
+        ("tests", "required: how the answer maps to test results"),
+    ]
+
+
+def test_only_the_program_form_goes_without_a_service() -> None:
+    assert not STEP.service_needed({"run": ["pytest"], "junit": "x"})
+    assert STEP.service_needed({"tests": {"failures": "f"}})
+    assert STEP.service_needed({})
+
+
+def test_config_needs_a_service_only_for_the_forms_that_send(tmp_path: Path) -> None:
+    import io
+
+    from aegis.cli import main
+
+    config = tmp_path / "aegis.yaml"
+    config.write_text(
+        "workflows:\n  wf:\n    steps:\n"
+        "      - {type: verify, with: {run: [pytest], junit: out.xml}}\n"
+        "      - {type: verify}\n"
+    )
+    err = io.StringIO()
+    assert main(["config", "validate", str(config)], stdout=io.StringIO(), stderr=err) == 1
+    problems = [line for line in err.getvalue().splitlines() if "steps[" in line]
+    assert len(problems) == 1
+    assert (
+        "workflows.wf.steps[1].service: missing; step type 'verify' needs a service"
+        in (problems[0])
+    )

@@ -131,7 +131,8 @@ class WebhookSpec:
 
 @dataclass(frozen=True)
 class Config:
-    """A whole, validated config file. ``source`` is the file it came from, if any."""
+    """A whole, validated config file. ``source`` is the file it came from, if any;
+    ``base_dir`` the directory its relative paths are taken from."""
 
     services: MappingProxyType[str, ServiceSpec]
     workflows: MappingProxyType[str, WorkflowSpec]
@@ -142,3 +143,4 @@ class Config:
     webhooks: tuple[WebhookSpec, ...] = ()
     event_log_size: int = 100
     source: str | None = None
+    base_dir: str | None = None

@@ -525,6 +525,7 @@ def build_config(
         webhooks=_webhooks(reader, top.get("webhooks")),
         event_log_size=reader.get(top, "event_log_size", "", _integer(1), DEFAULT_EVENT_LOG_SIZE),
         source=source,
+        base_dir=os.path.abspath(base_dir),
     )
     if reader.problems:
         raise ConfigError(reader.problems)
@@ -758,7 +759,8 @@ def _step_service(
     raw = section.get("service")
     if raw is None:
         unreported = section.lacks("service") or "service" in section  # absent, or null
-        if step_type is not None and step_type.needs_service and unreported:
+        needed = step_type is not None and step_type.service_needed(_raw_params(section))
+        if step_type is not None and needed and unreported:
             choices = f"one of: {', '.join(services)}" if services else "none are defined"
             reader.report(
                 join_key(path, "service"),
@@ -769,6 +771,11 @@ def _step_service(
     if service is not None and service not in services:
         reader.report(join_key(path, "service"), unknown("service", service, tuple(services)))
     return service
+
+
+def _raw_params(section: Mapping[str, object]) -> Mapping[str, Any]:
+    raw = section.get("with")
+    return raw if isinstance(raw, dict) else {}
 
 
 def _retry_on(reader: _Reader, section: Mapping[str, object], path: str) -> tuple[str, ...] | None:

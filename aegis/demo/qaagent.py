@@ -12,8 +12,10 @@ from aegis.demo.service import (
     Handler,
     Request,
     Response,
+    error_response,
     invalid,
 )
+from aegis.demo.started_runs import StartedRuns
 
 __all__ = ["ROUTES", "TESTS", "DemoTest", "QaAgent"]
 
@@ -65,7 +67,8 @@ TESTS: tuple[DemoTest, ...] = (
 
 
 class QaAgent(DemoService):
-    """The demo QA agent: ``GET /api/routes`` and ``POST /api/runs`` (also ``verify_only``)."""
+    """The demo QA agent: ``GET /api/routes`` and ``POST /api/runs`` (also ``verify_only``),
+    and the start-and-poll API of ``aegis.demo.started_runs``."""
 
     name = "qaagent"
 
@@ -74,9 +77,18 @@ class QaAgent(DemoService):
     ) -> None:
         super().__init__(host, port, api_key=api_key)
         self._runs = 0
+        self.started = StartedRuns(self._full_run, self._rerun)
 
     def routes(self) -> dict[str, dict[str, Handler]]:
         return {"/api/routes": {"GET": self._routes}, "/api/runs": {"POST": self._run}}
+
+    def _dispatch(self, request: Request) -> Response:
+        # the start-and-poll API (aegis/demo/started_runs.py) has paths with parameters
+        if not self.started.handles(request.path):
+            return super()._dispatch(request)
+        if not self._authorized(request):
+            return error_response(401, "Invalid or missing API key")
+        return self.started.answer(request)
 
     def _routes(self, request: Request) -> Response:
         return Response(200, {"routes": [dict(route) for route in ROUTES]})

@@ -196,7 +196,7 @@ class Engine:
     async def _execute(self, execution: _Execution, workflow: WorkflowSpec) -> RunStatus:
         """Run the batches under the workflow timeout; the run's status comes back."""
         needs_http = any(
-            self.step_types[spec.type].needs_service
+            self.step_types[spec.type].service_needed(spec.params)
             for spec in workflow.steps
             if spec.type in self.step_types
         )
@@ -376,6 +376,7 @@ class _Execution:
             http=self.http,
             environ=self.engine.environ,
             config=self.engine.config,
+            clock=self.clock,
         )
         self._emit("step.started", spec, attempts_allowed=spec.retries + 1)
         began = self.clock.monotonic()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aegis.config.model import Config, ServiceSpec, StepSpec, WorkflowSpec
+from aegis.engine.clock import Clock, SystemClock
 from aegis.engine.state import RunState
 
 __all__ = ["ParamCheck", "StepContext", "StepType", "check_path"]
@@ -33,6 +34,7 @@ class StepContext:
     fails without a ``StepError`` carrying ``data`` (it timed out, say), the engine
     records ``progress`` as the step's data, so what was done is never lost. ``config``
     is the run's whole config (a step may need another service than its own).
+    ``clock`` is the engine's (steps that wait, like a polling ``http`` step, sleep on it).
     """
 
     spec: StepSpec
@@ -45,6 +47,7 @@ class StepContext:
     scratch: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
     config: Config | None = None
+    clock: Clock = field(default_factory=SystemClock)
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,17 @@ class StepType:
 
     name: str
     execute: Callable[[StepContext], Awaitable[dict[str, Any]]]
-    needs_service: bool = True
+    # whether a step needs `service:`; a function of `with:` when it depends on it
+    needs_service: bool | Callable[[Mapping[str, Any]], bool] = True
     params: frozenset[str] = frozenset({"path"})  # the `with:` keys it accepts
     check_params: ParamCheck | None = None
     description: str = ""
+
+    def service_needed(self, params: Mapping[str, Any]) -> bool:
+        """Whether a step of this type with ``params`` as its ``with:`` needs a service."""
+        if callable(self.needs_service):
+            return self.needs_service(params)
+        return self.needs_service
 
 
 def check_path(params: Mapping[str, Any]) -> list[tuple[str, str]]:

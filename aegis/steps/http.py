@@ -44,12 +44,14 @@ from aegis.text import printable
 __all__ = [
     "CONNECT_TIMEOUT",
     "MAX_RESPONSE_BYTES",
+    "Answer",
     "describe_answer",
     "describe_failure",
     "join_url",
     "open_client",
     "parse_retry_after",
     "protocol_error",
+    "request",
     "request_json",
     "require_count",
     "require_list",
@@ -252,13 +254,25 @@ def _path_of(ctx: StepContext, default_path: str) -> str:
 
 
 async def _receive(exchange: _Exchange, response: httpx.Response, expect: tuple[int, ...]) -> Any:
+    body = await _expected_body(exchange, response, expect)
+    return _decode_json(exchange, response.status_code, body)
+
+
+async def _expected_body(
+    exchange: _Exchange, response: httpx.Response, expect: tuple[int, ...]
+) -> bytearray:
+    """The body of an answer whose status is expected; else the ``StepError`` for it."""
     status = response.status_code
     if 300 <= status < 400:
         raise _redirect_error(exchange, response)
     if status not in expect:
         body = await _read(exchange, response, MAX_ERROR_BYTES, strict=False)
         raise _status_error(exchange, response, body, expect)
-    body = await _read(exchange, response, MAX_RESPONSE_BYTES, strict=True)
+    return await _read(exchange, response, MAX_RESPONSE_BYTES, strict=True)
+
+
+def _decode_json(exchange: _Exchange, status: int, body: bytearray) -> Any:
+    """The JSON in ``body``; raises a ``protocol`` ``StepError`` when it is not JSON."""
     answered = f"{exchange.service} answered HTTP {status} to {exchange.method} {exchange.url}"
     try:
         # UTF-8 only (RFC 8259): json.loads(bytes) would also take UTF-16 and let encoded
@@ -617,3 +631,55 @@ def _kind(value: Any, present: bool = True) -> str:
         return "null"
     shown = repr(value)
     return shown if len(shown) <= 40 else type(value).__name__
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A service's answer to ``request``: the status, and the body as JSON (``None`` when
+    the body is empty, or is not JSON and does not say it is) and as text."""
+
+    status: int
+    json: Any
+    text: str
+
+
+async def request(
+    ctx: StepContext,
+    method: str,
+    path: str,
+    *,
+    query: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    content: bytes | None = None,
+    expect: Iterable[int] | None = None,
+) -> Answer:
+    """Send any request to the step's service, for steps that are not on the contract.
+
+    ``path`` is used as given (already percent-encoded), ``query`` is encoded by httpx;
+    ``headers`` come after the service's own (``X-API-Key``). ``expect`` defaults to any
+    2xx status. Raises ``StepError`` as ``request_json`` does.
+    """
+    service = _service_of(ctx)
+    url = join_url(service.url, path)
+    exchange = _Exchange(service.key, method, url)
+    sent = {**service_headers(service, ctx.environ), **(headers or {})}
+    expected = tuple(expect) if expect is not None else tuple(range(200, 300))
+    try:
+        async with ctx.http.stream(
+            method, url, params=query, headers=sent, content=content
+        ) as response:
+            exchange.answered = True
+            status = response.status_code
+            body = await _expected_body(exchange, response, expected)
+            says_json = "json" in response.headers.get("content-type", "").lower()
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise _translate(exc, exchange) from exc
+    text = body.decode("utf-8", "replace")
+    if not body.strip():
+        return Answer(status, None, text)
+    try:
+        return Answer(status, _decode_json(exchange, status, body), text)
+    except StepError:
+        if says_json:
+            raise
+        return Answer(status, None, text)

@@ -14,7 +14,15 @@ __all__ = ["default_step_types"]
 
 def default_step_types() -> dict[str, StepType]:
     """A fresh mapping of the built-in step types, keyed by name."""
-    from aegis.steps import discover, report, submit_bugs, test, verify
+    from aegis.steps import command, discover, http_request, report, submit_bugs, test, verify
 
-    builtins = (discover.STEP, test.STEP, submit_bugs.STEP, verify.STEP, report.STEP)
+    builtins = (
+        discover.STEP,
+        test.STEP,
+        submit_bugs.STEP,
+        verify.STEP,
+        report.STEP,
+        command.STEP,
+        http_request.STEP,
+    )
     return {step.name: step for step in builtins}
