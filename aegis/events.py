@@ -28,6 +28,7 @@ EVENT_TYPES = (
     "step.completed",
     "failure.detected",
     "workflow.completed",
+    "run.skipped",
 )
 
 log = logging.getLogger("aegis.events")

@@ -179,6 +179,7 @@ class StepResult:
     error: str | None = None
     error_kind: str | None = None
     skip_reason: str | None = None
+    reused: bool = False  # carried over from the run this one reran (`--from-failed`)
 
     @property
     def skipped(self) -> bool:
@@ -200,6 +201,7 @@ class StepResult:
             "error": self.error,
             "error_kind": self.error_kind,
             "duration_ms": self.duration_ms,
+            "reused": self.reused,
         }
         if not summary:
             out["data"] = self.data
@@ -219,6 +221,7 @@ class StepResult:
             error=data.get("error"),
             error_kind=data.get("error_kind"),
             skip_reason=data.get("skip_reason"),
+            reused=bool(data.get("reused", False)),
         )
 
 
@@ -235,6 +238,7 @@ class Run:
     verdict: Verdict | None = None
     finished_at: str | None = None
     duration_ms: float | None = None
+    rerun_of: str | None = None  # the run this one reran
 
     def to_dict(self, *, summary: bool = False) -> dict[str, Any]:
         """The run JSON; ``summary`` leaves out each step's ``data`` and ``attempts``."""
@@ -247,6 +251,7 @@ class Run:
             "finished_at": self.finished_at,
             "duration_ms": self.duration_ms,
             "trigger": self.trigger,
+            "rerun_of": self.rerun_of,
             "steps": [s.to_dict(summary=summary) for s in self.steps],
         }
 
@@ -263,4 +268,5 @@ class Run:
             verdict=Verdict(verdict) if verdict else None,
             finished_at=data.get("finished_at"),
             duration_ms=data.get("duration_ms"),
+            rerun_of=data.get("rerun_of"),
         )

@@ -141,8 +141,20 @@ class Engine:
             known = ", ".join(sorted(self.config.workflows)) or "none"
             raise NotFound(f"unknown workflow '{key}' (known: {known})") from None
 
-    async def run(self, key: str, *, trigger: str = "cli", run_id: str | None = None) -> Run:
+    async def run(
+        self,
+        key: str,
+        *,
+        trigger: str = "cli",
+        run_id: str | None = None,
+        rerun_of: str | None = None,
+        reuse: Mapping[int, StepResult] | None = None,
+    ) -> Run:
         """Run workflow ``key`` to its end and return the finished record.
+
+        A rerun names the run it reruns (``rerun_of``); ``reuse`` holds the step records
+        it carries over, by position (``aegis.engine.rerun.carried_steps``): those steps
+        are not run again, their records count as if they had just ended.
 
         Raises ``NotFound`` for an unknown workflow, before anything is recorded.
         A cancelled run is recorded as ``cancelled`` before ``CancelledError`` propagates.
@@ -154,6 +166,7 @@ class Engine:
             status=RunStatus.RUNNING,
             started_at=format_timestamp(self.clock.now()),
             trigger=trigger,
+            rerun_of=rerun_of,
         )
         began = self.clock.monotonic()
         self._record("start", run)
@@ -164,8 +177,9 @@ class Engine:
             name=workflow.name,
             steps=len(workflow.steps),
             trigger=trigger,
+            **({"rerun_of": rerun_of} if rerun_of else {}),
         )
-        execution = _Execution(self, workflow, run.run_id)
+        execution = _Execution(self, workflow, run.run_id, reuse or {})
         try:
             status = await self._execute(execution, workflow)
         except asyncio.CancelledError:
@@ -177,8 +191,8 @@ class Engine:
         """Run the batches under the workflow timeout; the run's status comes back."""
         needs_http = any(
             self.step_types[spec.type].needs_service
-            for spec in workflow.steps
-            if spec.type in self.step_types
+            for index, spec in enumerate(workflow.steps)
+            if spec.type in self.step_types and index not in execution.reuse
         )
         main = asyncio.ensure_future(execution.run_batches(needs_http))
         timer = None
@@ -257,8 +271,15 @@ class Engine:
 class _Execution:
     """The mutable side of one run: results so far and the aggregates over them."""
 
-    def __init__(self, engine: Engine, workflow: WorkflowSpec, run_id: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        workflow: WorkflowSpec,
+        run_id: str,
+        reuse: Mapping[int, StepResult],
+    ) -> None:
         self.engine = engine
+        self.reuse = reuse
         self.clock = engine.clock
         self.workflow = workflow
         self.run_id = run_id
@@ -296,6 +317,8 @@ class _Execution:
         return list(await asyncio.gather(*(self.run_step(i, s) for i, s in batch)))
 
     async def run_step(self, index: int, spec: StepSpec) -> StepResult:
+        if self.reuse and index in self.reuse:
+            return self._end(index, self.reuse[index])
         reason = skip_reason(spec.condition, self.state)
         if reason is not None:
             return self._end(index, skipped_result(spec, reason))

@@ -31,9 +31,19 @@ Schema, version 1 (``PRAGMA user_version``)::
            tie-break after started_at, and what steps refer to),
            run_id UNIQUE, workflow, status, verdict, started_at, finished_at,
            duration_ms, trigger, owner_host, owner_pid, owner_token,
-           heartbeat_at (unix seconds)
+           heartbeat_at (unix seconds), rerun_of (added to older files on open)
     steps  run_seq (runs.seq), name, type, service, status, duration_ms, error,
-           error_kind, skip_reason, data (JSON), attempts (JSON); rowid = report order
+           error_kind, skip_reason, reused (0/1, added to older files on open),
+           data (JSON), attempts (JSON); rowid = report order
+    schedule_fires  workflow, schedule (ScheduleSpec.key), fired_at (unix seconds):
+           the last tick fired of each schedule (made in older files on open)
+
+A file written before ``rerun_of`` and ``reused`` existed and opened read-only is read
+with ``NULL`` and ``0`` in their place.
+
+* **Age.** With ``max_age``, a thread removes runs older than it in batches of
+  ``PRUNE_BATCH``, each its own short transaction, oldest first through the
+  ``started_at`` index: writers of new runs wait for one batch at most.
 """
 
 from __future__ import annotations
@@ -60,7 +70,7 @@ from aegis.history import (
     Warn,
     ambiguous_prefix,
 )
-from aegis.history.memory import MemoryHistory
+from aegis.history.memory import PRUNE_BATCH, MemoryHistory, age_cutoff
 from aegis.history.owners import Owner, current_owner, owner_gone, process_state
 from aegis.records import (
     Attempt,
@@ -97,6 +107,17 @@ _DECODE_ERRORS = (ValueError, KeyError, TypeError)
 _UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 _CHUNK = 500  # bound parameters per statement, well under SQLite's oldest limit (999)
 
+_FIRES_TABLE = """CREATE TABLE IF NOT EXISTS schedule_fires (
+        workflow TEXT NOT NULL,
+        schedule TEXT NOT NULL,
+        fired_at REAL NOT NULL,
+        PRIMARY KEY (workflow, schedule)
+    )"""
+# Columns added since the first files were written, with what an older file reads as.
+_ADDED_COLUMNS = (
+    ("runs", "rerun_of", "TEXT", "NULL"),
+    ("steps", "reused", "INTEGER NOT NULL DEFAULT 0", "0"),
+)
 _SCHEMA = (
     """CREATE TABLE runs (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -111,7 +132,8 @@ _SCHEMA = (
         owner_host TEXT NOT NULL,
         owner_pid INTEGER NOT NULL,
         owner_token TEXT NOT NULL,
-        heartbeat_at REAL NOT NULL
+        heartbeat_at REAL NOT NULL,
+        rerun_of TEXT
     )""",
     "CREATE INDEX runs_newest ON runs (started_at DESC, seq DESC)",
     "CREATE INDEX runs_by_workflow ON runs (workflow, started_at DESC, seq DESC)",
@@ -127,33 +149,39 @@ _SCHEMA = (
         error TEXT,
         error_kind TEXT,
         skip_reason TEXT,
+        reused INTEGER NOT NULL DEFAULT 0,
         data TEXT NOT NULL,
         attempts TEXT NOT NULL
     )""",
     "CREATE INDEX steps_by_run ON steps (run_seq, name)",
+    _FIRES_TABLE,
 )
 
 _RUN_COLUMNS = (
-    "seq, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger"
+    "seq, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger,"
+    " rerun_of"
 )
-_SUMMARY_COLUMNS = "name, type, service, status, duration_ms, error, error_kind, skip_reason"
+_SUMMARY_COLUMNS = (
+    "name, type, service, status, duration_ms, error, error_kind, skip_reason, reused"
+)
 _STEP_COLUMNS = f"{_SUMMARY_COLUMNS}, data, attempts"
 
 _INSERT_RUN = (
     "INSERT INTO runs (run_id, workflow, status, verdict, started_at, finished_at,"
-    " duration_ms, trigger, owner_host, owner_pid, owner_token, heartbeat_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " duration_ms, trigger, rerun_of, owner_host, owner_pid, owner_token, heartbeat_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_RUN = (
     "UPDATE runs SET run_id = ?, workflow = ?, status = ?, verdict = ?, started_at = ?,"
-    " finished_at = ?, duration_ms = ?, trigger = ? WHERE seq = ?"
+    " finished_at = ?, duration_ms = ?, trigger = ?, rerun_of = ? WHERE seq = ?"
 )
 _INSERT_STEP = (
-    f"INSERT INTO steps (run_seq, {_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO steps (run_seq, {_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_STEP = (
     "UPDATE steps SET name = ?, type = ?, service = ?, status = ?, duration_ms = ?, error = ?,"
-    " error_kind = ?, skip_reason = ?, data = ?, attempts = ? WHERE run_seq = ? AND name = ?"
+    " error_kind = ?, skip_reason = ?, reused = ?, data = ?, attempts = ?"
+    " WHERE run_seq = ? AND name = ?"
 )
 _SEQ_OF = "SELECT seq FROM runs WHERE run_id = ?"
 _FIND = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id >= ? ORDER BY run_id LIMIT 3"
@@ -161,6 +189,15 @@ _STEPS_OF = f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_seq = ? ORDER BY rowid
 _PRUNABLE = (
     "SELECT seq FROM runs WHERE workflow = ? AND status NOT IN (?, ?)"
     " ORDER BY started_at DESC, seq DESC LIMIT -1 OFFSET ?"
+)
+_AGED = (
+    "SELECT seq FROM runs WHERE started_at < ? AND status NOT IN (?, ?)"
+    " ORDER BY started_at, seq LIMIT ?"
+)
+_LAST_FIRE = "SELECT fired_at FROM schedule_fires WHERE workflow = ? AND schedule = ?"
+_RECORD_FIRE = (
+    "INSERT INTO schedule_fires (workflow, schedule, fired_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (workflow, schedule) DO UPDATE SET fired_at = excluded.fired_at"
 )
 _UNFINISHED_ROWS = (
     "SELECT seq, run_id, owner_host, owner_pid, owner_token, heartbeat_at"
@@ -224,6 +261,7 @@ def _step_values(step: StepResult) -> tuple[Any, ...]:
         _opt(step.error),
         _opt(step.error_kind),
         _opt(step.skip_reason),
+        int(step.reused),
         _json(step.data),
         _json([a.to_dict() for a in step.attempts]),
     )
@@ -239,11 +277,12 @@ def _run_values(run: Run) -> tuple[Any, ...]:
         _opt(run.finished_at),
         run.duration_ms,
         _text(run.trigger),
+        _opt(run.rerun_of),
     )
 
 
 def _summary_step(row: Sequence[Any]) -> StepResult:
-    name, type_, service, status, duration_ms, error, error_kind, skip_reason = row[:8]
+    name, type_, service, status, duration_ms, error, error_kind, skip_reason, reused = row[:9]
     return StepResult(
         name=name,
         type=type_,
@@ -253,19 +292,20 @@ def _summary_step(row: Sequence[Any]) -> StepResult:
         error=error,
         error_kind=error_kind,
         skip_reason=skip_reason,
+        reused=bool(reused),
     )
 
 
 def _full_step(row: Sequence[Any]) -> StepResult:
     return replace(
         _summary_step(row),
-        data=json.loads(row[8]),
-        attempts=tuple(Attempt.from_dict(a) for a in json.loads(row[9])),
+        data=json.loads(row[9]),
+        attempts=tuple(Attempt.from_dict(a) for a in json.loads(row[10])),
     )
 
 
 def _run(row: Sequence[Any], steps: Iterable[StepResult]) -> Run:
-    _, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger = row
+    _, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger = row[:9]
     return Run(
         run_id=run_id,
         workflow=workflow,
@@ -276,6 +316,7 @@ def _run(row: Sequence[Any], steps: Iterable[StepResult]) -> Run:
         verdict=Verdict(verdict) if verdict else None,
         finished_at=finished_at,
         duration_ms=duration_ms,
+        rerun_of=row[9],
     )
 
 
@@ -297,6 +338,10 @@ def _rollback(db: sqlite3.Connection) -> None:
             db.execute("ROLLBACK")
     except sqlite3.Error:
         pass
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
 def _chunks(items: Sequence[_T]) -> Iterable[Sequence[_T]]:
@@ -332,6 +377,7 @@ class SqliteHistory(HistoryStore):
         path: str | os.PathLike[str],
         *,
         max_runs: int = 0,
+        max_age: float = 0.0,
         warn: Warn | None = None,
         busy_timeout: float | None = None,
         heartbeat_interval: float | None = None,
@@ -344,6 +390,7 @@ class SqliteHistory(HistoryStore):
         self.path = os.fspath(path)
         self.read_only = read_only
         self.max_runs = max_runs
+        self.max_age = max_age
         self._warn = warn
         self._busy_timeout = DEFAULT_BUSY_TIMEOUT if busy_timeout is None else busy_timeout
         self._interval = heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL
@@ -356,6 +403,8 @@ class SqliteHistory(HistoryStore):
         self._memory: MemoryHistory | None = None
         self._stop = threading.Event()
         self._beater: threading.Thread | None = None
+        self._pruner: threading.Thread | None = None
+        self._old_columns: dict[str, str] = {}  # an older file read-only: column -> literal
         self._last_sweep = -math.inf
         self._warned: set[str] = set()
         # Pages and counts read since the file last changed (see _cached).
@@ -375,6 +424,11 @@ class SqliteHistory(HistoryStore):
             if isinstance(exc, _DB_ERRORS):
                 raise HistoryUnavailable(self.path, self._open_reason(exc)) from exc
             raise
+        if max_age > 0:
+            self._pruner = threading.Thread(
+                target=self._prune_in_background, name="aegis-history-pruner", daemon=True
+            )
+            self._pruner.start()
 
     @property
     def degraded(self) -> bool:
@@ -454,10 +508,44 @@ class SqliteHistory(HistoryStore):
                 self._pages[key] = value
             return value
 
+    def prune_aged(self, limit: int) -> int:
+        if self.max_age <= 0 or self.read_only:
+            return 0
+        cutoff = age_cutoff(self._clock(), self.max_age)
+        removed: builtins.list[int] = []
+
+        def fallback(memory: MemoryHistory) -> None:
+            removed.append(memory.prune_aged(limit))
+
+        self._write(self._save_pruned, cutoff, limit, removed, fallback=fallback)
+        return sum(removed)
+
+    def _prune_in_background(self) -> None:
+        """Every so often, prune by age a batch at a time until nothing is left to prune."""
+        interval = min(max(self.max_age / 4, 0.05), 60.0)
+        while not self._stop.wait(interval):
+            while self.prune_aged(PRUNE_BATCH) == PRUNE_BATCH and not self._stop.is_set():
+                pass
+
+    def last_fire(self, workflow: str, schedule: str) -> float | None:
+        def fallback(memory: MemoryHistory) -> float | None:
+            return memory.last_fire(workflow, schedule)
+
+        return self._read(self._fired, workflow, schedule, fallback=fallback)
+
+    def record_fire(self, workflow: str, schedule: str, at: float) -> None:
+        values = (_text(workflow), _text(schedule), at)
+        self._write(
+            lambda db: db.execute(_RECORD_FIRE, values),
+            fallback=lambda m: m.record_fire(workflow, schedule, at),
+        )
+
     def close(self) -> None:
         self._stop.set()
         if self._beater is not None:
             self._beater.join()
+        if self._pruner is not None:
+            self._pruner.join()
         with self._lock:
             self._db.close()
 
@@ -680,6 +768,9 @@ class SqliteHistory(HistoryStore):
             raise HistoryUnavailable(self.path, self._newer(version))
         if version < SCHEMA_VERSION:
             raise HistoryUnavailable(self.path, "not an aegis history file (no runs table)")
+        for table, column, _, literal in _ADDED_COLUMNS:
+            if column not in _columns(db, table):
+                self._old_columns[column] = literal
 
     @staticmethod
     def _newer(version: int) -> str:
@@ -717,6 +808,10 @@ class SqliteHistory(HistoryStore):
             # SQLite opens a read-only file without complaint and fails only at the first
             # write; this write (of the same value) finds that out now, not mid-run.
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            for table, column, definition, _ in _ADDED_COLUMNS:  # a file from before them
+                if column not in _columns(db, table):
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            db.execute(_FIRES_TABLE)
             return
         if version > SCHEMA_VERSION:
             raise HistoryUnavailable(self.path, self._newer(version))
@@ -776,6 +871,14 @@ class SqliteHistory(HistoryStore):
         db.executemany("DELETE FROM steps WHERE run_seq = ?", doomed)
         db.executemany("DELETE FROM runs WHERE seq = ?", doomed)
 
+    def _save_pruned(
+        self, db: sqlite3.Connection, cutoff: str, limit: int, removed: builtins.list[int]
+    ) -> None:
+        doomed = db.execute(_AGED, (cutoff, *_UNFINISHED, limit)).fetchall()
+        db.executemany("DELETE FROM steps WHERE run_seq = ?", doomed)
+        db.executemany("DELETE FROM runs WHERE seq = ?", doomed)
+        removed.append(len(doomed))
+
     def _save_heartbeat(self, db: sqlite3.Connection, live: Sequence[_Live], now: float) -> None:
         db.executemany(_HEARTBEAT, ((now, one.run.status.value, one.seq) for one in live))
 
@@ -791,9 +894,21 @@ class SqliteHistory(HistoryStore):
 
     # ----------------------------------------------------------------- reads
 
+    def _fired(self, db: sqlite3.Connection, workflow: str, schedule: str) -> float | None:
+        if "reused" in self._old_columns:  # an older file, read-only: no ticks in it
+            return None
+        row = db.execute(_LAST_FIRE, (_text(workflow), _text(schedule))).fetchone()
+        return None if row is None else float(row[0])
+
+    def _sql(self, sql: str) -> str:
+        """``sql`` for this file: an older one read-only has literals for newer columns."""
+        for column, literal in self._old_columns.items():
+            sql = sql.replace(f", {column}", f", {literal}")
+        return sql
+
     def _find(self, db: sqlite3.Connection, run_id: str) -> Run | None:
         run_id = _text(run_id)
-        rows = [r for r in db.execute(_FIND, (run_id,)) if r[1].startswith(run_id)]
+        rows = [r for r in db.execute(self._sql(_FIND), (run_id,)) if r[1].startswith(run_id)]
         if not rows:
             return None
         if rows[0][1] != run_id:
@@ -802,7 +917,8 @@ class SqliteHistory(HistoryStore):
             if len(rows) > 1:
                 raise ambiguous_prefix(run_id, [r[1] for r in rows])
         row = rows[0]
-        return self._decoded(_run, row, map(_full_step, db.execute(_STEPS_OF, (row[0],))))
+        steps = db.execute(self._sql(_STEPS_OF), (row[0],))
+        return self._decoded(_run, row, map(_full_step, steps))
 
     def _page(
         self,
@@ -813,7 +929,7 @@ class SqliteHistory(HistoryStore):
         offset: int,
     ) -> RunList:
         filters = self._filters(workflow, status)
-        sql = _LIST[workflow is not None, status is not None]
+        sql = self._sql(_LIST[workflow is not None, status is not None])
         rows = db.execute(sql, (*filters, limit, offset)).fetchall()
         steps = self._summaries(db, [row[0] for row in rows])
         runs = (self._decoded(_run, row, steps.get(row[0], ())) for row in rows)
@@ -826,7 +942,9 @@ class SqliteHistory(HistoryStore):
         steps: dict[int, builtins.list[StepResult]] = {}
         for chunk in _chunks(seqs):
             marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT run_seq, {_SUMMARY_COLUMNS} FROM steps WHERE run_seq IN ({marks})"
+            sql = self._sql(
+                f"SELECT run_seq, {_SUMMARY_COLUMNS} FROM steps WHERE run_seq IN ({marks})"
+            )
             for row in db.execute(f"{sql} ORDER BY rowid", chunk):
                 step = self._decoded(_summary_step, row[1:])
                 if step is not None:
