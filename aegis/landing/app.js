@@ -27,6 +27,7 @@
     "step.completed",
     "failure.detected",
     "workflow.completed",
+    "run.skipped",
   ];
   const ACTIVE = new Set(["queued", "running"]); // run statuses that can still change
   const STEP_ACTIVE = new Set(["running", "retrying"]);
@@ -737,6 +738,10 @@
     if (!event || typeof event.id !== "number") return;
     if (!trusted && event.id <= page.events.lastId) return;
     page.events.lastId = event.id;
+    if (event.type === "run.skipped") {
+      addEventItem(event); // a refused trigger: no run to follow
+      return;
+    }
     applyProgress(event);
     addEventItem(event);
     const shown = patchRunRow(event.run_id);
