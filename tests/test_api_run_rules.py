@@ -4,6 +4,7 @@ bound, with runs held at a gate step the test opens; nothing sleeps to synchroni
 from __future__ import annotations
 
 import asyncio
+import itertools
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -128,7 +129,7 @@ async def test_limit_one_queue_runs_five_triggers_one_after_another(
     finished = [await manager.wait(run_id, LIMIT) for run_id in ids]
     assert [r.status for r in finished] == [RunStatus.SUCCEEDED] * 5
     assert [r for r in gate.entered if r != other.run_id] == ids  # in the order triggered
-    for before, after in zip(finished, finished[1:]):
+    for before, after in itertools.pairwise(finished):
         assert before.finished_at is not None and before.finished_at <= after.started_at
 
 
@@ -165,7 +166,7 @@ async def test_a_schedule_overlap_skip_refuses_while_a_run_goes(
 async def test_past_max_queued_runs_the_queue_refuses_with_a_wait(
     managers: Callable[..., tuple[RunManager, Gate]],
 ) -> None:
-    manager, gate = managers(max_concurrent=1, max_queued=2)
+    manager, _ = managers(max_concurrent=1, max_queued=2)
     for _ in range(3):  # one running, two waiting
         await manager.submit("free")
     with pytest.raises(QueueFull) as full:
