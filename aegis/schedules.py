@@ -94,9 +94,13 @@ def previous_fire(spec: ScheduleSpec, now: datetime) -> datetime:
         return _utc(math.floor(now.timestamp() / spec.every) * spec.every)
     from cronsim import CronSim
 
-    # cronsim's reverse iteration starts below its start: a second later includes `now`
-    start = (now + timedelta(seconds=1)).astimezone(_zone(spec.timezone))
-    return next(CronSim(spec.cron or "", start, reverse=True)).astimezone(timezone.utc)
+    # cronsim's reverse iteration starts below its start, at whole minutes: start a minute
+    # later so that a tick at `now` counts, and pass over one after it
+    start = (now + timedelta(minutes=1)).astimezone(_zone(spec.timezone))
+    for tick in CronSim(spec.cron or "", start, reverse=True):
+        if tick <= now:
+            return tick.astimezone(timezone.utc)
+    raise AssertionError("unreachable: cronsim iterates without end")  # pragma: no cover
 
 
 def _utc(seconds: float) -> datetime:
