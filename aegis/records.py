@@ -22,6 +22,7 @@ __all__ = [
     "StepResult",
     "StepStatus",
     "Verdict",
+    "age_cutoff",
     "current_timestamp",
     "format_timestamp",
     "make_record",
@@ -86,6 +87,12 @@ def current_timestamp() -> str:
         text = format_timestamp(moment)
         _last_milli = (milli, text)
     return text
+
+
+def age_cutoff(now: float, max_age: float) -> str:
+    """The timestamp text before which a record is older than ``max_age`` seconds at
+    ``now`` (unix seconds); record timestamps compare as text in time order."""
+    return format_timestamp(datetime.fromtimestamp(now - max_age, timezone.utc))
 
 
 _R = TypeVar("_R")

@@ -132,7 +132,7 @@ class ApiApp:
         store = self.history or self._open_history()
         self._parts["history"] = store
         bus = EventBus()
-        events = EventLog(config.event_log_size)
+        events = EventLog(config.event_log_size, max_age=config.history.max_age)
         bus.subscribe(events.append)
         if self.progress is not None:
             bus.subscribe(self.progress)

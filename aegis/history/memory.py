@@ -12,20 +12,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 
 from aegis.history import MIN_PREFIX, HistoryStore, RunList, Warn, ambiguous_prefix
-from aegis.records import Run, StepResult, format_timestamp
+from aegis.records import Run, StepResult, age_cutoff
 
-__all__ = ["PRUNE_BATCH", "MemoryHistory", "age_cutoff"]
+__all__ = ["PRUNE_BATCH", "MemoryHistory"]
 
 # The most runs one round of pruning by age removes: a run's path never waits for more.
 PRUNE_BATCH = 200
-
-
-def age_cutoff(now: float, max_age: float) -> str:
-    """The ``started_at`` text before which a run is older than ``max_age`` seconds."""
-    return format_timestamp(datetime.fromtimestamp(now - max_age, timezone.utc))
 
 
 @dataclass

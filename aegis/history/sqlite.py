@@ -70,7 +70,7 @@ from aegis.history import (
     Warn,
     ambiguous_prefix,
 )
-from aegis.history.memory import PRUNE_BATCH, MemoryHistory, age_cutoff
+from aegis.history.memory import PRUNE_BATCH, MemoryHistory
 from aegis.history.owners import Owner, current_owner, owner_gone, process_state
 from aegis.records import (
     Attempt,
@@ -79,6 +79,7 @@ from aegis.records import (
     StepResult,
     StepStatus,
     Verdict,
+    age_cutoff,
     format_timestamp,
 )
 
