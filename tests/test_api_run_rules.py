@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -174,3 +175,64 @@ async def test_past_max_queued_runs_the_queue_refuses_with_a_wait(
     assert full.value.retry_after == QUEUE_RETRY_AFTER
     assert "queue is full (2 runs wait)" in str(full.value)
     assert manager.queued() == 2
+
+
+def test_over_http_a_refusal_is_409_naming_the_run_and_a_full_queue_429(
+    tmp_path: Path,
+) -> None:
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    from aegis.api.app import ApiApp
+
+    gate = threading.Event()
+
+    async def held(ctx: StepContext) -> dict[str, Any]:
+        while not gate.is_set():
+            await asyncio.sleep(0.01)
+        return {}
+
+    types = {"gate": step_type("gate", held)}
+    text = textwrap.dedent("""
+        workflows:
+          held:
+            concurrency: {limit: 1, on_conflict: skip}
+            steps: [{type: gate}]
+          free:
+            steps: [{type: gate}]
+        history: {path: ":memory:"}
+        server: {max_concurrent_runs: 1, max_queued_runs: 1}
+        """)
+    config = parse_config(text, file="t.yaml", base_dir=tmp_path, environ={}, step_types=types)
+
+    def post(url: str, path: str) -> tuple[int, dict[str, str], Any]:
+        parts = urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+        try:
+            conn.request("POST", path)
+            reply = conn.getresponse()
+            headers = {k.lower(): v for k, v in reply.getheaders()}
+            return reply.status, headers, json.loads(reply.read())
+        finally:
+            conn.close()
+
+    try:
+        with ApiApp(config, environ={}, port=0, step_types=types) as app:
+            status, _, first = post(app.url, "/api/workflows/held/run")
+            assert status == 202
+            status, _, refused = post(app.url, "/api/workflows/held/run")
+            assert status == 409
+            assert refused["error"]["code"] == "conflict"
+            assert refused["error"]["run_id"] == first["run_id"]
+            assert "limit is 1" in refused["error"]["message"]
+            status, _, _ = post(app.url, "/api/workflows/free/run")  # waits: one slot
+            assert status == 202
+            status, headers, full = post(app.url, "/api/workflows/free/run")
+            assert status == 429 and headers["retry-after"] == "5"
+            assert full["error"]["code"] == "too_many_requests"
+            assert "the run queue is full (1 runs wait)" in full["error"]["message"]
+            events = app.ctx.events.list(type="run.skipped")
+            assert [e.data["blocking_run"] for e in events] == [first["run_id"]]
+    finally:
+        gate.set()
