@@ -182,10 +182,6 @@ class Scheduler:
         self._may_fire = may_fire
         self._started = False
 
-    @property
-    def empty(self) -> bool:
-        return not self._entries
-
     async def run(self) -> None:
         """Fire ticks as they fall due, until cancelled."""
         while True:

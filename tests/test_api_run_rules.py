@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 import textwrap
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -236,3 +236,17 @@ def test_over_http_a_refusal_is_409_naming_the_run_and_a_full_queue_429(
             assert [e.data["blocking_run"] for e in events] == [first["run_id"]]
     finally:
         gate.set()
+
+
+async def test_cancel_running_also_cancels_a_run_still_queued(
+    managers: Callable[..., tuple[RunManager, Gate]],
+) -> None:
+    manager, gate = managers("{limit: 1, on_conflict: cancel_running}", max_concurrent=1)
+    busy, _ = await manager.submit("free")
+    await gate.until(lambda: busy.run_id in gate.entered)
+    first, _ = await manager.submit("held")  # waits for the only slot
+    second, _ = await manager.submit("held")
+    cancelled = await manager.wait(first.run_id, LIMIT)
+    assert cancelled.status is RunStatus.CANCELLED and first.run_id not in gate.entered
+    gate.open.set()
+    assert (await manager.wait(second.run_id, LIMIT)).status is RunStatus.SUCCEEDED

@@ -228,7 +228,9 @@ def test_rerun_on_the_command_line(demo: DemoServices, tmp_path: Path) -> None:
     failed = json.loads(out.getvalue())
     calls = (discoveries(demo), full_runs(demo))
     out = io.StringIO()
+    junit = tmp_path / "out" / "rerun.xml"
     argv = ["--config", config_path, "rerun", failed["run_id"][:8], "--from-failed", "--json"]
+    argv += ["--junit", str(junit)]
     err = io.StringIO()
     code = main(argv, stdout=out, stderr=err, environ={})
     assert code == 1, err.getvalue()  # as a clean run: verify leaves a test failing
@@ -237,6 +239,7 @@ def test_rerun_on_the_command_line(demo: DemoServices, tmp_path: Path) -> None:
     assert rerun["rerun_of"] == failed["run_id"]
     assert [s["reused"] for s in rerun["steps"]] == [True, True, False, False, False]
     assert (discoveries(demo), full_runs(demo)) == calls
+    assert "<testsuite" in junit.read_text()
     err = io.StringIO()
     assert main(["--config", config_path, "rerun", "nothere"], stderr=err, environ={}) == 2
     assert "no run 'nothere'" in err.getvalue()

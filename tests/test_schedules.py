@@ -433,3 +433,45 @@ def test_every_2s_fires_about_every_2s_under_a_server(tmp_path: Path) -> None:
     started = sorted(datetime.fromisoformat(r["started_at"].replace("Z", "+00:00")) for r in runs)
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(started)]
     assert all(1.0 < gap < 4.0 for gap in gaps), gaps
+
+
+class BrokenLog:
+    """A tick store that fails at everything (a history file gone bad)."""
+
+    def last_fire(self, workflow: str, schedule: str) -> float | None:
+        raise OSError("disk gone")
+
+    def record_fire(self, workflow: str, schedule: str, at: float) -> None:
+        raise OSError("disk gone")
+
+
+async def test_a_failing_tick_store_or_lock_never_stops_the_schedule(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, fired = FakeClock(), Fired()
+    spec = ScheduleSpec(every=60, catch_up="last")
+    s = scheduler(fired, clock, workflow("w", spec), fires=BrokenLog())
+    await s.fire_due(at(2026, 1, 1, 0, 0, 30))
+    await s.fire_due(at(2026, 1, 1, 0, 1))
+    assert len(fired.calls) == 1  # fired, though its tick could not be kept
+    assert "cannot read the last tick of w" in caplog.text
+    assert "cannot record a tick of w" in caplog.text
+
+    def broken_lock() -> bool:
+        raise OSError("no locks here")
+
+    fired.calls.clear()
+    s = scheduler(fired, clock, workflow("w", spec), may_fire=broken_lock)
+    await s.fire_due(at(2026, 1, 1, 0, 0, 30))
+    await s.fire_due(at(2026, 1, 1, 0, 1))
+    assert fired.calls == []
+    assert "cannot take the schedule lock" in caplog.text
+
+
+async def test_with_no_schedules_the_loop_only_sleeps() -> None:
+    clock, fired = FakeClock(), Fired()
+    task = asyncio.ensure_future(scheduler(fired, clock).run())
+    while len(clock.sleeps) < 3:
+        await asyncio.sleep(0)
+    task.cancel()
+    assert clock.sleeps[:3] == [MAX_SLEEP] * 3

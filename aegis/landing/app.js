@@ -859,6 +859,8 @@
         return `${step} failed: ${text(d.error)}`;
       case "workflow.completed":
         return `${text(d.status)}${d.verdict ? `, verdict ${d.verdict}` : ""} · ${duration(d.duration_ms)}`;
+      case "run.skipped":
+        return `not started: run ${text(d.blocking_run)} is in the way (${text(d.rule)} limit ${text(d.limit)})`;
       default:
         return "";
     }
