@@ -4,8 +4,6 @@ and SQLite files written before those columns existed."""
 from __future__ import annotations
 
 import sqlite3
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -84,42 +82,6 @@ def test_without_max_age_nothing_is_pruned_by_age(make_store: MakeStore) -> None
     assert store.count() == 1
 
 
-def test_sqlite_prunes_in_the_background_while_runs_are_written(tmp_path: Path) -> None:
-    """`max_age: 1s`: old runs go while new ones are written, and no write waits long."""
-    path = tmp_path / "h.db"
-    with SqliteHistory(path) as seed:  # runs of an earlier day
-        for n in range(3 * PRUNE_BATCH):
-            seed.finish(finished(make_run(f"old{n:09d}", at=n % 60)))
-    store = SqliteHistory(path, max_age=1.0)
-    slowest = 0.0
-    deadline = time.monotonic() + 30
-    n = 0
-    while _count_old(path) and time.monotonic() < deadline:
-        run = replace(make_run(f"new{n:09d}"), started_at=_now_stamp())
-        began = time.monotonic()
-        store.start(run)
-        store.update_step(run.run_id, make_step("test"))
-        store.finish(finished(run, steps=(make_step("test"),)))
-        slowest = max(slowest, time.monotonic() - began)
-        n += 1
-    assert _count_old(path) == 0
-    assert store.get(f"new{n - 1:09d}") is not None  # the newest are kept
-    assert slowest < 2.0  # a write waited for one batch at most, never a whole sweep
-    store.close()
-    assert not any(t.name == "aegis-history-pruner" and t.is_alive() for t in threading.enumerate())
-
-
-def _count_old(path: Path) -> int:
-    with sqlite3.connect(path) as db:
-        return int(db.execute("SELECT count(*) FROM runs WHERE run_id LIKE 'old%'").fetchone()[0])
-
-
-def _now_stamp() -> str:
-    from aegis.records import current_timestamp
-
-    return current_timestamp()
-
-
 def test_rerun_fields_and_schedule_ticks_are_kept(make_store: MakeStore) -> None:
     store = make_store()
     reused = replace(make_step("discover"), reused=True)
@@ -186,3 +148,13 @@ def test_a_file_from_before_reruns_gets_the_new_columns_when_written(tmp_path: P
         run = again.get("newer0000001")
         assert run is not None and run.rerun_of == "older0000001" and run.steps[0].reused
         assert again.last_fire("w", "every 60s") == 60.0
+
+
+def test_a_short_lived_store_prunes_a_batch_when_it_closes(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    store = SqliteHistory(path, max_age=3600.0, clock=lambda: T0 + 7200)
+    store.finish(finished(make_run("old000000001")))  # two hours old
+    assert store.count() == 1  # the pruner's first round is minutes away
+    store.close()
+    with SqliteHistory(path, read_only=True) as again:
+        assert again.count() == 0

@@ -542,6 +542,10 @@ class SqliteHistory(HistoryStore):
         )
 
     def close(self) -> None:
+        if self._pruner is not None and not self._stop.is_set():
+            # a short-lived process (`aegis run`) ends before the first round: prune one
+            # batch as it goes, after its run is recorded
+            self.prune_aged(PRUNE_BATCH)
         self._stop.set()
         if self._beater is not None:
             self._beater.join()
