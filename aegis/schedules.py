@@ -32,6 +32,7 @@ from typing import IO, Any, Protocol
 
 from aegis.config.model import ScheduleSpec, WorkflowSpec
 from aegis.engine.clock import Clock
+from aegis.errors import Conflict
 
 __all__ = [
     "MAX_SLEEP",
@@ -232,7 +233,9 @@ class Scheduler:
             await self._fire(entry.workflow, entry.spec)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a refused tick (a full queue, shutdown) is logged
+        except Conflict as exc:  # skipped by a rule: the manager has emitted run.skipped
+            log.info("schedules: %s was not started (%s)", entry.workflow, exc)
+        except Exception as exc:  # a full queue, a store that failed: worth a warning
             log.warning("schedules: %s was not started (%s)", entry.workflow, exc)
 
     def _last_fire(self, entry: _Entry) -> float | None:

@@ -7,6 +7,7 @@ import asyncio
 import io
 import itertools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from aegis.api.app import ApiApp
 from aegis.cli import main
 from aegis.config import parse_config
 from aegis.config.model import ScheduleSpec, WorkflowSpec
-from aegis.errors import ConfigError, Conflict
+from aegis.errors import ConfigError, Conflict, QueueFull
 from aegis.history.memory import MemoryHistory
 from aegis.history.sqlite import SqliteHistory
 from aegis.schedules import (
@@ -189,12 +190,17 @@ async def test_fire_due_fires_what_is_due_and_says_when_next() -> None:
 async def test_a_refused_tick_is_logged_and_the_schedule_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="aegis.schedules")
     clock, fired = FakeClock(), Fired()
     fired.refuse = Conflict("not started: a run is going")
     s = scheduler(fired, clock, workflow("w", ScheduleSpec(every=60)))
     await s.fire_due(at(2026, 1, 1, 0, 0, 30))
     assert await s.fire_due(at(2026, 1, 1, 0, 1)) == at(2026, 1, 1, 0, 2)
     assert "schedules: w was not started (not started: a run is going)" in caplog.text
+    fired.refuse = QueueFull("the run queue is full", retry_after=5)
+    await s.fire_due(at(2026, 1, 1, 0, 2))
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage() == "schedules: w was not started (the run queue is full)"
 
 
 async def test_without_the_lock_ticks_pass_unfired() -> None:
@@ -475,3 +481,22 @@ async def test_with_no_schedules_the_loop_only_sleeps() -> None:
         await asyncio.sleep(0)
     task.cancel()
     assert clock.sleeps[:3] == [MAX_SLEEP] * 3
+
+
+def test_schedules_cost_nothing_to_a_config_without_them(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from aegis.config import parse_config
+        from aegis.steps.registry import default_step_types
+        import aegis.schedules
+        parse_config("workflows: {w: {steps: [{type: report}]}}", file="a.yaml",
+                     base_dir=Path("."), environ={}, step_types=default_step_types())
+        print("cronsim" in sys.modules)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
