@@ -12,8 +12,11 @@ which falls back to the bundled ``tzdata`` package where the system has no zone 
 same path as the API, ``RunManager.submit`` with ``trigger="schedule"`` and the
 schedule's ``overlap`` rule. With SQLite only one server per history file fires:
 ``ScheduleLock`` is an ``flock`` on a file beside the history file, tried again at each
-tick, so another server takes over when the one holding it stops. The last tick fired
-of each schedule is kept in the history store (``catch_up: last`` needs it).
+tick, so another server takes over when the one holding it stops. Each tick is also
+claimed in the history store before it fires (``claim_fire``: granted once per tick
+across the processes sharing the store), which keeps the last tick fired of each
+schedule for ``catch_up: last`` and is what a shared database store builds on to fire
+each tick once across replicas.
 
 cronsim and zoneinfo are imported only when a schedule is evaluated: loading a config
 without schedules, and ``aegis --version``, never pay for them.
@@ -113,7 +116,7 @@ class FireLog(Protocol):
 
     def last_fire(self, workflow: str, schedule: str) -> float | None: ...
 
-    def record_fire(self, workflow: str, schedule: str, at: float) -> None: ...
+    def claim_fire(self, workflow: str, schedule: str, at: float) -> bool: ...
 
 
 # Fires one tick: (workflow, schedule) -> the submission; refusals are its business.
@@ -226,9 +229,13 @@ class Scheduler:
 
     async def _fire_tick(self, entry: _Entry, tick: datetime) -> None:
         try:
-            self._fires.record_fire(entry.workflow, entry.spec.key, tick.timestamp())
+            claimed = self._fires.claim_fire(entry.workflow, entry.spec.key, tick.timestamp())
         except Exception:  # history never stops a schedule
             log.exception("schedules: cannot record a tick of %s", entry.workflow)
+            claimed = True
+        if not claimed:  # another process sharing the store fired this tick
+            log.info("schedules: %s at %s was fired elsewhere", entry.workflow, tick)
+            return
         try:
             await self._fire(entry.workflow, entry.spec)
         except asyncio.CancelledError:

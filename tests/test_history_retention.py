@@ -96,9 +96,11 @@ def test_rerun_fields_and_schedule_ticks_are_kept(make_store: MakeStore) -> None
     assert listed.rerun_of == "first0000001"
     assert [s.reused for s in listed.steps] == [True, False]
     assert store.last_fire("w", "every 60s") is None
-    store.record_fire("w", "every 60s", 120.0)
-    store.record_fire("w", "every 60s", 180.0)
-    store.record_fire("w", "cron * * * * * UTC", 60.0)
+    assert store.claim_fire("w", "every 60s", 120.0)
+    assert store.claim_fire("w", "every 60s", 180.0)
+    assert not store.claim_fire("w", "every 60s", 180.0)  # that tick is taken
+    assert not store.claim_fire("w", "every 60s", 120.0)
+    assert store.claim_fire("w", "cron * * * * * UTC", 60.0)
     assert store.last_fire("w", "every 60s") == 180.0
 
 
@@ -143,7 +145,7 @@ def test_a_file_from_before_reruns_gets_the_new_columns_when_written(tmp_path: P
         assert old is not None and old.status is RunStatus.SUCCEEDED and old.rerun_of is None
         new = replace(make_run("newer0000001"), rerun_of="older0000001")
         store.finish(finished(new, steps=(replace(make_step("test"), reused=True),)))
-        store.record_fire("w", "every 60s", 60.0)
+        assert store.claim_fire("w", "every 60s", 60.0)
     with SqliteHistory(path, read_only=True) as again:
         run = again.get("newer0000001")
         assert run is not None and run.rerun_of == "older0000001" and run.steps[0].reused

@@ -447,7 +447,7 @@ class BrokenLog:
     def last_fire(self, workflow: str, schedule: str) -> float | None:
         raise OSError("disk gone")
 
-    def record_fire(self, workflow: str, schedule: str, at: float) -> None:
+    def claim_fire(self, workflow: str, schedule: str, at: float) -> bool:
         raise OSError("disk gone")
 
 
@@ -500,3 +500,17 @@ def test_schedules_cost_nothing_to_a_config_without_them(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+async def test_two_schedulers_on_one_history_file_fire_each_tick_once(tmp_path: Path) -> None:
+    """Even without the lock (a file system without flock), a tick is claimed once."""
+    spec = ScheduleSpec(every=60)
+    stores = [SqliteHistory(tmp_path / "history.db") for _ in range(2)]
+    clock, fired = FakeClock(), Fired()
+    pair = [scheduler(fired, clock, workflow("w", spec), fires=store) for store in stores]
+    for minute in range(5):
+        for one in pair:
+            await one.fire_due(at(2026, 1, 1, 0, minute, 30))
+    assert len(fired.calls) == 4  # the ticks at 0:01 ... 0:04, once each
+    for store in stores:
+        store.close()

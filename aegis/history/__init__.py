@@ -138,10 +138,12 @@ class HistoryStore(abc.ABC):
         knows; ``schedule`` is a ``ScheduleSpec.key``."""
         return None
 
-    def record_fire(self, workflow: str, schedule: str, at: float) -> None:
-        """Keep ``at`` as the last tick fired of ``schedule`` of ``workflow`` (stores
-        that keep no ticks forget it)."""
-        return None
+    def claim_fire(self, workflow: str, schedule: str, at: float) -> bool:
+        """Claim the tick at ``at`` of ``schedule`` of ``workflow`` for this process:
+        true (and ``at`` kept as its last fire) unless that tick, or a later one, was
+        claimed already, by any process sharing the store. Stores that keep no ticks
+        grant every claim."""
+        return True
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -104,8 +104,8 @@ class DeferredHistory(HistoryStore):
     def last_fire(self, workflow: str, schedule: str) -> float | None:
         return self._get().last_fire(workflow, schedule)
 
-    def record_fire(self, workflow: str, schedule: str, at: float) -> None:
-        self._get().record_fire(workflow, schedule, at)
+    def claim_fire(self, workflow: str, schedule: str, at: float) -> bool:
+        return self._get().claim_fire(workflow, schedule, at)
 
     def close(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -102,9 +103,12 @@ class MemoryHistory(HistoryStore):
         with self._lock:
             return self._fires.get((workflow, schedule))
 
-    def record_fire(self, workflow: str, schedule: str, at: float) -> None:
+    def claim_fire(self, workflow: str, schedule: str, at: float) -> bool:
         with self._lock:
+            if self._fires.get((workflow, schedule), -math.inf) >= at:
+                return False
             self._fires[(workflow, schedule)] = at
+            return True
 
     def get(self, run_id: str) -> Run | None:
         with self._lock:

@@ -196,9 +196,11 @@ _AGED = (
     " ORDER BY started_at, seq LIMIT ?"
 )
 _LAST_FIRE = "SELECT fired_at FROM schedule_fires WHERE workflow = ? AND schedule = ?"
-_RECORD_FIRE = (
+# A claim changes a row only for a later tick: its row count says whether it was granted.
+_CLAIM_FIRE = (
     "INSERT INTO schedule_fires (workflow, schedule, fired_at) VALUES (?, ?, ?)"
     " ON CONFLICT (workflow, schedule) DO UPDATE SET fired_at = excluded.fired_at"
+    " WHERE fired_at < excluded.fired_at"
 )
 _UNFINISHED_ROWS = (
     "SELECT seq, run_id, owner_host, owner_pid, owner_token, heartbeat_at"
@@ -534,12 +536,18 @@ class SqliteHistory(HistoryStore):
 
         return self._read(self._fired, workflow, schedule, fallback=fallback)
 
-    def record_fire(self, workflow: str, schedule: str, at: float) -> None:
+    def claim_fire(self, workflow: str, schedule: str, at: float) -> bool:
         values = (_text(workflow), _text(schedule), at)
-        self._write(
-            lambda db: db.execute(_RECORD_FIRE, values),
-            fallback=lambda m: m.record_fire(workflow, schedule, at),
-        )
+        granted: builtins.list[bool] = []
+
+        def claim(db: sqlite3.Connection) -> None:
+            granted.append(db.execute(_CLAIM_FIRE, values).rowcount > 0)
+
+        def fallback(memory: MemoryHistory) -> None:
+            granted.append(memory.claim_fire(workflow, schedule, at))
+
+        self._write(claim, fallback=fallback)
+        return all(granted)
 
     def close(self) -> None:
         if self._pruner is not None and not self._stop.is_set():
