@@ -201,6 +201,8 @@ class RunManager:
                 retry_after=QUEUE_RETRY_AFTER,
             )
         limit = await self._admit(spec, overlap, trigger)
+        if self._closed:  # shut down while the runs in the way were being cancelled
+            raise Conflict("not accepting runs: the server is shutting down")
         run = Run(
             run_id=new_run_id(),
             workflow=spec.key,
