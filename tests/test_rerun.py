@@ -138,6 +138,9 @@ def test_carry_over_stops_at_a_step_renamed_since() -> None:
     assert sorted(carried_steps(workflow, run)) == [0, 1]  # c never ran: it runs
     renamed = replace(workflow, steps=(steps[0], replace(steps[1], name="B"), steps[2]))
     assert sorted(carried_steps(renamed, run)) == [0]
+    whole = replace(run, steps=(ok("a"), ok("b"), ok("c")))
+    with pytest.raises(Conflict, match="no failed, skipped or unreached step to rerun from"):
+        carried_steps(workflow, whole)
 
 
 async def test_the_manager_refuses_to_rerun_a_run_still_going_or_unknown(

@@ -34,7 +34,8 @@ def check_rerunnable(run: Run, workflow: WorkflowSpec | None) -> None:
 
 def carried_steps(workflow: WorkflowSpec, run: Run) -> dict[int, StepResult]:
     """The steps of ``run`` a rerun from its first failed step reuses, by position in
-    ``workflow``, each marked ``reused``."""
+    ``workflow``, each marked ``reused``. Raises ``Conflict`` when every step of it
+    succeeded: there is nothing to rerun from."""
     carried: dict[int, StepResult] = {}
     for index, spec in enumerate(workflow.steps):
         old = run.steps[index] if index < len(run.steps) else None
@@ -43,4 +44,9 @@ def carried_steps(workflow: WorkflowSpec, run: Run) -> dict[int, StepResult]:
         if old.name != spec.name or old.type != spec.type:
             break
         carried[index] = replace(old, reused=True)
+    if len(carried) == len(workflow.steps):
+        raise Conflict(
+            f"run {run.run_id} has no failed, skipped or unreached step to rerun from;"
+            " rerun it without from_failed"
+        )
     return carried

@@ -498,6 +498,7 @@
         fact("Finished", run.finished_at ? when(run.finished_at) : "—"),
         fact("Duration", duration(run.duration_ms)),
         fact("Trigger", text(run.trigger)),
+        run.rerun_of ? fact("Rerun of", el("code", {}, text(run.rerun_of))) : null,
         fact("Run id", el("code", {}, text(run.run_id))),
       ),
       steps.length
@@ -576,7 +577,13 @@
         el("span", { className: "step-attempts" }, attemptsLabel(step)),
         el("span", { className: "step-duration" }, ended ? duration(step.duration_ms) : ""),
       ),
-      el("p", { className: "step-meta" }, [step.type, step.service].filter(Boolean).join(" · ")),
+      el(
+        "p",
+        { className: "step-meta" },
+        [step.type, step.service, step.reused ? "reused from the run it reran" : null]
+          .filter(Boolean)
+          .join(" · "),
+      ),
       step.note ? el("p", { className: "retry-note" }, step.note) : null,
       step.skip_reason ? el("p", { className: "skip-reason" }, step.skip_reason) : null,
       step.error
