@@ -44,7 +44,8 @@ SHIV_REQUIREMENT = "shiv==1.0.8"
 # 1980-01-01T00:00:00Z, the earliest time a zip entry can carry.
 FALLBACK_EPOCH = 315532800
 
-# The runtime dependencies (httpx with its SOCKS support, jmespath, pyyaml, sniffio for httpcore) and
+# The runtime dependencies (httpx with its SOCKS support, jmespath, pyyaml, sniffio for
+# httpcore, cronsim for schedules and tzdata for their time zones where the system has none) and
 # everything they pull in, pinned, so that a build does not change under us. pip runs with
 # --no-deps on this full list because the backports that anyio needs on older Pythons
 # (exceptiongroup below 3.11, typing_extensions below 3.15) are skipped by a resolver
@@ -53,6 +54,7 @@ FALLBACK_EPOCH = 315532800
 RUNTIME = (
     "anyio==4.16.0",
     "certifi==2026.10.19.post1",
+    "cronsim==2.6",
     "exceptiongroup==1.3.2",
     "h11==0.16.0",
     "httpcore==1.0.9",
@@ -63,6 +65,7 @@ RUNTIME = (
     "sniffio==1.3.1",
     "socksio==1.0.0",
     "typing_extensions==4.16.0",
+    "tzdata==2026.6",
 )
 # Wheels are chosen for the oldest Python we support, so pip rejects a pin that dropped it.
 # The platform matters only to PyYAML, whose compiled module is stripped anyway: fixing it

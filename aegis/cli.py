@@ -122,16 +122,19 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
         from aegis.console import render_run
 
         render_run(env.out(), run)
-    code = run_exit_code(run)
+    where = _where_recorded(config, run, no_history=args.no_history)
+    return _ci_outputs(args, env, run, run_exit_code(run), where)
+
+
+def _where_recorded(config: Config, run: Run, *, no_history: bool) -> str:
+    """Where a finished run can still be found, should writing its JUnit file fail."""
     from aegis.history import MEMORY_PATH
 
-    if args.no_history:
-        where = f"run {run.run_id} was not recorded: --no-history"
-    elif config.history.path == MEMORY_PATH:
-        where = f"run {run.run_id} was not recorded: history.path is :memory:"
-    else:
-        where = f"run {run.run_id} is in the history"
-    return _ci_outputs(args, env, run, code, where)
+    if no_history:
+        return f"run {run.run_id} was not recorded: --no-history"
+    if config.history.path == MEMORY_PATH:
+        return f"run {run.run_id} was not recorded: history.path is :memory:"
+    return f"run {run.run_id} is in the history"
 
 
 def _param_options(options: Sequence[str]) -> dict[str, str]:
@@ -145,6 +148,82 @@ def _param_options(options: Sequence[str]) -> dict[str, str]:
             raise _usage(f"-p {name}: given more than once")
         given[name] = value
     return given
+
+
+def cmd_rerun(args: argparse.Namespace, env: _Env) -> int:
+    from aegis.config.params import rerun_params
+    from aegis.engine.rerun import carried_steps, check_rerunnable
+    from aegis.errors import NotFound
+    from aegis.history import open_history
+    from aegis.runs import run_workflow
+
+    config = _load(args, env)
+    if args.junit:
+        _check_writable(args.junit)
+    store = open_history(config.history, warn=env.warn, reading=True)
+    try:
+        old = store.get(args.run_id)
+    finally:
+        store.close()
+    if old is None:
+        raise NotFound(f"no run '{args.run_id}' in {config.history.path}")
+    workflow = config.workflows.get(old.workflow)
+    check_rerunnable(old, workflow)
+    assert workflow is not None  # check_rerunnable refused it otherwise
+    given = _param_options(args.param)
+    params = rerun_params(old.workflow, workflow.params, old.params, given, text=True)
+    run = run_workflow(
+        config,
+        old.workflow,
+        progress=None if args.quiet else env.err(),
+        environ=env.environ,
+        warn=env.warn,
+        params=params,
+        rerun_of=old.run_id,
+        reuse=carried_steps(workflow, old) if args.from_failed else None,
+    )
+    if args.json:
+        _dump_json(run.to_dict(), env.stdout)
+    else:
+        from aegis.console import render_run
+
+        render_run(env.out(), run)
+    where = _where_recorded(config, run, no_history=False)
+    return _ci_outputs(args, env, run, run_exit_code(run), where)
+
+
+def cmd_schedules(args: argparse.Namespace, env: _Env) -> int:
+    if args.count < 1:
+        raise _usage("--count must be at least 1")
+    from datetime import datetime, timezone
+
+    from aegis.config.render import schedule_to_dict
+    from aegis.records import format_timestamp
+    from aegis.schedules import next_fires
+
+    config = _load(args, env)
+    now = datetime.now(timezone.utc)
+    found = []
+    for workflow in config.workflows.values():
+        for spec in workflow.schedules:
+            ticks = [format_timestamp(t) for t in next_fires(spec, now, args.count)]
+            found.append({"workflow": workflow.key, **schedule_to_dict(spec), "next_fires": ticks})
+    if args.json:
+        _dump_json({"schedules": found}, env.stdout)
+        return 0
+    out = env.out()
+    if not found:
+        out.line("No schedules configured.")
+    for item in found:
+        when = (
+            f"cron {item['cron']} ({item['timezone']})"
+            if "cron" in item
+            else (f"every {item['every']}")
+        )
+        out.line(f"{item['workflow']:<16} {when}  overlap {item['overlap']}")
+        for tick in item["next_fires"]:
+            out.line(f"  next: {tick}")
+    return 0
 
 
 def _check_writable(path: str) -> None:
@@ -457,6 +536,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the run as JUnit XML (a testcase per step and per failing test)",
     )
     run.set_defaults(handler=cmd_run)
+
+    rerun = commands.add_parser(
+        "rerun", help="run a recorded run's workflow again, linked to it by rerun_of"
+    )
+    rerun.add_argument("run_id", metavar="RUN_ID", help="the run (or a unique prefix of its id)")
+    rerun.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one of the run's params (repeatable); a secret one must be given again",
+    )
+    rerun.add_argument(
+        "--from-failed",
+        action="store_true",
+        help="reuse the steps before the first failed, skipped or unreached one",
+    )
+    rerun.add_argument("--json", action="store_true", help="print the run as JSON on stdout")
+    rerun.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    rerun.add_argument("--junit", metavar="PATH", help="also write the run as JUnit XML")
+    rerun.set_defaults(handler=cmd_rerun)
+
+    schedules = commands.add_parser("schedules", help="list each schedule's next fire times")
+    schedules.add_argument(
+        "--count", type=int, default=3, metavar="N", help="fire times per schedule (3)"
+    )
+    schedules.add_argument("--json", action="store_true", help="print JSON on stdout")
+    schedules.set_defaults(handler=cmd_schedules)
 
     status = commands.add_parser(
         "status", help="check every service's health (exit 1 if any is down)"

@@ -139,6 +139,9 @@ class ProgressPrinter:
         if status == "skipped":
             self.console.line(f"  - {step} {label}: {printable(data['skip_reason'])}")
             return
+        if data.get("reused"):
+            self.console.line(f"  = {step} {label} before: reused, not run again")
+            return
         tail = f": {printable(data['error'])}" if data.get("error") else ""
         tries = f", {data['attempts']} attempts" if data.get("attempts", 1) > 1 else ""
         self.console.line(f"  < {step} {label} in {_seconds(data['duration_ms'])}{tries}{tail}")

@@ -4,6 +4,7 @@
     ├── ConfigError        a config file that cannot be used; carries every problem found
     ├── NotFound           an unknown workflow, service or run
     ├── Conflict           an action that the current state forbids (cancel a finished run)
+    ├── QueueFull          no room for another queued run; try again later
     ├── UsageError         a command used wrongly (bad flag value, missing argument)
     └── StepError          one failed attempt of a step; carries its error kind
         (kinds: timeout, connection, http, protocol, error)
@@ -26,6 +27,7 @@ __all__ = [
     "ConfigProblem",
     "Conflict",
     "NotFound",
+    "QueueFull",
     "StepError",
     "UsageError",
 ]
@@ -68,7 +70,22 @@ class NotFound(AegisError):
 
 
 class Conflict(AegisError):
-    """An action the current state of a thing forbids, such as cancelling a finished run."""
+    """An action the current state of a thing forbids, such as cancelling a finished run.
+
+    ``run_id`` names the run in the way, when there is one (a concurrency limit's).
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class QueueFull(AegisError):
+    """The run queue is full; ``retry_after`` is the seconds worth waiting."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class UsageError(AegisError):

@@ -11,13 +11,14 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from aegis.records import current_timestamp, format_timestamp, make_record
+from aegis.records import age_cutoff, current_timestamp, format_timestamp, make_record
 
 __all__ = ["EVENT_TYPES", "Event", "EventBus", "EventLog", "Listener"]
 
@@ -28,6 +29,7 @@ EVENT_TYPES = (
     "step.completed",
     "failure.detected",
     "workflow.completed",
+    "run.skipped",
 )
 
 log = logging.getLogger("aegis.events")
@@ -91,19 +93,28 @@ class EventBus:
 
 
 class EventLog:
-    """The most recent events, in a ring of ``size``; safe to read from other threads.
+    """The most recent events, in a ring of ``size`` (and none older than ``max_age``
+    seconds, when given); safe to read from other threads.
 
     Subscribe it to a bus (``bus.subscribe(log.append)``). Readers page with ``after``
     (an event id) and may block in ``wait_after`` until something newer arrives.
     """
 
-    def __init__(self, size: int = 100) -> None:
+    def __init__(
+        self, size: int = 100, *, max_age: float = 0.0, clock: Callable[[], float] = time.time
+    ) -> None:
         self._events: deque[Event] = deque(maxlen=max(size, 1))
         self._changed = threading.Condition()
+        self._max_age = max_age  # seconds; older events are dropped as new ones come
+        self._clock = clock
 
     def append(self, event: Event) -> None:
         with self._changed:
             self._events.append(event)
+            if self._max_age > 0:
+                cutoff = age_cutoff(self._clock(), self._max_age)
+                while len(self._events) > 1 and self._events[0].timestamp < cutoff:
+                    self._events.popleft()
             self._changed.notify_all()
 
     def list(

@@ -22,6 +22,7 @@ __all__ = [
     "StepResult",
     "StepStatus",
     "Verdict",
+    "age_cutoff",
     "current_timestamp",
     "format_timestamp",
     "make_record",
@@ -86,6 +87,12 @@ def current_timestamp() -> str:
         text = format_timestamp(moment)
         _last_milli = (milli, text)
     return text
+
+
+def age_cutoff(now: float, max_age: float) -> str:
+    """The timestamp text before which a record is older than ``max_age`` seconds at
+    ``now`` (unix seconds); record timestamps compare as text in time order."""
+    return format_timestamp(datetime.fromtimestamp(now - max_age, timezone.utc))
 
 
 _R = TypeVar("_R")
@@ -179,6 +186,7 @@ class StepResult:
     error: str | None = None
     error_kind: str | None = None
     skip_reason: str | None = None
+    reused: bool = False  # carried over from the run this one reran (`--from-failed`)
 
     @property
     def skipped(self) -> bool:
@@ -200,6 +208,7 @@ class StepResult:
             "error": self.error,
             "error_kind": self.error_kind,
             "duration_ms": self.duration_ms,
+            "reused": self.reused,
         }
         if not summary:
             out["data"] = self.data
@@ -219,6 +228,7 @@ class StepResult:
             error=data.get("error"),
             error_kind=data.get("error_kind"),
             skip_reason=data.get("skip_reason"),
+            reused=bool(data.get("reused", False)),
         )
 
 
@@ -237,6 +247,7 @@ class Run:
     duration_ms: float | None = None
     # the params it ran with, secret ones as "***" (aegis.config.params.shown_params)
     params: dict[str, Any] = field(default_factory=dict)
+    rerun_of: str | None = None  # the run this one reran
 
     def to_dict(self, *, summary: bool = False) -> dict[str, Any]:
         """The run JSON; ``summary`` leaves out each step's ``data`` and ``attempts``."""
@@ -250,6 +261,7 @@ class Run:
             "duration_ms": self.duration_ms,
             "trigger": self.trigger,
             "params": self.params,
+            "rerun_of": self.rerun_of,
             "steps": [s.to_dict(summary=summary) for s in self.steps],
         }
 
@@ -267,4 +279,5 @@ class Run:
             finished_at=data.get("finished_at"),
             duration_ms=data.get("duration_ms"),
             params=dict(data.get("params") or {}),
+            rerun_of=data.get("rerun_of"),
         )

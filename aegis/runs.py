@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
 
 from aegis.config.model import Config
 from aegis.console import Console, ProgressPrinter
 from aegis.engine.runner import Engine, new_run_id
 from aegis.events import EventBus
-from aegis.records import Run
+from aegis.records import Run, StepResult
 from aegis.steps.base import StepType
 
 if TYPE_CHECKING:
@@ -38,8 +38,12 @@ def run_workflow(
     step_types: Mapping[str, StepType] | None = None,
     trigger: str = "cli",
     params: Mapping[str, object] | None = None,
+    rerun_of: str | None = None,
+    reuse: Mapping[int, StepResult] | None = None,
 ) -> Run:
     """Run workflow ``key`` with ``params`` to its end and return its record.
+
+    ``rerun_of`` and ``reuse`` make it a rerun (see ``Engine.run``).
 
     ``record=False`` keeps the record in memory only. Raises ``NotFound`` for an unknown
     workflow, ``ParamError`` for params it cannot take, and ``KeyboardInterrupt`` if
@@ -61,7 +65,10 @@ def run_workflow(
     run_id = new_run_id()
     try:
         try:
-            return asyncio.run(_run_until_signalled(engine, key, run_id, trigger, params))
+            going = engine.run(
+                key, run_id=run_id, trigger=trigger, params=params, rerun_of=rerun_of, reuse=reuse
+            )
+            return asyncio.run(_run_until_signalled(going))
         except (asyncio.CancelledError, KeyboardInterrupt):
             run = store.get(run_id)
             if run is None:
@@ -90,11 +97,9 @@ def _finish_deliveries(hooks: WebhookDispatcher) -> None:
         hooks.close(EXIT_WAIT)
 
 
-async def _run_until_signalled(
-    engine: Engine, key: str, run_id: str, trigger: str, params: Mapping[str, object] | None
-) -> Run:
+async def _run_until_signalled(run: Coroutine[Any, Any, Run]) -> Run:
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(engine.run(key, run_id=run_id, trigger=trigger, params=params))
+    task = asyncio.ensure_future(run)
     installed = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:

@@ -165,6 +165,7 @@ def test_every_route_of_the_table_has_a_unique_name_and_compiles() -> None:
     assert {r.path for r in ROUTES if r.method == "POST"} == {
         "/api/workflows/{key}/run",
         "/api/runs/{run_id}/cancel",
+        "/api/runs/{run_id}/rerun",
     }
     assert all(route.auth == (route.method == "POST") for route in ROUTES)
 

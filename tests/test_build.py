@@ -49,6 +49,7 @@ MAX_SIZE = 2_000_000
 RUNTIME_DISTS = {
     "anyio",
     "certifi",
+    "cronsim",
     "exceptiongroup",
     "h11",
     "httpcore",
@@ -59,6 +60,7 @@ RUNTIME_DISTS = {
     "sniffio",
     "socksio",
     "typing-extensions",
+    "tzdata",
 }
 INVALID_CONFIG = "servces: {}\n"
 
@@ -366,8 +368,11 @@ def test_the_built_file_alone_serves_the_reference_services_for_the_example(
 
 
 RUNTIME_CHECK = """
-import asyncio, json, sys
+import asyncio, json, sys, zoneinfo
+from datetime import datetime, timezone
 import httpx, yaml
+from aegis.config.model import ScheduleSpec
+from aegis.schedules import next_fires
 
 async def fetch(url):
     async with httpx.AsyncClient() as client:  # anyio, h11, exceptiongroup on 3.10
@@ -384,6 +389,11 @@ print(json.dumps({
     "status": asyncio.run(fetch(sys.argv[1])),
     "socks": asyncio.run(socks()),
     "shiv_root": __import__("os").environ.get("SHIV_ROOT"),
+    "tzpath": list(zoneinfo.TZPATH),  # none: the zones come from the bundled tzdata
+    "tick": next_fires(
+        ScheduleSpec(cron="0 9 * * *", timezone="America/New_York"),
+        datetime(2026, 7, 1, tzinfo=timezone.utc),
+    )[0].isoformat(),
 }))
 """
 
@@ -392,7 +402,7 @@ print(json.dumps({
 def test_runtime_is_pure_python_on_each_python(
     pyz: Path, tmp_path: Path, python: str, http_url: str
 ) -> None:
-    env = base_environ(HOME=str(tmp_path / "home"), SHIV_INTERPRETER="1")
+    env = base_environ(HOME=str(tmp_path / "home"), SHIV_INTERPRETER="1", PYTHONTZPATH="")
     done = run_pyz(require_python(python), pyz, ["-c", RUNTIME_CHECK, http_url], env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {
@@ -402,6 +412,8 @@ def test_runtime_is_pure_python_on_each_python(
         "status": 200,
         "socks": True,
         "shiv_root": None,  # the root we chose is not exported to child processes
+        "tzpath": [],
+        "tick": "2026-07-01T13:00:00+00:00",
     }
 
 

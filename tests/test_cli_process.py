@@ -89,6 +89,28 @@ def test_run_exit_codes_and_history(pyz: Path, env: dict[str, str], config: Path
     assert table.returncode == 0 and run["run_id"] in table.stdout
 
 
+def test_rerun_and_schedules(
+    pyz: Path, env: dict[str, str], config: Path, demo: DemoServices
+) -> None:
+    c = ["--config", str(config)]
+    demo.qaagent.inject("/api/runs", Fault(status=503, times=1))
+    failed = aegis(pyz, env, *c, "run", "pipeline", "--json")
+    assert failed.returncode == 3
+    run = json.loads(failed.stdout)
+    again = aegis(pyz, env, *c, "rerun", run["run_id"], "--from-failed", "--json")
+    assert again.returncode == 1, again.stderr  # as a clean run of it: tests still fail
+    rerun = json.loads(again.stdout)
+    assert rerun["rerun_of"] == run["run_id"]
+    assert [s["reused"] for s in rerun["steps"]] == [True, False, False, False]
+    assert "= discover succeeded before: reused, not run again" in again.stderr
+    with config.open("a") as stream:
+        stream.write("    schedule: {every: 15m}\n")  # the last workflow: broken
+    listed = aegis(pyz, env, *c, "schedules", "--json", "--count", "1")
+    (schedule,) = json.loads(listed.stdout)["schedules"]
+    assert (schedule["workflow"], schedule["every"]) == ("broken", "15m")
+    assert len(schedule["next_fires"]) == 1
+
+
 def test_status_config_and_validate(pyz: Path, env: dict[str, str], config: Path) -> None:
     c = ["--config", str(config)]
     status = aegis(pyz, env, *c, "status", "--json")

@@ -13,6 +13,7 @@ from aegis.config.params import (
     coerce_params,
     param_schema,
     params_schema,
+    rerun_params,
     secret_param_values,
     shown_params,
 )
@@ -110,6 +111,26 @@ def test_odd_values_are_refused_with_a_reason() -> None:
     ]
     # null stands for "not given"
     assert coerce_params("wf", {"s": ParamSpec("s", default="d")}, {"s": None}) == {"s": "d"}
+
+
+def test_a_rerun_keeps_the_recorded_params_and_takes_overrides() -> None:
+    recorded = {"suite": "full", "count": 7, "ratio": None, "fast": True, "token": "***"}
+    values = rerun_params("wf", SPECS, recorded, {"count": "9", "token": "t0ken"}, text=True)
+    assert values == {"suite": "full", "count": 9, "ratio": None, "fast": True, "token": "t0ken"}
+    # a param the workflow dropped since is left behind; one it gained takes its default
+    specs = {k: v for k, v in SPECS.items() if k != "fast"}
+    specs["extra"] = ParamSpec("extra", "string", default="x")
+    again = rerun_params("wf", specs, {**recorded, "gone": 1}, {"token": "t0ken"})
+    assert again == {"suite": "full", "count": 7, "ratio": None, "token": "t0ken", "extra": "x"}
+
+
+def test_a_rerun_must_be_given_a_secret_again_and_hears_of_every_problem() -> None:
+    recorded = {"suite": "full", "count": 7, "token": "***"}
+    with pytest.raises(ParamError) as caught:
+        rerun_params("wf", SPECS, recorded, {"count": "many", "nope": "1"}, text=True)
+    named = {problem.name: problem.message for problem in caught.value.problems}
+    assert set(named) == {"count", "token", "nope"}
+    assert "give it again" in named["token"] and "unknown param" in named["nope"]
 
 
 def test_a_workflow_without_params_names_none() -> None:

@@ -90,6 +90,7 @@ def test_sections_keep_the_file_s_keys(config: Config) -> None:
         "host": "127.0.0.1",
         "port": 9000,
         "max_concurrent_runs": 4,
+        "max_queued_runs": 1000,
         "cors_origins": ["https://ui.example"],
     }
 
@@ -114,7 +115,12 @@ def test_services_and_workflows_carry_their_keys(config: Config, tmp_path: Path)
         "pipeline",
         60.0,
     )
-    assert data["history"] == {"path": str(tmp_path / "runs.db"), "max_runs": 10}
+    assert data["history"] == {
+        "path": str(tmp_path / "runs.db"),
+        "max_runs": 10,
+        "max_age": None,
+    }
+    assert (pipeline["schedule"], pipeline["concurrency"]) == ([], None)
 
 
 def test_steps_show_every_setting(config: Config) -> None:

@@ -77,3 +77,20 @@ def test_wait_after_wakes_when_a_newer_event_arrives() -> None:
     events = log.wait_after(0, timeout=30)
     thread.join()
     assert [e.type for e in events] == ["workflow.started"]
+
+
+def test_log_drops_events_older_than_max_age() -> None:
+    moments = iter(datetime(2026, 1, 1, 0, 0, s, tzinfo=timezone.utc) for s in (0, 5, 20, 59))
+    bus = EventBus(now=lambda: next(moments))
+    clock = [datetime(2026, 1, 1, 0, 0, 10, tzinfo=timezone.utc).timestamp()]
+    log = EventLog(size=10, max_age=10.0, clock=lambda: clock[0])
+    bus.subscribe(log.append)
+    bus.emit("step.started", "r", "w")  # 00:00:00, as old as allowed at 00:00:10
+    bus.emit("step.started", "r", "w")  # 00:00:05
+    assert [e.id for e in log.list()] == [1, 2]
+    clock[0] += 10  # 00:00:20
+    bus.emit("step.started", "r", "w")
+    assert [e.id for e in log.list()] == [3]
+    clock[0] += 3600  # the newest stays, however old
+    bus.emit("step.started", "r", "w")
+    assert [e.id for e in log.list()] == [4]

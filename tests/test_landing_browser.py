@@ -348,6 +348,24 @@ def event_types(tab: Tab, run_id: str) -> list[str]:
     return list(types)
 
 
+def test_a_rerun_shows_what_it_reran_and_what_it_reused(
+    tab: Tab, live: LiveSite, demo_pair: DemoServices
+) -> None:
+    demo_pair.bugalizer.inject("/api/v1/reports", Fault(status=503, times=1))
+    failed = live.start("full_pipeline", wait=60)  # submit_bugs fails, the rest goes on
+    assert failed["status"] == "failed"
+    old = str(failed["run_id"])
+    answer = httpx.post(f"{live.url}api/runs/{old}/rerun", json={"from_failed": True}, timeout=60)
+    assert answer.status_code == 202, answer.text
+    new = answer.json()["run_id"]
+    page = open_live(tab, f"{live.url}#run={new}")
+    detail = page.by_id("run-detail")
+    assert old in detail.text and "Rerun of" in detail.text
+    metas = [m.text for m in detail.all(cls="step-meta")]
+    assert metas[0] == "discover · qaagent · reused from the run it reran"
+    assert metas[2] == "submit_bugs · bugalizer"  # the failed step ran again
+
+
 def test_a_running_runs_steps_update_live(
     tab: Tab, showcase: LiveSite, demo_pair: DemoServices
 ) -> None:

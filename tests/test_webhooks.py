@@ -771,7 +771,7 @@ def test_acceptance_three_webhooks_neither_slow_nor_change_the_run(
     got = receiver.on("/all")  # everything arrived before `aegis run` returned
     events = [r.event for r in got]
     assert [e["id"] for e in events] == list(range(1, len(events) + 1))
-    assert {e["type"] for e in events} == set(EVENT_TYPES)
+    assert {e["type"] for e in events} == set(EVENT_TYPES) - {"run.skipped"}  # none refused
     assert {e["run_id"] for e in events} == {run["run_id"]}
     assert len([e for e in events if e["type"] == "step.completed"]) == len(run["steps"])
     assert events[-1]["type"] == "workflow.completed"

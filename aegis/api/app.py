@@ -5,14 +5,19 @@ the same runs), the event bus and its log, the loop thread with the run manager 
 health cache on it, and the HTTP server in front. ``serve`` runs one until SIGTERM or
 Ctrl-C; ``serve_demo`` does the same in front of the built-in reference services.
 
-Stopping goes in the order that loses nothing: refuse new connections (requests on open
-ones get 503), cancel queued and running runs (recorded ``cancelled``; a ``?wait=``
-still inside gets its cancelled run), close the open connections, then the loop, the
-webhooks (pending deliveries get up to the stop timeout) and the history store.
+Schedules fire on the loop (``aegis.schedules.Scheduler``) through the run manager, as
+API runs do; with a history file, only the server holding its schedule lock fires them.
+
+Stopping goes in the order that loses nothing: stop firing schedules, refuse new
+connections (requests on open ones get 503), cancel queued and running runs (recorded
+``cancelled``; a ``?wait=`` still inside gets its cancelled run), close the open
+connections, then the loop, the webhooks (pending deliveries get up to the stop
+timeout) and the history store.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -66,6 +71,7 @@ class ApiApp:
         idle_timeout: float = IDLE_TIMEOUT,
         health_ttl: float = DEFAULT_HEALTH_TTL,
         open_client: Any = None,
+        clock: Any = None,
     ) -> None:
         self.config = config
         self.environ = environ
@@ -80,6 +86,7 @@ class ApiApp:
         self.idle_timeout = idle_timeout
         self.health_ttl = health_ttl
         self.open_client = open_client
+        self.clock = clock  # an aegis.engine.clock.Clock for the runs and schedules (tests)
         self._parts: dict[str, Any] = {}
 
     # the parts, once started
@@ -125,7 +132,7 @@ class ApiApp:
         store = self.history or self._open_history()
         self._parts["history"] = store
         bus = EventBus()
-        events = EventLog(config.event_log_size)
+        events = EventLog(config.event_log_size, max_age=config.history.max_age)
         bus.subscribe(events.append)
         if self.progress is not None:
             bus.subscribe(self.progress)
@@ -142,10 +149,13 @@ class ApiApp:
             store,
             bus=bus,
             max_concurrent=config.server.max_concurrent_runs,
+            max_queued=config.server.max_queued_runs,
             environ=self.environ,
             open_client=self.open_client,
+            clock=self.clock,
         )
         self._parts["runs"] = runs
+        self._start_schedules(loop, runs, store)
         health = HealthCache(config.services, environ=self.environ, ttl=self.health_ttl)
         self._parts["health"] = health
 
@@ -172,6 +182,35 @@ class ApiApp:
             heartbeat=self.heartbeat,
         )
         self._parts["server"] = self._listen(ctx).start()
+
+    def _start_schedules(self, loop: Any, runs: Any, store: HistoryStore) -> None:
+        """Fire the config's schedules on the loop, if it has any."""
+        if not any(w.schedules for w in self.config.workflows.values()):
+            return
+        from aegis.engine.clock import SystemClock
+        from aegis.history import MEMORY_PATH
+        from aegis.schedules import ScheduleLock, Scheduler, lock_path
+
+        async def fire(workflow: str, spec: Any) -> object:
+            params = dict(spec.params)
+            return await runs.submit(
+                workflow, trigger="schedule", params=params, overlap=spec.overlap
+            )
+
+        path = self.config.history.path
+        lock = None if path == MEMORY_PATH else ScheduleLock(lock_path(path))
+        scheduler = Scheduler(
+            self.config.workflows.values(),
+            fire,
+            clock=self.clock or SystemClock(),
+            fires=store,
+            may_fire=lock.held if lock is not None else lambda: True,
+        )
+
+        async def start() -> Any:
+            return asyncio.ensure_future(scheduler.run())
+
+        self._parts["schedules"] = (loop.call(start()), lock)
 
     def _open_history(self) -> HistoryStore:
         """The history store, opened when first used unless a problem shows now (then it
@@ -210,6 +249,11 @@ class ApiApp:
         """Stop in the order the module docstring gives; stopping twice does nothing."""
         parts, self._parts = self._parts, {}
         server, loop = parts.get("server"), parts.get("loop")
+        if "schedules" in parts:  # no tick fires after this; another server may take over
+            task, lock = parts["schedules"]
+            self._on_loop(loop, _cancelled(task), timeout)
+            if lock is not None:
+                lock.release()
         if server is not None:
             server.stop_accepting()
         if loop is not None:
@@ -243,6 +287,11 @@ class ApiApp:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+async def _cancelled(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 # ------------------------------------------------------------------------ serving

@@ -16,6 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from datetime import datetime, timezone
 from typing import Any, Protocol, TypeVar
 
 from aegis import __version__
@@ -47,6 +48,7 @@ DEFAULT_CALL_TIMEOUT = 15.0  # a loop call beyond this means the engine is stuck
 # the server's shutdown.
 STREAM_POLL = 0.25
 MAX_KEY_LENGTH = 255
+NEXT_FIRES = 3  # fire times a workflow's schedules show
 
 # The landing page: request path -> (file in package aegis.landing, Content-Type).
 # Only these names are ever read, whatever a request asks for.
@@ -75,6 +77,15 @@ class Runs(Protocol):
     async def wait(self, run_id: str, timeout: float) -> Run: ...
 
     async def cancel(self, run_id: str) -> Run: ...
+
+    async def rerun(
+        self,
+        run_id: str,
+        *,
+        from_failed: bool = False,
+        params: Mapping[str, object] | None = None,
+        trigger: str = "api",
+    ) -> Run: ...
 
     def get(self, run_id: str) -> Run | None: ...
 
@@ -144,6 +155,7 @@ class ApiContext:
         rendered = config_to_dict(config, redact=True)
         self.services = [_service_card(s) for s in rendered["services"].values()]
         self.workflows = {key: dump_json(w) for key, w in rendered["workflows"].items()}
+        self.scheduled = {key: w for key, w in config.workflows.items() if w.schedules}
         self.workflow_list = dump_json({"workflows": list(rendered["workflows"].values())})
         self.portfolio = dump_json(
             {
@@ -236,10 +248,29 @@ def list_workflows(ctx: ApiContext, request: Request) -> Response:
 
 
 def get_workflow(ctx: ApiContext, request: Request) -> Response:
-    return _ok(_workflow(ctx, request.params["key"]))
+    key = request.params["key"]
+    found = _workflow(ctx, key)
+    spec = ctx.scheduled.get(key)
+    if spec is None:
+        return _ok(found)
+    from aegis.records import format_timestamp
+    from aegis.schedules import next_fires
+
+    now = datetime.now(timezone.utc)
+    workflow = json.loads(found)
+    for shown, schedule in zip(workflow["schedule"], spec.schedules, strict=True):
+        ticks = next_fires(schedule, now, NEXT_FIRES)
+        shown["next_fires"] = [format_timestamp(tick) for tick in ticks]
+    return _json(200, workflow)
 
 
 # ----------------------------------------------------------------------------- runs
+
+
+def _param_refusal(exc: ParamError) -> HttpError:
+    """400 naming each param that cannot be taken, with its type and choices."""
+    problems = [problem.to_dict() for problem in exc.problems]
+    return HttpError(400, str(exc), extra={"params": problems})
 
 
 def start_run(ctx: ApiContext, request: Request) -> Response:
@@ -252,8 +283,7 @@ def start_run(ctx: ApiContext, request: Request) -> Response:
             ctx.runs.submit(key, idempotency_key=idempotency_key, trigger="api", params=params)
         )
     except ParamError as exc:
-        problems = [problem.to_dict() for problem in exc.problems]
-        raise HttpError(400, str(exc), extra={"params": problems}) from None
+        raise _param_refusal(exc) from None
     wait = request.params["wait"]
     if wait is not None and not run.status.finished:
         run = ctx.call(ctx.runs.wait(run.run_id, wait), timeout=wait + ctx.call_timeout)
@@ -323,6 +353,25 @@ def get_run(ctx: ApiContext, request: Request) -> Response:
 def cancel_run(ctx: ApiContext, request: Request) -> Response:
     run = ctx.call(ctx.runs.cancel(request.params["run_id"]))
     return _json(202, run.to_dict())
+
+
+def rerun_run(ctx: ApiContext, request: Request) -> Response:
+    body = _json_body(request) or {}
+    from_failed = body.get("from_failed", False)
+    if not isinstance(from_failed, bool):
+        raise HttpError(400, "'from_failed' must be true or false")
+    params = body.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise HttpError(400, "'params' must be a JSON object of param names to values")
+    try:
+        run = ctx.call(
+            ctx.runs.rerun(request.params["run_id"], from_failed=from_failed, params=params)
+        )
+    except ParamError as exc:
+        raise _param_refusal(exc) from None
+    url = f"/api/runs/{run.run_id}"
+    accepted = {"run_id": run.run_id, "status": run.status.value, "url": url}
+    return _json(202, accepted, {"Location": url})
 
 
 # --------------------------------------------------------------------------- events
@@ -429,9 +478,12 @@ ROUTES: tuple[Route, ...] = (
               Param("Idempotency-Key", "header", max_length=MAX_KEY_LENGTH,
                     description="a key repeated within 24 h returns the first run"),
           ),
-          errors=(400, 404, 413), body="RunRequest", tag="runs",
+          errors=(400, 404, 409, 413, 429), body="RunRequest", tag="runs",
           description="Answers 202 at once; at most `server.max_concurrent_runs` run at "
-          "once and the rest queue. A repeated `Idempotency-Key` never starts a second run."),
+          "once and the rest queue (at most `server.max_queued_runs`, else 429). A repeated "
+          "`Idempotency-Key` never starts a second run. A workflow's `concurrency` rule "
+          "with `on_conflict: skip` refuses a run past its limit with 409 naming the run "
+          "in the way (`run_id`)."),
     Route("GET", "/api/runs", list_runs, "Runs, newest first",
           (Answer(200, "a page of run summaries", "RunList"),),
           params=(WORKFLOW_FILTER, *RUN_FILTERS), errors=JSON_ERRORS, tag="runs"),
@@ -441,6 +493,12 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/runs/{run_id}/cancel", cancel_run, "Cancel a run",
           (Answer(202, "the run, cancelled", "Run"),),
           params=(RUN_ID,), errors=(404, 409), tag="runs"),
+    Route("POST", "/api/runs/{run_id}/rerun", rerun_run, "Rerun a run",
+          (Answer(202, "the new run is queued", "RunAccepted"),),
+          params=(RUN_ID,), errors=(400, 404, 409, 413, 429), body="RerunRequest", tag="runs",
+          description="A new run of the same workflow, linked by `rerun_of`. With "
+          "`from_failed`, the steps before the first failed, skipped or unreached one are "
+          "carried over (marked `reused`, not run again)."),
     Route("GET", "/api/history", list_runs, "Recent runs of every workflow",
           (Answer(200, "a page of run summaries", "RunList"),),
           params=(WORKFLOW_FILTER, *RUN_FILTERS), errors=JSON_ERRORS, tag="runs",

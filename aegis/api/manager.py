@@ -23,6 +23,16 @@ Why it is built this way:
 * **Ends are settled in a done callback**, not in the run's coroutine: a task cancelled
   before it first ran never executes its body (not even a ``finally``), yet its slot
   must be freed and its cancellation recorded.
+* **Bounded.** At most ``max_queued`` runs wait; past that ``submit`` raises
+  ``QueueFull`` (the API answers 429 with ``Retry-After``).
+* **Rules per workflow.** ``workflows.KEY.concurrency`` (and a schedule's ``overlap``,
+  which is a limit of 1) is checked when a run is submitted: past the limit the trigger
+  is refused (``skip``: ``Conflict`` naming the run in the way, and a ``run.skipped``
+  event), replaces the oldest runs (``cancel_running``), or waits (``queue``). A queued
+  run starts only while fewer than its limit of its workflow's runs are running; runs
+  behind it of other workflows may pass it.
+* **Reruns** are submissions too (``rerun``), linked by ``rerun_of`` and carrying over
+  the steps ``aegis.engine.rerun.carried_steps`` picks.
 """
 
 from __future__ import annotations
@@ -37,17 +47,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from aegis.config.model import Config, WorkflowSpec
-from aegis.config.params import coerce_params, shown_params
+from aegis.config.model import DEFAULT_MAX_QUEUED_RUNS, Config, WorkflowSpec
+from aegis.config.params import coerce_params, rerun_params, shown_params
 from aegis.engine.clock import Clock, SystemClock
+from aegis.engine.rerun import carried_steps, check_rerunnable
 from aegis.engine.runner import ClientFactory, Engine, new_run_id, skipped_result
-from aegis.errors import Conflict, NotFound
+from aegis.errors import Conflict, NotFound, QueueFull
 from aegis.events import EventBus
 from aegis.history import HistoryStore
 from aegis.records import Run, RunStatus, StepResult, StepStatus, Verdict, format_timestamp
 from aegis.steps.base import StepType
 
-__all__ = ["CANCELLED_REASON", "DEFAULT_IDEMPOTENCY_TTL", "MAX_IDEMPOTENCY_KEYS", "RunManager"]
+__all__ = [
+    "CANCELLED_REASON",
+    "DEFAULT_IDEMPOTENCY_TTL",
+    "MAX_IDEMPOTENCY_KEYS",
+    "QUEUE_RETRY_AFTER",
+    "RunManager",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +73,7 @@ DEFAULT_IDEMPOTENCY_TTL = 86400.0  # DESIGN §7: a key repeated within 24 h
 # request (one per CI job) must not grow the server's memory for a whole day.
 MAX_IDEMPOTENCY_KEYS = 10_000
 CANCELLED_REASON = "run cancelled"  # the engine's reason too, so both read alike
+QUEUE_RETRY_AFTER = 5.0  # seconds a client refused for a full queue is told to wait
 
 
 @dataclass
@@ -65,6 +83,8 @@ class _Entry:
     record: Run
     done: asyncio.Future[None]
     task: asyncio.Task[Any] | None = None  # None while queued
+    limit: int | None = None  # starts only while fewer runs of its workflow run
+    reuse: Mapping[int, StepResult] | None = None  # steps a rerun carries over
     params: dict[str, object] | None = None  # the real values (the record hides secrets)
 
 
@@ -112,6 +132,7 @@ class RunManager:
         open_client: ClientFactory | None = None,
         idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
         max_idempotency_keys: int = MAX_IDEMPOTENCY_KEYS,
+        max_queued: int = DEFAULT_MAX_QUEUED_RUNS,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
@@ -120,11 +141,14 @@ class RunManager:
         self.max_concurrent = max_concurrent
         self.idempotency_ttl = idempotency_ttl
         self.max_idempotency_keys = max_idempotency_keys
+        self.max_queued = max_queued
+        self.config = config
         self.clock = clock or SystemClock()
         self._lock = threading.Lock()  # guards _live, which other threads read
         self._live: dict[str, _Entry] = {}
         self._waiting: collections.deque[_Entry] = collections.deque()
         self._running = 0
+        self._running_by: collections.Counter[str] = collections.Counter()
         self._closed = False
         # (workflow, key) -> (run_id, clock reading), oldest first for cheap expiry
         self._keys: collections.OrderedDict[tuple[str, str], tuple[str, float]] = (
@@ -151,14 +175,21 @@ class RunManager:
         idempotency_key: str | None = None,
         trigger: str = "api",
         params: Mapping[str, object] | None = None,
+        overlap: str | None = None,
+        rerun_of: str | None = None,
+        reuse: Mapping[int, StepResult] | None = None,
     ) -> tuple[Run, bool]:
         """Queue a run of ``workflow`` with ``params``; returns its record and whether it
         is new.
 
         With an ``idempotency_key`` seen for this workflow within the TTL, the earlier
-        run's current record comes back instead, with ``False``. Raises ``NotFound`` for
-        an unknown workflow, ``ParamError`` for params it cannot take, and ``Conflict``
-        after ``shutdown``.
+        run's current record comes back instead, with ``False``. ``overlap`` (a
+        schedule's) is a limit of one run of the workflow, applied as its concurrency
+        rule is; ``rerun_of`` and ``reuse`` make the run a rerun (see ``rerun``);
+        ``params`` are checked and converted (``coerce_params``). Raises ``NotFound`` for
+        an unknown workflow, ``ParamError`` for params it cannot take, ``QueueFull`` when
+        ``max_queued`` runs wait already, and ``Conflict`` when a rule refuses the run
+        (naming the run in the way) or after ``shutdown``.
         """
         if self._closed:
             raise Conflict("not accepting runs: the server is shutting down")
@@ -167,6 +198,14 @@ class RunManager:
         earlier = self._repeated(workflow, idempotency_key)
         if earlier is not None:
             return earlier, False
+        if len(self._waiting) >= self.max_queued:
+            raise QueueFull(
+                f"the run queue is full ({self.max_queued} runs wait); try again later",
+                retry_after=QUEUE_RETRY_AFTER,
+            )
+        limit = await self._admit(spec, overlap, trigger)
+        if self._closed:  # shut down while the runs in the way were being cancelled
+            raise Conflict("not accepting runs: the server is shutting down")
         run = Run(
             run_id=new_run_id(),
             workflow=spec.key,
@@ -174,8 +213,15 @@ class RunManager:
             started_at=self._now(),
             trigger=trigger,
             params=shown_params(spec.params, values),
+            rerun_of=rerun_of,
         )
-        entry = _Entry(run, asyncio.get_running_loop().create_future(), params=values)
+        entry = _Entry(
+            run,
+            asyncio.get_running_loop().create_future(),
+            limit=limit,
+            reuse=reuse,
+            params=values,
+        )
         with self._lock:
             self._live[run.run_id] = entry
         self._record(self.history.start, run)
@@ -184,6 +230,34 @@ class RunManager:
         self._waiting.append(entry)
         self._dispatch()
         return run, True
+
+    async def rerun(
+        self,
+        run_id: str,
+        *,
+        from_failed: bool = False,
+        params: Mapping[str, object] | None = None,
+        trigger: str = "api",
+    ) -> Run:
+        """Queue a new run of the workflow of run ``run_id``, linked to it by ``rerun_of``;
+        ``from_failed`` carries over the steps before its first failed one. The run's
+        params are given again, each overridden by ``params``.
+
+        Raises ``NotFound`` for an unknown run, ``Conflict`` for one still going (or of a
+        workflow no longer configured) and what ``submit`` raises.
+        """
+        old = self.get(run_id)
+        if old is None:
+            raise NotFound(f"unknown run '{run_id}'")
+        workflow = self.config.workflows.get(old.workflow)
+        check_rerunnable(old, workflow)
+        assert workflow is not None  # check_rerunnable refused it otherwise
+        reuse = carried_steps(workflow, old) if from_failed else None
+        values = rerun_params(old.workflow, workflow.params, old.params, params or {})
+        run, _ = await self.submit(
+            old.workflow, trigger=trigger, params=values, rerun_of=old.run_id, reuse=reuse
+        )
+        return run
 
     async def wait(self, run_id: str, timeout: float) -> Run:
         """The run's record once it has finished, or as it is after ``timeout`` seconds.
@@ -290,23 +364,93 @@ class RunManager:
                 return
             del self._keys[key]
 
+    async def _admit(self, spec: WorkflowSpec, overlap: str | None, trigger: str) -> int | None:
+        """Apply ``overlap`` (a limit of 1) and the workflow's concurrency rule to a new
+        run; the limit it must start under comes back. Raises ``Conflict`` for ``skip``."""
+        rules = [] if overlap is None else [(1, overlap, "overlap")]
+        if spec.concurrency is not None:
+            rule = spec.concurrency
+            rules.append((rule.limit, rule.on_conflict, "concurrency"))
+        for cap, mode, name in rules:
+            live = self._live_of(spec.key)
+            if len(live) < cap or mode == "queue":
+                continue
+            if mode == "skip":
+                blocking = live[0].record
+                reason = (
+                    f"workflow '{spec.key}' has {len(live)} run(s) going (its {name} limit"
+                    f" is {cap}); run {blocking.run_id} is {blocking.status.value}"
+                )
+                self.bus.emit(
+                    "run.skipped",
+                    "",
+                    spec.key,
+                    trigger=trigger,
+                    rule=name,
+                    limit=cap,
+                    blocking_run=blocking.run_id,
+                    reason=reason,
+                )
+                raise Conflict(f"not started: {reason}", run_id=blocking.run_id)
+            await self._cancel_entries(live[: len(live) - cap + 1])  # cancel_running
+        return min((cap for cap, _, _ in rules), default=None)
+
+    def _live_of(self, workflow: str) -> builtins.list[_Entry]:
+        """This workflow's runs queued or running here, oldest first."""
+        with self._lock:
+            return [
+                e
+                for e in self._live.values()
+                if e.record.workflow == workflow and not e.record.status.finished
+            ]
+
+    async def _cancel_entries(self, entries: builtins.list[_Entry]) -> None:
+        for entry in entries:
+            if entry.task is None:
+                if entry in self._waiting:
+                    self._waiting.remove(entry)
+                    self._cancel_queued(entry)
+            else:
+                entry.task.cancel()
+        pending = [e.done for e in entries if not e.done.done()]
+        if pending:
+            await asyncio.wait(pending)
+
     def _dispatch(self) -> None:
-        """Start waiting runs, oldest first, while there are free slots."""
-        while self._waiting and self._running < self.max_concurrent and not self._closed:
-            entry = self._waiting.popleft()
+        """Start waiting runs, oldest first, while there are free slots; a run whose
+        workflow is at its limit waits and lets the ones behind it go."""
+        while self._running < self.max_concurrent and not self._closed:
+            entry = self._next_startable()
+            if entry is None:
+                return
             self._running += 1
             run = entry.record
+            self._running_by[run.workflow] += 1
             engine = self._engine_for(history=_Recorder(self.history, entry))
             entry.task = asyncio.ensure_future(
                 engine.run(
-                    run.workflow, trigger=run.trigger, run_id=run.run_id, params=entry.params
+                    run.workflow,
+                    trigger=run.trigger,
+                    run_id=run.run_id,
+                    params=entry.params,
+                    rerun_of=run.rerun_of,
+                    reuse=entry.reuse,
                 )
             )
             entry.task.add_done_callback(functools.partial(self._settle, entry))
 
+    def _next_startable(self) -> _Entry | None:
+        for index, entry in enumerate(self._waiting):
+            limit = entry.limit
+            if limit is None or self._running_by[entry.record.workflow] < limit:
+                del self._waiting[index]
+                return entry
+        return None
+
     def _settle(self, entry: _Entry, task: asyncio.Task[Any]) -> None:
         """A run's task has ended: make sure its end is recorded, free its slot."""
         self._running -= 1
+        self._running_by[entry.record.workflow] -= 1
         error = None if task.cancelled() else task.exception()
         if error is not None:
             log.error("run %s ended abnormally", entry.record.run_id, exc_info=error)

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from aegis.config.model import OVERLAP_MODES
+
 from .routes import JSON_TYPE, Answer, Route
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ BOOLEAN = {"type": "boolean"}
 TIMESTAMP = {"type": "string", "format": "date-time"}
 RUN_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "interrupted"]
 STEP_STATUSES = ["succeeded", "failed", "skipped", "cancelled"]
+OVERLAP = OVERLAP_MODES
 ERROR_KINDS = ["timeout", "connection", "http", "protocol", "error"]
 
 _STEP_RESULT: dict[str, Any] = {
@@ -66,6 +69,7 @@ _STEP_RESULT: dict[str, Any] = {
     "error": _maybe("string"),
     "error_kind": {"type": ["string", "null"], "enum": [*ERROR_KINDS, None]},
     "duration_ms": NUMBER,
+    "reused": {"type": "boolean", "description": "carried over from the run this one reran"},
 }
 _RUN: dict[str, Any] = {
     "run_id": STRING,
@@ -80,6 +84,7 @@ _RUN: dict[str, Any] = {
         "type": "object",
         "description": "the params the run was given, a secret param's value as ***",
     },
+    "rerun_of": _maybe("string", description="the run this one reran"),
 }
 _SERVICE_CARD: dict[str, Any] = {
     "key": STRING,
@@ -99,6 +104,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             code=STRING,
             message=STRING,
             error_id={"type": "string", "description": "with 500: find the traceback in the log"},
+            run_id={"type": "string", "description": "with 409: the run in the way"},
         )
     ),
     "ServerHealth": _obj(status={"const": "ok"}, version=STRING, uptime_s=NUMBER),
@@ -147,7 +153,35 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         description=STRING,
         timeout=_maybe("number"),
         params={"type": "object", "additionalProperties": _ref("Param")},
+        schedule=_array(_ref("Schedule")),
+        concurrency={
+            "oneOf": [
+                _obj(limit=INTEGER, on_conflict={"type": "string", "enum": list(OVERLAP)}),
+                {"type": "null"},
+            ]
+        },
         steps=_array(_ref("Step")),
+    ),
+    "Schedule": _obj(
+        cron=STRING,
+        timezone=STRING,
+        every={"type": "string", "description": "a duration, like 15m"},
+        params={"type": "object"},
+        overlap={"type": "string", "enum": list(OVERLAP)},
+        catch_up={"type": "string", "enum": ["none", "last"]},
+        next_fires={
+            "type": "array",
+            "items": TIMESTAMP,
+            "description": "GET /api/workflows/{key} only: the next fire times",
+        },
+    ),
+    "RerunRequest": _obj(
+        from_failed={
+            "type": "boolean",
+            "default": False,
+            "description": "carry over the steps before the first failed one",
+        },
+        params={"type": "object", "description": "params that replace the old run's"},
     ),
     "WorkflowList": _obj(workflows=_array(_ref("Workflow"))),
     "RunRequest": {
@@ -199,6 +233,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 
 _ERROR_HEADERS = {
     401: {"WWW-Authenticate": 'Bearer realm="aegis"'},
+    429: {"Retry-After": "seconds to wait before trying again"},
     405: {"Allow": "the methods the path answers"},
 }
 

@@ -55,6 +55,7 @@ ERROR_CODES = {
     411: "length_required",
     413: "payload_too_large",
     414: "uri_too_long",
+    429: "too_many_requests",
     431: "headers_too_large",
     500: "internal_error",
     501: "not_implemented",

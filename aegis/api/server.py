@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import logging
+import math
 import os
 import re
 import socket
@@ -40,7 +41,7 @@ from typing import Any, TextIO
 from urllib.parse import parse_qs, unquote
 
 from aegis import __version__
-from aegis.errors import Conflict, NotFound
+from aegis.errors import Conflict, NotFound, QueueFull
 
 from .handlers import ApiContext
 from .routes import HttpError, Request, Response, Router, Writer
@@ -396,7 +397,11 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         except NotFound as exc:
             return HttpError(404, str(exc)).response()
         except Conflict as exc:
-            return HttpError(409, str(exc)).response()
+            blocking = {} if exc.run_id is None else {"run_id": exc.run_id}
+            return HttpError(409, str(exc), extra=blocking).response()
+        except QueueFull as exc:
+            wait = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+            return HttpError(429, str(exc), headers=wait).response()
         except TimeoutError:
             return _unavailable("the engine did not answer in time; try again")
         except Exception:

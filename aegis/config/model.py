@@ -13,13 +13,18 @@ from typing import Any
 from aegis.config.params import ParamSpec
 
 __all__ = [
+    "CATCH_UP_MODES",
     "DEFAULT_HEALTH_ENDPOINT",
+    "DEFAULT_MAX_QUEUED_RUNS",
     "DEFAULT_RETRY_DELAY",
     "DEFAULT_STEP_TIMEOUT",
+    "OVERLAP_MODES",
     "AuthSpec",
+    "ConcurrencySpec",
     "Config",
     "HistorySpec",
     "Identity",
+    "ScheduleSpec",
     "ServerSpec",
     "ServiceSpec",
     "StepSpec",
@@ -31,6 +36,11 @@ __all__ = [
 DEFAULT_STEP_TIMEOUT = 30.0
 DEFAULT_RETRY_DELAY = 1.0
 DEFAULT_HEALTH_ENDPOINT = "/health"
+DEFAULT_MAX_QUEUED_RUNS = 1000
+# What a trigger does when runs of its workflow are going: schedules' `overlap` and
+# `concurrency.on_conflict` take the same words.
+OVERLAP_MODES = ("skip", "queue", "cancel_running")
+CATCH_UP_MODES = ("none", "last")
 EMPTY: MappingProxyType[str, Any] = MappingProxyType({})
 
 
@@ -84,6 +94,36 @@ class StepSpec:
 
 
 @dataclass(frozen=True)
+class ScheduleSpec:
+    """One entry of `workflows.KEY.schedule`: a ``cron`` expression in ``timezone``, or a
+    fixed interval (``every``, seconds, counted from the Unix epoch)."""
+
+    cron: str | None = None
+    every: float | None = None
+    timezone: str = "UTC"
+    params: MappingProxyType[str, Any] = field(default_factory=frozen_mapping)
+    overlap: str = "skip"  # one of OVERLAP_MODES
+    catch_up: str = "none"  # one of CATCH_UP_MODES
+
+    @property
+    def key(self) -> str:
+        """What names this schedule where its last fire time is kept: a changed
+        schedule is a new one."""
+        if self.cron is not None:
+            return f"cron {self.cron} {self.timezone}"
+        return f"every {self.every or 0:g}s"
+
+
+@dataclass(frozen=True)
+class ConcurrencySpec:
+    """`workflows.KEY.concurrency`: at most ``limit`` runs queued or running at once;
+    a trigger past it is queued, refused (``skip``) or replaces them (``cancel_running``)."""
+
+    limit: int = 1
+    on_conflict: str = "queue"  # one of OVERLAP_MODES
+
+
+@dataclass(frozen=True)
 class WorkflowSpec:
     """One entry of `workflows:`."""
 
@@ -93,6 +133,8 @@ class WorkflowSpec:
     description: str = ""
     timeout: float | None = None
     params: MappingProxyType[str, ParamSpec] = field(default_factory=frozen_mapping)
+    schedules: tuple[ScheduleSpec, ...] = ()
+    concurrency: ConcurrencySpec | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +143,7 @@ class HistorySpec:
 
     path: str = ":memory:"
     max_runs: int = 0
+    max_age: float = 0.0  # seconds; 0: runs are kept whatever their age
 
 
 @dataclass(frozen=True)
@@ -110,6 +153,7 @@ class ServerSpec:
     host: str = "127.0.0.1"
     port: int = 8000
     max_concurrent_runs: int = 4
+    max_queued_runs: int = DEFAULT_MAX_QUEUED_RUNS
     cors_origins: tuple[str, ...] = ()
 
 

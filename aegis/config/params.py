@@ -212,6 +212,45 @@ def coerce_params(
     return values
 
 
+def rerun_params(
+    workflow: str,
+    specs: Mapping[str, ParamSpec],
+    recorded: Mapping[str, object],
+    given: Mapping[str, object],
+    *,
+    text: bool = False,
+) -> dict[str, object]:
+    """The params of a rerun: the run's ``recorded`` ones, each overridden by ``given``
+    (read as ``coerce_params`` reads them), checked against today's ``specs``.
+
+    A secret param is recorded as ``***`` only, so a rerun must be given it again.
+    Raises ``ParamError`` naming every problem.
+    """
+    problems: list[ParamProblem] = []
+    values: dict[str, object] = {}
+    for name, spec in specs.items():
+        if name in given and given[name] is not None:
+            try:
+                values[name] = coerce_value(spec, given[name], text=text)
+            except ValueError as exc:
+                problems.append(ParamProblem(name, str(exc), spec))
+        elif spec.secret and recorded.get(name) == HIDDEN:
+            problems.append(
+                ParamProblem(name, "secret, so not kept with the run: give it again", spec)
+            )
+        elif name in recorded:
+            values[name] = recorded[name]
+    unknown = {name: value for name, value in given.items() if name not in specs}
+    try:
+        values = coerce_params(workflow, specs, {**values, **unknown})
+    except ParamError as exc:
+        named = {problem.name for problem in problems}
+        problems.extend(problem for problem in exc.problems if problem.name not in named)
+    if problems:
+        raise ParamError(workflow, problems)
+    return values
+
+
 def shown_params(specs: Mapping[str, ParamSpec], values: Mapping[str, object]) -> dict[str, Any]:
     """``values`` as a run's record keeps them: each secret one (when set) as ``***``."""
     shown: dict[str, Any] = {}

@@ -12,10 +12,17 @@ import copy
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from aegis.config.model import Config, ServiceSpec, StepSpec, WebhookSpec, WorkflowSpec
+from aegis.config.model import (
+    Config,
+    ScheduleSpec,
+    ServiceSpec,
+    StepSpec,
+    WebhookSpec,
+    WorkflowSpec,
+)
 from aegis.config.params import param_to_dict
 
-__all__ = ["REDACTED", "config_to_dict"]
+__all__ = ["REDACTED", "config_to_dict", "schedule_to_dict"]
 
 REDACTED = "***"
 
@@ -30,11 +37,16 @@ def config_to_dict(config: Config, *, redact: bool = True) -> dict[str, Any]:
         },
         "services": {key: _service(spec, redact) for key, spec in config.services.items()},
         "workflows": {key: _workflow(spec, redact) for key, spec in config.workflows.items()},
-        "history": {"path": config.history.path, "max_runs": config.history.max_runs},
+        "history": {
+            "path": config.history.path,
+            "max_runs": config.history.max_runs,
+            "max_age": _duration(config.history.max_age),
+        },
         "server": {
             "host": config.server.host,
             "port": config.server.port,
             "max_concurrent_runs": config.server.max_concurrent_runs,
+            "max_queued_runs": config.server.max_queued_runs,
             "cors_origins": list(config.server.cors_origins),
         },
         "auth": {"api_key": _secret(config.auth.api_key, redact)},
@@ -67,8 +79,37 @@ def _workflow(spec: WorkflowSpec, redact: bool) -> dict[str, Any]:
         "params": {
             name: param_to_dict(param, redact=redact) for name, param in spec.params.items()
         },
+        "schedule": [schedule_to_dict(s) for s in spec.schedules],
+        "concurrency": None
+        if spec.concurrency is None
+        else {"limit": spec.concurrency.limit, "on_conflict": spec.concurrency.on_conflict},
         "steps": [_step(step) for step in spec.steps],
     }
+
+
+def schedule_to_dict(spec: ScheduleSpec) -> dict[str, Any]:
+    """One schedule as the config file would say it (``every`` as a duration)."""
+    when: dict[str, Any] = (
+        {"cron": spec.cron, "timezone": spec.timezone}
+        if spec.cron is not None
+        else {"every": _duration(spec.every or 0)}
+    )
+    return {
+        **when,
+        "params": copy.deepcopy(dict(spec.params)),
+        "overlap": spec.overlap,
+        "catch_up": spec.catch_up,
+    }
+
+
+def _duration(seconds: float) -> str | None:
+    """Seconds as the shortest duration text that reads back the same (``None`` for 0)."""
+    if not seconds:
+        return None
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def _step(spec: StepSpec) -> dict[str, Any]:

@@ -24,13 +24,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from aegis.config.model import (
+    CATCH_UP_MODES,
     DEFAULT_HEALTH_ENDPOINT,
+    DEFAULT_MAX_QUEUED_RUNS,
     DEFAULT_RETRY_DELAY,
     DEFAULT_STEP_TIMEOUT,
+    OVERLAP_MODES,
     AuthSpec,
+    ConcurrencySpec,
     Config,
     HistorySpec,
     Identity,
+    ScheduleSpec,
     ServerSpec,
     ServiceSpec,
     StepSpec,
@@ -38,7 +43,14 @@ from aegis.config.model import (
     WorkflowSpec,
     frozen_mapping,
 )
-from aegis.config.params import NAME_PATTERN, PARAM_TYPES, ParamSpec, coerce_value
+from aegis.config.params import (
+    NAME_PATTERN,
+    PARAM_TYPES,
+    ParamError,
+    ParamSpec,
+    coerce_params,
+    coerce_value,
+)
 from aegis.engine.conditions import CONDITIONS as ENGINE_CONDITIONS
 from aegis.errors import ERROR_KINDS, ConfigError, ConfigProblem
 from aegis.events import EVENT_TYPES
@@ -91,8 +103,12 @@ SERVICE_KEYS = (
     "repo_url",
     "docs_url",
 )
-WORKFLOW_KEYS = ("name", "description", "timeout", "params", "steps")
+WORKFLOW_KEYS = (
+    "name", "description", "timeout", "params", "schedule", "concurrency", "steps"
+)  # fmt: skip
 PARAM_KEYS = ("type", "default", "required", "choices", "description", "secret")
+SCHEDULE_KEYS = ("cron", "every", "timezone", "params", "overlap", "catch_up")
+CONCURRENCY_KEYS = ("limit", "on_conflict")
 STEP_KEYS = (
     "type",
     "name",
@@ -108,12 +124,15 @@ STEP_KEYS = (
     "deadline",
     "with",
 )
-HISTORY_KEYS = ("path", "max_runs")
-SERVER_KEYS = ("host", "port", "max_concurrent_runs", "cors_origins")
+HISTORY_KEYS = ("path", "max_runs", "max_age")
+SERVER_KEYS = ("host", "port", "max_concurrent_runs", "max_queued_runs", "cors_origins")
 AUTH_KEYS = ("api_key",)
 WEBHOOK_KEYS = ("url", "events", "secret")
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+# A duration: one or more NUMBER UNIT parts, like 15m, 1h30m, 30d, 2.5s.
+DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
+DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_SHOWN = 60  # longest string quoted back in a message
 
@@ -334,6 +353,23 @@ def _history_path(value: object) -> str:
     if isinstance(value, str) and value.strip():
         return str(value)
     raise _Invalid(f"a file path or {MEMORY_PATH!r}")
+
+
+def _duration(value: object) -> float:
+    """A duration as seconds: a number of seconds, or text like ``15m``, ``1h30m``, ``30d``."""
+    expected = "a duration like 30s, 15m, 2h or 30d (or a number of seconds) above 0"
+    value = _typed(value)
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().replace(" ", "")
+        parts = DURATION_PART.findall(text)
+        if "".join(n + u for n, u in parts) == text:
+            seconds = sum(float(n) * DURATION_UNITS[u] for n, u in parts)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise _Invalid(expected)
+    return seconds
 
 
 def _choice(what: str, choices: tuple[str, ...]) -> Converter[str]:
@@ -592,6 +628,8 @@ def _workflow(
     params = _workflow_params(reader, section.get("params"), join_key(path, "params"))
     steps = _steps(reader, section, path, services, step_types)
     _check_templates(reader, steps, params, join_key(path, "steps"))
+    schedules = _schedules(reader, section.get("schedule"), join_key(path, "schedule"))
+    _check_schedule_params(reader, key, schedules, params, section.get("schedule"), path)
     return WorkflowSpec(
         key=key,
         name=reader.get(section, "name", path, _name, key),
@@ -599,6 +637,8 @@ def _workflow(
         description=reader.get(section, "description", path, _text, ""),
         timeout=reader.get(section, "timeout", path, _number(0, exclusive=True), None),
         params=MappingProxyType(params),
+        schedules=schedules,
+        concurrency=_concurrency(reader, section.get("concurrency"), join_key(path, "concurrency")),
     )
 
 
@@ -677,6 +717,86 @@ def _check_templates(
         for where, problem in template_problems(dict(spec.params), params, earlier, same):
             message = problem.message or unknown(problem.what, problem.word, problem.choices)
             reader.report(with_path + where, message)
+
+
+def _schedules(reader: _Reader, raw: object, path: str) -> tuple[ScheduleSpec, ...]:
+    """`schedule:` is one schedule (a mapping) or a list of them."""
+    if raw is None or raw is UNRESOLVED:
+        return ()
+    if isinstance(raw, list):
+        found = (_schedule(reader, item, join_index(path, i)) for i, item in enumerate(raw))
+        return tuple(spec for spec in found if spec is not None)
+    spec = _schedule(reader, raw, path)
+    return () if spec is None else (spec,)
+
+
+def _schedule(reader: _Reader, raw: object, path: str) -> ScheduleSpec | None:
+    what = "a schedule (a mapping with 'cron' or 'every')"
+    section = reader.section(raw, path, SCHEDULE_KEYS, what=what)
+    if not section.valid:
+        return None
+    cron = reader.get(section, "cron", path, _name, None)
+    every = reader.get(section, "every", path, _duration, None)
+    timezone = reader.get(section, "timezone", path, _name, "UTC")
+    if ("cron" in section) == ("every" in section):
+        reader.report(path, "give either 'cron' or 'every' (exactly one)")
+    elif "timezone" in section and "every" in section:
+        reader.report(join_key(path, "timezone"), "only a 'cron' schedule takes a timezone")
+    from aegis.schedules import cron_problem, timezone_problem  # only configs with schedules
+
+    if cron is not None and (problem := cron_problem(cron)) is not None:
+        reader.report(join_key(path, "cron"), problem)
+    if "timezone" in section and (problem := timezone_problem(timezone)) is not None:
+        reader.report(join_key(path, "timezone"), problem)
+    raw_params = section.get("params")
+    if raw_params is not None and not isinstance(raw_params, dict):
+        reader.report(
+            join_key(path, "params"), f"expected a mapping of params, got {describe(raw_params)}"
+        )
+        raw_params = None
+    params = {
+        str(key): _param_value(reader, value, join_key(join_key(path, "params"), key))
+        for key, value in (raw_params or {}).items()
+    }
+    return ScheduleSpec(
+        cron=cron,
+        every=every,
+        timezone=timezone,
+        params=frozen_mapping(params),
+        overlap=reader.get(section, "overlap", path, _choice("overlap", OVERLAP_MODES), "skip"),
+        catch_up=reader.get(section, "catch_up", path, _choice("catch_up", CATCH_UP_MODES), "none"),
+    )
+
+
+def _check_schedule_params(
+    reader: _Reader,
+    key: str,
+    schedules: tuple[ScheduleSpec, ...],
+    params: Mapping[str, ParamSpec],
+    raw: object,
+    path: str,
+) -> None:
+    """Each schedule's ``params`` must be ones a run of the workflow can take."""
+    for index, schedule in enumerate(schedules):
+        where = join_key(path, "schedule")
+        where = join_key(join_index(where, index) if isinstance(raw, list) else where, "params")
+        try:
+            coerce_params(key, params, schedule.params)
+        except ParamError as exc:
+            for problem in exc.problems:
+                reader.report(join_key(where, problem.name), problem.message)
+
+
+def _concurrency(reader: _Reader, raw: object, path: str) -> ConcurrencySpec | None:
+    if raw is None or raw is UNRESOLVED:
+        return None
+    section = reader.section(raw, path, CONCURRENCY_KEYS)
+    default = ConcurrencySpec()
+    limit = reader.require(section, "limit", path, _integer(1), "an integer >= 1")
+    on_conflict = reader.get(
+        section, "on_conflict", path, _choice("on_conflict", OVERLAP_MODES), default.on_conflict
+    )
+    return ConcurrencySpec(limit=limit or default.limit, on_conflict=on_conflict)
 
 
 def _steps(
@@ -906,6 +1026,7 @@ def _history(reader: _Reader, raw: object, base_dir: Path) -> HistorySpec:
     return HistorySpec(
         path=_beside(path, base_dir),
         max_runs=reader.get(section, "max_runs", "history", _integer(0), 0),
+        max_age=reader.get(section, "max_age", "history", _duration, 0.0),
     )
 
 
@@ -924,6 +1045,9 @@ def _server(reader: _Reader, raw: object) -> ServerSpec:
         port=reader.get(section, "port", "server", _integer(0, 65535), default.port),
         max_concurrent_runs=reader.get(
             section, "max_concurrent_runs", "server", _integer(1), default.max_concurrent_runs
+        ),
+        max_queued_runs=reader.get(
+            section, "max_queued_runs", "server", _integer(1), DEFAULT_MAX_QUEUED_RUNS
         ),
         cors_origins=reader.items(section, "cors_origins", "server", _text, "strings") or (),
     )

@@ -151,13 +151,20 @@ class Engine:
         trigger: str = "cli",
         run_id: str | None = None,
         params: Mapping[str, object] | None = None,
+        rerun_of: str | None = None,
+        reuse: Mapping[int, StepResult] | None = None,
     ) -> Run:
         """Run workflow ``key`` to its end and return the finished record.
 
         ``params`` are the trigger's values for the workflow's params (checked and
-        converted by ``coerce_params``). Raises ``NotFound`` for an unknown workflow and
-        ``ParamError`` for params it cannot take, before anything is recorded.
-        A cancelled run is recorded as ``cancelled`` before ``CancelledError`` propagates.
+        converted by ``coerce_params``). A rerun names the run it reruns (``rerun_of``);
+        ``reuse`` holds the step records it carries over, by position
+        (``aegis.engine.rerun.carried_steps``): those steps are not run again, their
+        records count as if they had just ended.
+
+        Raises ``NotFound`` for an unknown workflow and ``ParamError`` for params it
+        cannot take, before anything is recorded. A cancelled run is recorded as
+        ``cancelled`` before ``CancelledError`` propagates.
         """
         workflow = self.workflow(key)
         values = (
@@ -170,6 +177,7 @@ class Engine:
             started_at=format_timestamp(self.clock.now()),
             trigger=trigger,
             params=shown_params(workflow.params, values),
+            rerun_of=rerun_of,
         )
         began = self.clock.monotonic()
         self._record("start", run)
@@ -180,8 +188,9 @@ class Engine:
             name=workflow.name,
             steps=len(workflow.steps),
             trigger=trigger,
+            **({"rerun_of": rerun_of} if rerun_of else {}),
         )
-        execution = _Execution(self, workflow, run, values)
+        execution = _Execution(self, workflow, run, values, reuse or {})
         try:
             status = await self._execute(execution, workflow)
         except asyncio.CancelledError:
@@ -197,8 +206,8 @@ class Engine:
         """Run the batches under the workflow timeout; the run's status comes back."""
         needs_http = any(
             self.step_types[spec.type].service_needed(spec.params)
-            for spec in workflow.steps
-            if spec.type in self.step_types
+            for index, spec in enumerate(workflow.steps)
+            if spec.type in self.step_types and index not in execution.reuse
         )
         main = asyncio.ensure_future(execution.run_batches(needs_http))
         timer = None
@@ -283,9 +292,15 @@ class _Execution:
     """The mutable side of one run: results so far and the aggregates over them."""
 
     def __init__(
-        self, engine: Engine, workflow: WorkflowSpec, run: Run, params: dict[str, object]
+        self,
+        engine: Engine,
+        workflow: WorkflowSpec,
+        run: Run,
+        params: dict[str, object],
+        reuse: Mapping[int, StepResult],
     ) -> None:
         self.engine = engine
+        self.reuse = reuse
         self.clock = engine.clock
         self.workflow = workflow
         self.run_id = run.run_id
@@ -362,6 +377,8 @@ class _Execution:
         return list(await asyncio.gather(*(self.run_step(i, s) for i, s in batch)))
 
     async def run_step(self, index: int, spec: StepSpec) -> StepResult:
+        if self.reuse and index in self.reuse:
+            return self._end(index, self.reuse[index])
         reason = skip_reason(spec.condition, self.state)
         if reason is not None:
             return self._end(index, skipped_result(spec, reason))

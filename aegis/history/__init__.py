@@ -120,7 +120,9 @@ class HistoryStore(abc.ABC):
         """Record the final state of ``run`` (all its steps), then prune to ``max_runs``.
 
         Pruning keeps the newest ``max_runs`` finished runs of the run's workflow (by
-        ``started_at``); runs still going are neither counted nor removed.
+        ``started_at``); runs still going are neither counted nor removed. Runs older
+        than ``max_age`` are removed in bounded batches (``prune_aged``), never by a scan
+        of the whole history on a run's path.
         """
 
     @abc.abstractmethod
@@ -147,6 +149,24 @@ class HistoryStore(abc.ABC):
     @abc.abstractmethod
     def count(self, workflow: str | None = None, status: str | None = None) -> int:
         """How many runs ``list`` would return without a limit."""
+
+    def prune_aged(self, limit: int) -> int:
+        """Remove up to ``limit`` finished runs older than the store's ``max_age`` (the
+        oldest first, with their steps); returns how many went. Stores that keep no age
+        limit remove nothing."""
+        return 0
+
+    def last_fire(self, workflow: str, schedule: str) -> float | None:
+        """When (unix seconds) ``schedule`` of ``workflow`` last fired, if this store
+        knows; ``schedule`` is a ``ScheduleSpec.key``."""
+        return None
+
+    def claim_fire(self, workflow: str, schedule: str, at: float) -> bool:
+        """Claim the tick at ``at`` of ``schedule`` of ``workflow`` for this process:
+        true (and ``at`` kept as its last fire) unless that tick, or a later one, was
+        claimed already, by any process sharing the store. Stores that keep no ticks
+        grant every claim."""
+        return True
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -176,11 +196,11 @@ def open_history(spec: HistorySpec, *, warn: Warn, reading: bool = False) -> His
     from aegis.history.memory import MemoryHistory
 
     if spec.path == MEMORY_PATH:
-        return MemoryHistory(max_runs=spec.max_runs, warn=warn)
+        return MemoryHistory(max_runs=spec.max_runs, max_age=spec.max_age, warn=warn)
     try:
         from aegis.history.sqlite import SqliteHistory
 
-        return SqliteHistory(spec.path, max_runs=spec.max_runs, warn=warn)
+        return SqliteHistory(spec.path, max_runs=spec.max_runs, max_age=spec.max_age, warn=warn)
     except HistoryUnavailable as exc:
         message = str(exc)
     except Exception as exc:  # a bug must not cost the run its history, let alone the run
@@ -192,6 +212,6 @@ def open_history(spec: HistorySpec, *, warn: Warn, reading: bool = False) -> His
         except Exception:  # not readable either: the first reason is the one to tell
             log.debug("reading the history file %s failed", spec.path, exc_info=True)
         warn(f"{message}; no runs can be read from it")
-        return MemoryHistory(max_runs=spec.max_runs, warn=warn)
+        return MemoryHistory(max_runs=spec.max_runs, max_age=spec.max_age, warn=warn)
     warn(f"{message}; keeping this run's history in memory")
-    return MemoryHistory(max_runs=spec.max_runs, warn=warn)
+    return MemoryHistory(max_runs=spec.max_runs, max_age=spec.max_age, warn=warn)

@@ -98,6 +98,15 @@ class DeferredHistory(HistoryStore):
     def count(self, workflow: str | None = None, status: str | None = None) -> int:
         return self._get().count(workflow, status)
 
+    def prune_aged(self, limit: int) -> int:
+        return self._get().prune_aged(limit) if self.opened else 0
+
+    def last_fire(self, workflow: str, schedule: str) -> float | None:
+        return self._get().last_fire(workflow, schedule)
+
+    def claim_fire(self, workflow: str, schedule: str, at: float) -> bool:
+        return self._get().claim_fire(workflow, schedule, at)
+
     def close(self) -> None:
         with self._lock:
             store, self._store = self._store, None

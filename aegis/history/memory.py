@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from aegis.history import HistoryStore, RunList, Warn, matching_run_id
-from aegis.records import Run, StepResult
+from aegis.records import Run, StepResult, age_cutoff
 
-__all__ = ["MemoryHistory"]
+__all__ = ["PRUNE_BATCH", "MemoryHistory"]
+
+# The most runs one round of pruning by age removes: a run's path never waits for more.
+PRUNE_BATCH = 200
 
 
 @dataclass
@@ -37,10 +42,21 @@ class _Entry:
 
 
 class MemoryHistory(HistoryStore):
-    """A thread-safe in-process store; ``max_runs`` (0: unlimited) applies per workflow."""
+    """A thread-safe in-process store; ``max_runs`` (0: unlimited) applies per workflow,
+    ``max_age`` (seconds, 0: unlimited) to every run, by ``clock`` (unix seconds)."""
 
-    def __init__(self, *, max_runs: int = 0, warn: Warn | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_runs: int = 0,
+        max_age: float = 0.0,
+        warn: Warn | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.max_runs = max_runs
+        self.max_age = max_age
+        self._clock = clock
+        self._fires: dict[tuple[str, str], float] = {}
         self.warn = warn  # nothing here can fail, but every store takes one
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
@@ -65,6 +81,34 @@ class MemoryHistory(HistoryStore):
         with self._lock:
             self._put(run, None)
             self._prune(run.workflow)
+        self.prune_aged(PRUNE_BATCH)
+
+    def prune_aged(self, limit: int) -> int:
+        if self.max_age <= 0:
+            return 0
+        cutoff = age_cutoff(self._clock(), self.max_age)
+        with self._lock:
+            # _order is oldest first: the walk stops at the first run young enough
+            doomed: list[_Entry] = []
+            for started_at, _, run_id in self._order:
+                if started_at >= cutoff or len(doomed) >= limit:
+                    break
+                if self._entries[run_id].run.status.finished:
+                    doomed.append(self._entries[run_id])
+            for entry in doomed:
+                self._unlink(entry)
+        return len(doomed)
+
+    def last_fire(self, workflow: str, schedule: str) -> float | None:
+        with self._lock:
+            return self._fires.get((workflow, schedule))
+
+    def claim_fire(self, workflow: str, schedule: str, at: float) -> bool:
+        with self._lock:
+            if self._fires.get((workflow, schedule), -math.inf) >= at:
+                return False
+            self._fires[(workflow, schedule)] = at
+            return True
 
     def get(self, run_id: str) -> Run | None:
         with self._lock:

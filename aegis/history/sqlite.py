@@ -31,10 +31,20 @@ Schema, version 1 (``PRAGMA user_version``)::
            tie-break after started_at, and what steps refer to),
            run_id UNIQUE, workflow, status, verdict, started_at, finished_at,
            duration_ms, trigger, owner_host, owner_pid, owner_token,
-           heartbeat_at (unix seconds), params (JSON; added to older files on open,
-           read as {} from an older file opened read-only)
+           heartbeat_at (unix seconds), params (JSON) and rerun_of (both added to
+           older files on open, read as {} and NULL from an older file opened read-only)
     steps  run_seq (runs.seq), name, type, service, status, duration_ms, error,
-           error_kind, skip_reason, data (JSON), attempts (JSON); rowid = report order
+           error_kind, skip_reason, reused (0/1, added to older files on open),
+           data (JSON), attempts (JSON); rowid = report order
+    schedule_fires  workflow, schedule (ScheduleSpec.key), fired_at (unix seconds):
+           the last tick fired of each schedule (made in older files on open)
+
+A file written before ``rerun_of`` and ``reused`` existed and opened read-only is read
+with ``NULL`` and ``0`` in their place.
+
+* **Age.** With ``max_age``, a thread removes runs older than it in batches of
+  ``PRUNE_BATCH``, each its own short transaction, oldest first through the
+  ``started_at`` index: writers of new runs wait for one batch at most.
 """
 
 from __future__ import annotations
@@ -62,7 +72,7 @@ from aegis.history import (
     Warn,
     matching_run_id,
 )
-from aegis.history.memory import MemoryHistory
+from aegis.history.memory import PRUNE_BATCH, MemoryHistory
 from aegis.history.owners import Owner, current_owner, owner_gone, process_state
 from aegis.records import (
     Attempt,
@@ -71,6 +81,7 @@ from aegis.records import (
     StepResult,
     StepStatus,
     Verdict,
+    age_cutoff,
     format_timestamp,
 )
 
@@ -99,6 +110,18 @@ _DECODE_ERRORS = (ValueError, KeyError, TypeError)
 _UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 _CHUNK = 500  # bound parameters per statement, well under SQLite's oldest limit (999)
 
+_FIRES_TABLE = """CREATE TABLE IF NOT EXISTS schedule_fires (
+        workflow TEXT NOT NULL,
+        schedule TEXT NOT NULL,
+        fired_at REAL NOT NULL,
+        PRIMARY KEY (workflow, schedule)
+    )"""
+# Columns added since the first files were written, with what an older file reads as.
+_ADDED_COLUMNS = (
+    ("runs", "params", "TEXT NOT NULL DEFAULT '{}'", "'{}'"),
+    ("runs", "rerun_of", "TEXT", "NULL"),
+    ("steps", "reused", "INTEGER NOT NULL DEFAULT 0", "0"),
+)
 _SCHEMA = (
     """CREATE TABLE runs (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -114,7 +137,8 @@ _SCHEMA = (
         owner_pid INTEGER NOT NULL,
         owner_token TEXT NOT NULL,
         heartbeat_at REAL NOT NULL,
-        params TEXT NOT NULL DEFAULT '{}'
+        params TEXT NOT NULL DEFAULT '{}',
+        rerun_of TEXT
     )""",
     "CREATE INDEX runs_newest ON runs (started_at DESC, seq DESC)",
     "CREATE INDEX runs_by_workflow ON runs (workflow, started_at DESC, seq DESC)",
@@ -130,36 +154,40 @@ _SCHEMA = (
         error TEXT,
         error_kind TEXT,
         skip_reason TEXT,
+        reused INTEGER NOT NULL DEFAULT 0,
         data TEXT NOT NULL,
         attempts TEXT NOT NULL
     )""",
     "CREATE INDEX steps_by_run ON steps (run_seq, name)",
+    _FIRES_TABLE,
 )
 
 _RUN_COLUMNS = (
-    "seq, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger, params"
+    "seq, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger,"
+    " params, rerun_of"
 )
-# A file written before runs had params, opened read-only: its runs had none.
-_OLD_RUN_COLUMNS = _RUN_COLUMNS.replace("params", "'{}'")
-_ADD_PARAMS = "ALTER TABLE runs ADD COLUMN params TEXT NOT NULL DEFAULT '{}'"
-_SUMMARY_COLUMNS = "name, type, service, status, duration_ms, error, error_kind, skip_reason"
+_SUMMARY_COLUMNS = (
+    "name, type, service, status, duration_ms, error, error_kind, skip_reason, reused"
+)
 _STEP_COLUMNS = f"{_SUMMARY_COLUMNS}, data, attempts"
 
 _INSERT_RUN = (
     "INSERT INTO runs (run_id, workflow, status, verdict, started_at, finished_at,"
-    " duration_ms, trigger, params, owner_host, owner_pid, owner_token, heartbeat_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " duration_ms, trigger, params, rerun_of, owner_host, owner_pid, owner_token,"
+    " heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_RUN = (
     "UPDATE runs SET run_id = ?, workflow = ?, status = ?, verdict = ?, started_at = ?,"
-    " finished_at = ?, duration_ms = ?, trigger = ?, params = ? WHERE seq = ?"
+    " finished_at = ?, duration_ms = ?, trigger = ?, params = ?, rerun_of = ?"
+    " WHERE seq = ?"
 )
 _INSERT_STEP = (
-    f"INSERT INTO steps (run_seq, {_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO steps (run_seq, {_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_STEP = (
     "UPDATE steps SET name = ?, type = ?, service = ?, status = ?, duration_ms = ?, error = ?,"
-    " error_kind = ?, skip_reason = ?, data = ?, attempts = ? WHERE run_seq = ? AND name = ?"
+    " error_kind = ?, skip_reason = ?, reused = ?, data = ?, attempts = ?"
+    " WHERE run_seq = ? AND name = ?"
 )
 _SEQ_OF = "SELECT seq FROM runs WHERE run_id = ?"
 _FIND = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?"
@@ -172,6 +200,17 @@ _STEPS_OF = f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_seq = ? ORDER BY rowid
 _PRUNABLE = (
     "SELECT seq FROM runs WHERE workflow = ? AND status NOT IN (?, ?)"
     " ORDER BY started_at DESC, seq DESC LIMIT -1 OFFSET ?"
+)
+_AGED = (
+    "SELECT seq FROM runs WHERE started_at < ? AND status NOT IN (?, ?)"
+    " ORDER BY started_at, seq LIMIT ?"
+)
+_LAST_FIRE = "SELECT fired_at FROM schedule_fires WHERE workflow = ? AND schedule = ?"
+# A claim changes a row only for a later tick: its row count says whether it was granted.
+_CLAIM_FIRE = (
+    "INSERT INTO schedule_fires (workflow, schedule, fired_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (workflow, schedule) DO UPDATE SET fired_at = excluded.fired_at"
+    " WHERE fired_at < excluded.fired_at"
 )
 _UNFINISHED_ROWS = (
     "SELECT seq, run_id, owner_host, owner_pid, owner_token, heartbeat_at"
@@ -235,6 +274,7 @@ def _step_values(step: StepResult) -> tuple[Any, ...]:
         _opt(step.error),
         _opt(step.error_kind),
         _opt(step.skip_reason),
+        int(step.reused),
         _json(step.data),
         _json([a.to_dict() for a in step.attempts]),
     )
@@ -251,11 +291,12 @@ def _run_values(run: Run) -> tuple[Any, ...]:
         run.duration_ms,
         _text(run.trigger),
         _json(run.params),
+        _opt(run.rerun_of),
     )
 
 
 def _summary_step(row: Sequence[Any]) -> StepResult:
-    name, type_, service, status, duration_ms, error, error_kind, skip_reason = row[:8]
+    name, type_, service, status, duration_ms, error, error_kind, skip_reason, reused = row[:9]
     return StepResult(
         name=name,
         type=type_,
@@ -265,14 +306,15 @@ def _summary_step(row: Sequence[Any]) -> StepResult:
         error=error,
         error_kind=error_kind,
         skip_reason=skip_reason,
+        reused=bool(reused),
     )
 
 
 def _full_step(row: Sequence[Any]) -> StepResult:
     return replace(
         _summary_step(row),
-        data=json.loads(row[8]),
-        attempts=tuple(Attempt.from_dict(a) for a in json.loads(row[9])),
+        data=json.loads(row[9]),
+        attempts=tuple(Attempt.from_dict(a) for a in json.loads(row[10])),
     )
 
 
@@ -290,6 +332,7 @@ def _run(row: Sequence[Any], steps: Iterable[StepResult]) -> Run:
         finished_at=finished_at,
         duration_ms=duration_ms,
         params=params if isinstance(params, dict) else {},
+        rerun_of=row[10],
     )
 
 
@@ -313,8 +356,8 @@ def _rollback(db: sqlite3.Connection) -> None:
         pass
 
 
-def _has_params(db: sqlite3.Connection) -> bool:
-    return any(row[1] == "params" for row in db.execute("PRAGMA table_info(runs)"))
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
 def _chunks(items: Sequence[_T]) -> Iterable[Sequence[_T]]:
@@ -350,6 +393,7 @@ class SqliteHistory(HistoryStore):
         path: str | os.PathLike[str],
         *,
         max_runs: int = 0,
+        max_age: float = 0.0,
         warn: Warn | None = None,
         busy_timeout: float | None = None,
         heartbeat_interval: float | None = None,
@@ -362,6 +406,7 @@ class SqliteHistory(HistoryStore):
         self.path = os.fspath(path)
         self.read_only = read_only
         self.max_runs = max_runs
+        self.max_age = max_age
         self._warn = warn
         self._busy_timeout = DEFAULT_BUSY_TIMEOUT if busy_timeout is None else busy_timeout
         self._interval = heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL
@@ -374,13 +419,14 @@ class SqliteHistory(HistoryStore):
         self._memory: MemoryHistory | None = None
         self._stop = threading.Event()
         self._beater: threading.Thread | None = None
+        self._pruner: threading.Thread | None = None
+        self._old_columns: dict[str, str] = {}  # an older file read-only: column -> literal
         self._last_sweep = -math.inf
         self._warned: set[str] = set()
         # Pages and counts read since the file last changed (see _cached).
         self._pages: dict[tuple[Any, ...], Any] = {}
         self._pages_version: tuple[int, int] = (-1, -1)
         self._own_writes = 0
-        self._find_sql, self._find_prefix_sql, self._list_sql = _FIND, _FIND_PREFIX, _LIST
         if read_only:
             self._db = self._open_read_only()
             return
@@ -394,6 +440,11 @@ class SqliteHistory(HistoryStore):
             if isinstance(exc, _DB_ERRORS):
                 raise HistoryUnavailable(self.path, self._open_reason(exc)) from exc
             raise
+        if max_age > 0:
+            self._pruner = threading.Thread(
+                target=self._prune_in_background, name="aegis-history-pruner", daemon=True
+            )
+            self._pruner.start()
 
     @property
     def degraded(self) -> bool:
@@ -473,10 +524,54 @@ class SqliteHistory(HistoryStore):
                 self._pages[key] = value
             return value
 
+    def prune_aged(self, limit: int) -> int:
+        if self.max_age <= 0 or self.read_only:
+            return 0
+        cutoff = age_cutoff(self._clock(), self.max_age)
+        removed: builtins.list[int] = []
+
+        def fallback(memory: MemoryHistory) -> None:
+            removed.append(memory.prune_aged(limit))
+
+        self._write(self._save_pruned, cutoff, limit, removed, fallback=fallback)
+        return sum(removed)
+
+    def _prune_in_background(self) -> None:
+        """Every so often, prune by age a batch at a time until nothing is left to prune."""
+        interval = min(max(self.max_age / 4, 0.05), 60.0)
+        while not self._stop.wait(interval):
+            while self.prune_aged(PRUNE_BATCH) == PRUNE_BATCH and not self._stop.is_set():
+                pass
+
+    def last_fire(self, workflow: str, schedule: str) -> float | None:
+        def fallback(memory: MemoryHistory) -> float | None:
+            return memory.last_fire(workflow, schedule)
+
+        return self._read(self._fired, workflow, schedule, fallback=fallback)
+
+    def claim_fire(self, workflow: str, schedule: str, at: float) -> bool:
+        values = (_text(workflow), _text(schedule), at)
+        granted: builtins.list[bool] = []
+
+        def claim(db: sqlite3.Connection) -> None:
+            granted.append(db.execute(_CLAIM_FIRE, values).rowcount > 0)
+
+        def fallback(memory: MemoryHistory) -> None:
+            granted.append(memory.claim_fire(workflow, schedule, at))
+
+        self._write(claim, fallback=fallback)
+        return all(granted)
+
     def close(self) -> None:
+        if self._pruner is not None and not self._stop.is_set():
+            # a short-lived process (`aegis run`) ends before the first round: prune one
+            # batch as it goes, after its run is recorded
+            self.prune_aged(PRUNE_BATCH)
         self._stop.set()
         if self._beater is not None:
             self._beater.join()
+        if self._pruner is not None:
+            self._pruner.join()
         with self._lock:
             self._db.close()
 
@@ -699,12 +794,9 @@ class SqliteHistory(HistoryStore):
             raise HistoryUnavailable(self.path, self._newer(version))
         if version < SCHEMA_VERSION:
             raise HistoryUnavailable(self.path, "not an aegis history file (no runs table)")
-        if not _has_params(db):  # written before runs had params; read them as none
-            self._find_sql = _FIND.replace(_RUN_COLUMNS, _OLD_RUN_COLUMNS)
-            self._find_prefix_sql = _FIND_PREFIX.replace(_RUN_COLUMNS, _OLD_RUN_COLUMNS)
-            self._list_sql = {
-                key: sql.replace(_RUN_COLUMNS, _OLD_RUN_COLUMNS) for key, sql in _LIST.items()
-            }
+        for table, column, _, literal in _ADDED_COLUMNS:
+            if column not in _columns(db, table):
+                self._old_columns[column] = literal
 
     @staticmethod
     def _newer(version: int) -> str:
@@ -742,8 +834,10 @@ class SqliteHistory(HistoryStore):
             # SQLite opens a read-only file without complaint and fails only at the first
             # write; this write (of the same value) finds that out now, not mid-run.
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            if not _has_params(db):  # a file from before runs had params
-                db.execute(_ADD_PARAMS)
+            for table, column, definition, _ in _ADDED_COLUMNS:  # a file from before them
+                if column not in _columns(db, table):
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            db.execute(_FIRES_TABLE)
             return
         if version > SCHEMA_VERSION:
             raise HistoryUnavailable(self.path, self._newer(version))
@@ -803,6 +897,14 @@ class SqliteHistory(HistoryStore):
         db.executemany("DELETE FROM steps WHERE run_seq = ?", doomed)
         db.executemany("DELETE FROM runs WHERE seq = ?", doomed)
 
+    def _save_pruned(
+        self, db: sqlite3.Connection, cutoff: str, limit: int, removed: builtins.list[int]
+    ) -> None:
+        doomed = db.execute(_AGED, (cutoff, *_UNFINISHED, limit)).fetchall()
+        db.executemany("DELETE FROM steps WHERE run_seq = ?", doomed)
+        db.executemany("DELETE FROM runs WHERE seq = ?", doomed)
+        removed.append(len(doomed))
+
     def _save_heartbeat(self, db: sqlite3.Connection, live: Sequence[_Live], now: float) -> None:
         db.executemany(_HEARTBEAT, ((now, one.run.status.value, one.seq) for one in live))
 
@@ -818,17 +920,30 @@ class SqliteHistory(HistoryStore):
 
     # ----------------------------------------------------------------- reads
 
+    def _fired(self, db: sqlite3.Connection, workflow: str, schedule: str) -> float | None:
+        if "reused" in self._old_columns:  # an older file, read-only: no ticks in it
+            return None
+        row = db.execute(_LAST_FIRE, (_text(workflow), _text(schedule))).fetchone()
+        return None if row is None else float(row[0])
+
+    def _sql(self, sql: str) -> str:
+        """``sql`` for this file: an older one read-only has literals for newer columns."""
+        for column, literal in self._old_columns.items():
+            sql = sql.replace(f", {column}", f", {literal}")
+        return sql
+
     def _find(self, db: sqlite3.Connection, run_id: str) -> Run | None:
         run_id = _text(run_id)
-        row = db.execute(self._find_sql, (run_id,)).fetchone()
+        row = db.execute(self._sql(_FIND), (run_id,)).fetchone()
         if row is None:
             pattern = re.sub(r"([\\%_])", r"\\\1", run_id) + "%"
-            rows = {r[1]: r for r in db.execute(self._find_prefix_sql, (pattern,))}
+            rows = {r[1]: r for r in db.execute(self._sql(_FIND_PREFIX), (pattern,))}
             found = matching_run_id(run_id, rows)
             if found is None:
                 return None
             row = rows[found]
-        return self._decoded(_run, row, map(_full_step, db.execute(_STEPS_OF, (row[0],))))
+        steps = db.execute(self._sql(_STEPS_OF), (row[0],))
+        return self._decoded(_run, row, map(_full_step, steps))
 
     def _page(
         self,
@@ -839,7 +954,7 @@ class SqliteHistory(HistoryStore):
         offset: int,
     ) -> RunList:
         filters = self._filters(workflow, status)
-        sql = self._list_sql[workflow is not None, status is not None]
+        sql = self._sql(_LIST[workflow is not None, status is not None])
         rows = db.execute(sql, (*filters, limit, offset)).fetchall()
         steps = self._summaries(db, [row[0] for row in rows])
         runs = (self._decoded(_run, row, steps.get(row[0], ())) for row in rows)
@@ -852,7 +967,9 @@ class SqliteHistory(HistoryStore):
         steps: dict[int, builtins.list[StepResult]] = {}
         for chunk in _chunks(seqs):
             marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT run_seq, {_SUMMARY_COLUMNS} FROM steps WHERE run_seq IN ({marks})"
+            sql = self._sql(
+                f"SELECT run_seq, {_SUMMARY_COLUMNS} FROM steps WHERE run_seq IN ({marks})"
+            )
             for row in db.execute(f"{sql} ORDER BY rowid", chunk):
                 step = self._decoded(_summary_step, row[1:])
                 if step is not None:

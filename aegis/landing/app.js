@@ -27,6 +27,7 @@
     "step.completed",
     "failure.detected",
     "workflow.completed",
+    "run.skipped",
   ];
   const ACTIVE = new Set(["queued", "running"]); // run statuses that can still change
   const STEP_ACTIVE = new Set(["running", "retrying"]);
@@ -502,6 +503,7 @@
         fact("Duration", duration(run.duration_ms)),
         fact("Trigger", text(run.trigger)),
         paramsText(run.params) ? fact("Params", el("code", {}, paramsText(run.params))) : null,
+        run.rerun_of ? fact("Rerun of", el("code", {}, text(run.rerun_of))) : null,
         fact("Run id", el("code", {}, text(run.run_id))),
       ),
       steps.length
@@ -588,7 +590,13 @@
         el("span", { className: "step-attempts" }, attemptsLabel(step)),
         el("span", { className: "step-duration" }, ended ? duration(step.duration_ms) : ""),
       ),
-      el("p", { className: "step-meta" }, [step.type, step.service].filter(Boolean).join(" · ")),
+      el(
+        "p",
+        { className: "step-meta" },
+        [step.type, step.service, step.reused ? "reused from the run it reran" : null]
+          .filter(Boolean)
+          .join(" · "),
+      ),
       step.note ? el("p", { className: "retry-note" }, step.note) : null,
       step.skip_reason ? el("p", { className: "skip-reason" }, step.skip_reason) : null,
       step.error
@@ -750,6 +758,10 @@
     if (!event || typeof event.id !== "number") return;
     if (!trusted && event.id <= page.events.lastId) return;
     page.events.lastId = event.id;
+    if (event.type === "run.skipped") {
+      addEventItem(event); // a refused trigger: no run to follow
+      return;
+    }
     applyProgress(event);
     addEventItem(event);
     const shown = patchRunRow(event.run_id);
@@ -867,6 +879,8 @@
         return `${step} failed: ${text(d.error)}`;
       case "workflow.completed":
         return `${text(d.status)}${d.verdict ? `, verdict ${d.verdict}` : ""} · ${duration(d.duration_ms)}`;
+      case "run.skipped":
+        return `not started: run ${text(d.blocking_run)} is in the way (${text(d.rule)} limit ${text(d.limit)})`;
       default:
         return "";
     }
