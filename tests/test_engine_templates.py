@@ -207,3 +207,14 @@ async def test_steps_without_templates_get_their_spec_as_it_is() -> None:
     run = await engine(config, recorder).run("wf")
     assert recorder.seen == [("c", {"echo": "x {{ y }}"})]
     assert run.params == {}
+
+
+async def test_a_short_secret_param_is_not_hunted_in_text() -> None:
+    # like the config's secrets: hiding every "ab" would hide ordinary text, not a secret
+    recorder = Recorder()
+    config = build(
+        "- {type: capture, name: c, with: {echo: 'about ${{ params.token }}'}}", recorder, PARAMS
+    )
+    run = await engine(config, recorder).run("wf", params={"token": "ab"})
+    assert run.params["token"] == "***"
+    assert run.steps[0].data["echoed"] == "about ab"

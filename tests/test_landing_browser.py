@@ -115,6 +115,8 @@ workflows:
   regression:
     name: "{flow}"
     description: "{flow_description}"
+    params:
+      note: {{default: "{note}"}}
     steps:
       - {{type: test, name: "{step}", service: qaagent, retries: 1, retry_delay: 0.01}}
 history:
@@ -130,6 +132,7 @@ HOSTILE_NAMES = {
     "flow": f"Hostile {HOSTILE_IMG} flow",
     "flow_description": "<script>alert(3)</script>",
     "step": "<svg onload=alert(4)>",
+    "note": "<img src=x onerror=alert(5)>",
 }
 PLAIN_NAMES = {
     "identity": "Aegis",
@@ -140,6 +143,7 @@ PLAIN_NAMES = {
     "flow": "Checkout regression",
     "flow_description": "The checkout suite, retried once on failure",
     "step": "checkout-tests",
+    "note": "nightly",
 }
 
 
@@ -291,6 +295,8 @@ def test_the_live_page_shows_what_the_api_serves(tab: Tab, live: LiveSite) -> No
     detail = page.by_id("run-detail")
     assert "hidden" not in detail.attrs
     assert detail.attrs["data-run-id"] == live.failed_run
+    facts = dict(zip((dt.text for dt in detail.all("dt")), detail.all("dd"), strict=True))
+    assert facts["Params"].one("code").text == "note=<img src=x onerror=alert(5)>"
     (step,) = detail.all(cls="step-result")
     assert step.attrs["data-status"] == "failed"
     assert step.one(cls="step-name").text == "<svg onload=alert(4)>"

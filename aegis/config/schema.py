@@ -55,7 +55,7 @@ from aegis.engine.conditions import CONDITIONS as ENGINE_CONDITIONS
 from aegis.errors import ERROR_KINDS, ConfigError, ConfigProblem
 from aegis.events import EVENT_TYPES
 from aegis.secrets import hide_url_passwords
-from aegis.templates import has_templates
+from aegis.templates import has_templates, template_problems
 
 if TYPE_CHECKING:  # the step modules import the config model: importing them here would cycle
     from aegis.steps.base import StepType
@@ -702,8 +702,6 @@ def _check_templates(
     """Report every ``${{ }}`` in the steps' ``with:`` that cannot work (aegis.templates)."""
     if not any(has_templates(spec.params) for spec in steps):
         return
-    from aegis.templates import template_problems
-
     group: list[int] = []  # the batch of each step: consecutive `parallel` steps share one
     for index, spec in enumerate(steps):
         joins = index > 0 and spec.parallel and steps[index - 1].parallel

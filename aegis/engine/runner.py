@@ -45,7 +45,7 @@ from aegis.records import (
     format_timestamp,
     make_record,
 )
-from aegis.secrets import Redactor, secret_values
+from aegis.secrets import MIN_SECRET, Redactor, secret_values
 from aegis.steps.base import StepContext, StepType
 from aegis.templates import TemplateError, compile_value, has_templates, resolve
 
@@ -305,7 +305,8 @@ class _Execution:
         self.workflow = workflow
         self.run_id = run.run_id
         self.state = RunState()
-        secrets = secret_param_values(workflow.params, params) if workflow.params else ()
+        found = secret_param_values(workflow.params, params) if workflow.params else ()
+        secrets = [value for value in found if len(value) >= MIN_SECRET]
         # the run's secret params are hidden like the config's secrets
         self.redactor = (
             Redactor((*engine.redactor.secrets, *secrets)) if secrets else engine.redactor

@@ -1,5 +1,6 @@
 """Secrets never leave Aegis: the API key of the server, a service's API key, a webhook
-secret and a password inside a service URL, each looked for in everything Aegis writes.
+secret, a password inside a service URL and a secret workflow param (its default, ``-p``
+and the API's ``params``), each looked for in everything Aegis writes.
 
 One module fixture drives real processes with those secrets in their environment and
 collects every output: the CLI's stdout and stderr for each command (with and without
@@ -38,7 +39,9 @@ SECRETS = {
     "a service's API key (api_key_env)": "svc-key-5ecret-D4e5F6",
     "a webhook secret": "hook-5ecret-G7h8I9",
     "a password in a service URL": "url-pa55-5ecret-J0k1",
+    "a secret workflow param": "param-5ecret-M2n3O4",
 }
+PARAM = SECRETS["a secret workflow param"]
 USER = "aegis"
 PASSWORD = SECRETS["a password in a service URL"]
 # What an echo of the Authorization header a URL's password becomes would show.
@@ -112,8 +115,11 @@ workflows:
       - {{type: test, service: qaagent}}
       - {{type: report, condition: always}}
   leaky:
+    params:
+      token: {{type: string, secret: true, default: "${{PARAM_TOKEN}}"}}
     steps:
-      - {{type: discover, service: echo, retries: 1, retry_delay: 0}}
+      - {{type: discover, service: echo, retries: 1, retry_delay: 0,
+         with: {{path: "/routes?token=${{{{ params.token }}}}"}}}}
       - {{type: test, service: echo, condition: always}}
   unreachable:
     steps: [{{type: discover, service: gone, timeout: 5}}]
@@ -156,6 +162,7 @@ CLI_COMMANDS = [
     ("run", "pipeline", "--json"),
     ("run", "leaky"),
     ("run", "leaky", "--json"),
+    ("run", "leaky", "-p", f"token={PARAM}"),
     ("run", "unreachable", "--json"),
     ("status",),
     ("status", "--json"),
@@ -244,6 +251,10 @@ def exercise_server(config: Path, env: dict[str, str], outputs: Outputs, leaky: 
                 reply = client.post(f"/api/workflows/{workflow}/run?wait=30", headers=how)
                 outputs.add(f"POST /api/workflows/{workflow}/run answer", reply.body)
                 assert reply.status == 200, reply.body
+        given = json.dumps({"params": {"token": PARAM}}).encode()
+        reply = client.post("/api/workflows/leaky/run?wait=30", headers=how, body=given)
+        outputs.add("POST /api/workflows/leaky/run with params: answer", reply.body)
+        assert reply.status == 200 and json.loads(reply.body)["params"] == {"token": "***"}
         # a wrong key, and the key where it does not belong: in the query string
         wrong = client.post("/api/workflows/leaky/run", headers={"X-API-Key": key + "x"})
         outputs.add("POST with a wrong key: answer", wrong.body)
@@ -283,6 +294,7 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outputs]:
             "QAAGENT_KEY": SECRETS["a service's API key (api_key_env)"],
             "HOOK_SECRET": SECRETS["a webhook secret"],
             "SVC_PASS": PASSWORD,
+            "PARAM_TOKEN": PARAM,
         }
         found = Outputs()
         try:
@@ -324,6 +336,7 @@ def test_secrets_echoed_by_a_service_are_hidden_in_step_errors(
     run = json.loads(outputs.texts[name])
     errors = [a["error"] for s in run["steps"] for a in s["attempts"] if a["error"]]
     assert errors and all("***" in error for error in errors), errors
+    assert any("/routes?token=***" in error for error in errors), errors  # the secret param
     reliability.record(
         "a service that echoes the API key and credentials back in its error answer",
         expected="the step fails with the service's message, the secrets in it shown as ***",
