@@ -383,11 +383,21 @@ def test_webhook_events_default_to_all() -> None:
     assert config.webhooks[0].events == ("*",)
 
 
+def test_retries_are_bounded() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(with_step("{type: test, service: qaagent, retries: 1025}"))
+    assert str(caught.value) == (
+        "aegis.yaml: workflows.main.steps[1].retries: expected an integer from 0 to 100, got 1025"
+    )
+    config = parse(with_step("{type: test, service: qaagent, retries: 100}"))
+    assert config.workflows["main"].steps[1].retries == 100
+
+
 def test_problem_text_is_file_path_message() -> None:
     with pytest.raises(ConfigError) as caught:
         parse(with_step("{type: test, service: qaagent, retries: abc}"))
     assert str(caught.value) == (
-        "aegis.yaml: workflows.main.steps[1].retries: expected an integer >= 0, got 'abc'"
+        "aegis.yaml: workflows.main.steps[1].retries: expected an integer from 0 to 100, got 'abc'"
     )
 
 
@@ -399,19 +409,19 @@ MALFORMED = [
         "retries-text",
         with_step("{type: test, service: qaagent, retries: abc}"),
         f"{STEP}.retries",
-        "expected an integer >= 0, got 'abc'",
+        "expected an integer from 0 to 100, got 'abc'",
     ),
     (
         "retries-negative",
         with_step("{type: test, service: qaagent, retries: -1}"),
         f"{STEP}.retries",
-        "expected an integer >= 0, got -1",
+        "expected an integer from 0 to 100, got -1",
     ),
     (
         "retries-bool",
         with_step("{type: test, service: qaagent, retries: true}"),
         f"{STEP}.retries",
-        "expected an integer >= 0, got true",
+        "expected an integer from 0 to 100, got true",
     ),
     (
         "retries-float",

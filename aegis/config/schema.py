@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # the step modules import the config model: importing them he
 __all__ = [
     "CONDITIONS",
     "DEFAULT_HISTORY_FILE",
+    "MAX_RETRIES",
     "MEMORY_PATH",
     "UNRESOLVED",
     "EnvText",
@@ -112,6 +113,7 @@ WEBHOOK_KEYS = ("url", "events", "secret")
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_SHOWN = 60  # longest string quoted back in a message
+MAX_RETRIES = 100  # a step's extra attempts; more is a mistake (or a loop better written)
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -632,7 +634,7 @@ def _step(
         service=_step_service(reader, section, path, step_type, services),
         condition=reader.get(section, "condition", path, _choice("condition", CONDITIONS), None),
         parallel=reader.get(section, "parallel", path, _boolean, False),
-        retries=reader.get(section, "retries", path, _integer(0), 0),
+        retries=reader.get(section, "retries", path, _integer(0, MAX_RETRIES), 0),
         retry_delay=reader.get(section, "retry_delay", path, _number(0), DEFAULT_RETRY_DELAY),
         max_retry_delay=reader.get(
             section, "max_retry_delay", path, _number(0, exclusive=True), None
