@@ -308,6 +308,43 @@ def test_damaged_records_are_skipped_with_one_warning(
     assert not store.degraded
 
 
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("UPDATE runs SET duration_ms = 'abc' WHERE run_id = 'run000000001'", "duration_ms"),
+        ("UPDATE runs SET run_id = X'00ff' WHERE run_id = 'run000000001'", "run_id"),
+        ("UPDATE runs SET verdict = X'01' WHERE run_id = 'run000000001'", "verdict"),
+        ("UPDATE steps SET duration_ms = 'abc' WHERE run_seq = 2", "duration_ms"),
+        ("UPDATE steps SET name = X'00ff' WHERE run_seq = 2", "name"),
+    ],
+)
+def test_a_wrong_typed_value_skips_its_record_with_the_damaged_warning(
+    open_store: Callable[..., SqliteHistory],
+    path: Path,
+    warnings: list[str],
+    damage: str,
+    reason: str,
+) -> None:
+    store = open_store()
+    for n in range(3):
+        store.finish(finished(make_run(f"run{n:09d}", at=n, steps=(make_step("test"),))))
+    with sqlite3.connect(path) as db:
+        db.execute(damage)
+
+    listed = store.list()
+    assert [r.run_id for r in listed if r.run_id != "run000000001"] == [
+        "run000000002",
+        "run000000000",
+    ]
+    assert all(len(r.steps) == 1 for r in listed if r.run_id != "run000000001")
+    assert all(isinstance(r.duration_ms, float) for r in listed)
+    assert store.count() == 3
+    assert store.get("run000000001") is None
+    assert store.get("run000000000") is not None
+    assert len(warnings) == 1 and f"skipping damaged records in {path}" in warnings[0]
+    assert reason in warnings[0]
+
+
 # --------------------------------------------------------- runs of dead owners
 
 

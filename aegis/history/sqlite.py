@@ -242,14 +242,36 @@ def _run_values(run: Run) -> tuple[Any, ...]:
     )
 
 
+_NUMBER = (int, float)
+_OPTIONAL_TEXT = (str, type(None))
+_OPTIONAL_NUMBER = (int, float, type(None))
+
+
+def _checked(row: Sequence[Any], names: Sequence[str], kinds: Sequence[tuple[type, ...]]) -> None:
+    """Raises ``TypeError`` naming the first column of ``row`` whose value is not of its
+    kind: a value edited by hand (``duration_ms = 'abc'``, a BLOB id) must cost only its
+    own record, not every listing that would show it."""
+    for value, name, kind in zip(row, names, kinds, strict=False):  # full steps have more
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TypeError(f"{name} is {type(value).__name__} {value!r:.40}")
+
+
+_STEP_NAMES = _SUMMARY_COLUMNS.split(", ")
+_STEP_KINDS = ((str,), (str,), _OPTIONAL_TEXT, (str,), _NUMBER, *[_OPTIONAL_TEXT] * 3)
+_RUN_NAMES = _RUN_COLUMNS.split(", ")
+_RUN_KINDS = ((int,), (str,), (str,), (str,), _OPTIONAL_TEXT, (str,), _OPTIONAL_TEXT)
+_RUN_KINDS += (_OPTIONAL_NUMBER, (str,))
+
+
 def _summary_step(row: Sequence[Any]) -> StepResult:
+    _checked(row, _STEP_NAMES, _STEP_KINDS)
     name, type_, service, status, duration_ms, error, error_kind, skip_reason = row[:8]
     return StepResult(
         name=name,
         type=type_,
         service=service,
         status=StepStatus(status),
-        duration_ms=duration_ms,
+        duration_ms=float(duration_ms),
         error=error,
         error_kind=error_kind,
         skip_reason=skip_reason,
@@ -265,6 +287,7 @@ def _full_step(row: Sequence[Any]) -> StepResult:
 
 
 def _run(row: Sequence[Any], steps: Iterable[StepResult]) -> Run:
+    _checked(row, _RUN_NAMES, _RUN_KINDS)
     _, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger = row
     return Run(
         run_id=run_id,
@@ -275,7 +298,7 @@ def _run(row: Sequence[Any], steps: Iterable[StepResult]) -> Run:
         steps=tuple(steps),
         verdict=Verdict(verdict) if verdict else None,
         finished_at=finished_at,
-        duration_ms=duration_ms,
+        duration_ms=None if duration_ms is None else float(duration_ms),
     )
 
 
@@ -793,7 +816,8 @@ class SqliteHistory(HistoryStore):
 
     def _find(self, db: sqlite3.Connection, run_id: str) -> Run | None:
         run_id = _text(run_id)
-        rows = [r for r in db.execute(_FIND, (run_id,)) if r[1].startswith(run_id)]
+        found = db.execute(_FIND, (run_id,))
+        rows = [r for r in found if isinstance(r[1], str) and r[1].startswith(run_id)]
         if not rows:
             return None
         if rows[0][1] != run_id:
