@@ -369,6 +369,40 @@ def test_a_sigkilled_writer_leaves_an_interrupted_run_with_its_finished_steps(
     assert warnings == []
 
 
+def _in_new_pid_namespace() -> list[str]:
+    """The command prefix that runs a process in a new pid namespace (as a container
+    does), or skips the test where this machine does not allow it."""
+    unshare = shutil.which("unshare")
+    prefix = [unshare or "unshare", "--pid", "--fork", "--mount-proc"]
+    if unshare is None or subprocess.run([*prefix, "true"], check=False).returncode != 0:
+        pytest.skip("cannot make a pid namespace here")
+    return prefix
+
+
+def test_a_live_run_of_a_container_sharing_the_hostname_is_never_marked(
+    path: Path, open_store: Callable[..., SqliteHistory], warnings: list[str]
+) -> None:
+    # In its own pid namespace the writer is pid 1; seen from here, pid 1 is another
+    # process with another start time, which once made the run look abandoned.
+    proc = subprocess.Popen(
+        [*_in_new_pid_namespace(), sys.executable, "-c", WORKER, str(path), "hold", "boxed0000001"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=worker_env(),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        store = open_store()
+        running = store.get("boxed0000001")
+        assert running is not None and running.status is RunStatus.RUNNING
+        assert store.mark_interrupted() == []
+    finally:
+        proc.communicate("", timeout=30)
+    assert store.get("boxed0000001").status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
+    assert warnings == []
+
+
 def test_a_run_of_a_live_process_is_never_marked(
     holder: Callable[[str], subprocess.Popen[str]], open_store: Callable[..., SqliteHistory]
 ) -> None:
