@@ -242,12 +242,13 @@ def _run_values(run: Run) -> tuple[Any, ...]:
     )
 
 
+_Kinds = tuple[tuple[type, ...], ...]
 _NUMBER = (int, float)
 _OPTIONAL_TEXT = (str, type(None))
 _OPTIONAL_NUMBER = (int, float, type(None))
 
 
-def _checked(row: Sequence[Any], names: Sequence[str], kinds: Sequence[tuple[type, ...]]) -> None:
+def _checked(row: Sequence[Any], names: Sequence[str], kinds: _Kinds) -> None:
     """Raises ``TypeError`` naming the first column of ``row`` whose value is not of its
     kind: a value edited by hand (``duration_ms = 'abc'``, a BLOB id) must cost only its
     own record, not every listing that would show it."""
@@ -257,10 +258,19 @@ def _checked(row: Sequence[Any], names: Sequence[str], kinds: Sequence[tuple[typ
 
 
 _STEP_NAMES = _SUMMARY_COLUMNS.split(", ")
-_STEP_KINDS = ((str,), (str,), _OPTIONAL_TEXT, (str,), _NUMBER, *[_OPTIONAL_TEXT] * 3)
+_STEP_KINDS: _Kinds = ((str,), (str,), _OPTIONAL_TEXT, (str,), _NUMBER, *[_OPTIONAL_TEXT] * 3)
 _RUN_NAMES = _RUN_COLUMNS.split(", ")
-_RUN_KINDS = ((int,), (str,), (str,), (str,), _OPTIONAL_TEXT, (str,), _OPTIONAL_TEXT)
-_RUN_KINDS += (_OPTIONAL_NUMBER, (str,))
+_RUN_KINDS: _Kinds = (
+    (int,),  # seq
+    (str,),  # run_id
+    (str,),  # workflow
+    (str,),  # status
+    _OPTIONAL_TEXT,  # verdict
+    (str,),  # started_at
+    _OPTIONAL_TEXT,  # finished_at
+    _OPTIONAL_NUMBER,  # duration_ms
+    (str,),  # trigger
+)
 
 
 def _summary_step(row: Sequence[Any]) -> StepResult:
