@@ -200,6 +200,19 @@ def test_report_body_bounds_title_and_message(make_context: MakeContext) -> None
     assert len(body["actual_behavior"]) == 4000
 
 
+def test_report_body_hides_secrets_before_cutting(make_context: MakeContext) -> None:
+    from dataclasses import replace
+
+    from aegis.secrets import Redactor
+
+    key = "k3y-5ecret-0123456789"
+    ctx = replace(bugs_context(make_context), redactor=Redactor([key]))
+    body = report_body(ctx, "t" * 480 + key, {"test": "t", "message": "m" * 3990 + key})
+    for text in (body["title"], body["actual_behavior"], body["description"]):
+        assert key[:8] not in text
+    assert body["actual_behavior"].endswith("m***")
+
+
 @pytest.mark.parametrize("message", [None, "", "   ", 42])
 def test_report_body_without_a_message(make_context: MakeContext, message: Any) -> None:
     body = report_body(bugs_context(make_context), "t", {"test": "t", "message": message})

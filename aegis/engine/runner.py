@@ -309,6 +309,7 @@ class _Execution:
             state=self.state,
             http=self.http,
             environ=self.engine.environ,
+            redactor=self.engine.redactor,
         )
         self._emit("step.started", spec, attempts_allowed=spec.retries + 1)
         began = self.clock.monotonic()

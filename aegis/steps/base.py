@@ -14,6 +14,7 @@ from typing import Any
 
 from aegis.config.model import ServiceSpec, StepSpec, WorkflowSpec
 from aegis.engine.state import RunState
+from aegis.secrets import Redactor
 
 __all__ = ["ParamCheck", "StepContext", "StepType", "check_path"]
 
@@ -29,6 +30,8 @@ class StepContext:
 
     ``http`` is the run's one shared ``httpx.AsyncClient``. ``scratch`` survives from one
     attempt of this step to the next (``submit_bugs`` remembers what was accepted there).
+    ``redactor`` hides the run's secrets: a step that shortens outside text (a service's
+    answer) hides them first, since a cut through an echoed key leaves most of it behind.
     """
 
     spec: StepSpec
@@ -39,6 +42,7 @@ class StepContext:
     http: Any
     environ: Mapping[str, str]
     scratch: dict[str, Any] = field(default_factory=dict)
+    redactor: Redactor = field(default_factory=Redactor)
 
 
 @dataclass(frozen=True)

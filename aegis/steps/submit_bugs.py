@@ -39,8 +39,8 @@ def check_params(params: Mapping[str, Any]) -> list[tuple[str, str]]:
 def report_body(ctx: StepContext, test_id: str, failure: Mapping[str, Any]) -> dict[str, Any]:
     """The bugalizer report for one failing test (DESIGN §4)."""
     workflow = ctx.workflow.key
-    message = _message(failure)
-    title = f"[aegis] {test_id} failed"
+    message = _message(ctx, failure)
+    title = ctx.redactor.text(f"[aegis] {test_id} failed")  # hidden before it is cut
     if len(title) > MAX_TITLE:
         title = title[: MAX_TITLE - 1] + "…"
     return {
@@ -59,9 +59,10 @@ def report_body(ctx: StepContext, test_id: str, failure: Mapping[str, Any]) -> d
     }
 
 
-def _message(failure: Mapping[str, Any]) -> str:
+def _message(ctx: StepContext, failure: Mapping[str, Any]) -> str:
     message = failure.get("message")
     text = message if isinstance(message, str) and message.strip() else "The test failed."
+    text = ctx.redactor.text(text)  # before it is cut, which would leave a secret's head
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 
