@@ -43,14 +43,14 @@ def run_workflow(
     ``record=False`` keeps the record in memory only. Raises ``NotFound`` for an unknown
     workflow and ``KeyboardInterrupt`` if interrupted before the run was recorded.
     """
-    from aegis.history import open_history
+    from aegis.history import open_recording_history
     from aegis.history.memory import MemoryHistory
 
     if step_types is None:
         from aegis.steps.registry import default_step_types
 
         step_types = default_step_types()
-    store = open_history(config.history, warn=warn) if record else MemoryHistory()
+    store = open_recording_history(config.history, warn=warn) if record else MemoryHistory()
     bus = EventBus()
     if progress is not None:
         bus.subscribe(ProgressPrinter(progress))

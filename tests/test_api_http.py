@@ -597,10 +597,13 @@ def test_an_unwritable_history_falls_back_to_memory(tmp_path: Path, demo: DemoSe
 
 def test_a_healthy_history_file_is_opened_on_first_use(tmp_path: Path, demo: DemoServices) -> None:
     """An idle server does not load SQLite; a file that is no database warns at start."""
+    from aegis.history.background import BackgroundWrites
     from aegis.history.deferred import DeferredHistory
 
     with ApiApp(make_config(tmp_path, demo), environ={}, port=0) as app:
-        store = app._part("history")
+        writes = app._part("history")
+        assert isinstance(writes, BackgroundWrites)  # no store call on the loop
+        store = writes.store
         assert isinstance(store, DeferredHistory) and not store.opened
         assert Client(app.url).get("/health").status == 200
         assert not store.opened

@@ -1120,3 +1120,79 @@ def test_a_run_removed_by_another_process_while_it_ran_is_recorded_afresh(
     assert store.get(run.run_id) == final
     assert raw(path, "SELECT count(*) FROM steps") == [(2,)]
     assert raw(path, "SELECT seq FROM runs") == [(2,)]  # seqs are never reused
+
+
+# ------------------------------------------------- the file changed under the store
+
+
+def test_a_deleted_file_is_noticed_and_the_runs_going_go_to_a_new_one(
+    open_store: Callable[..., SqliteHistory], path: Path, warnings: list[str]
+) -> None:
+    store = open_store()
+    store.finish(finished(make_run("older0000001")))
+    going = make_run("going0000001", at=5)
+    store.start(going)
+    store.update_step(going.run_id, make_step("discover"))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+    store.update_step(going.run_id, make_step("test"))
+    store.finish(finished(going, steps=(make_step("discover"), make_step("test"))))
+    store.start(make_run("after0000001", at=9))
+
+    assert warnings == [
+        f"history: {path} was deleted while in use; the runs going and those after them "
+        "are recorded in a new file there, the earlier ones are not"
+    ]
+    assert not store.degraded
+    with SqliteHistory(path) as fresh:
+        assert [r.run_id for r in fresh.list()] == ["after0000001", "going0000001"]
+        recorded = fresh.get("going0000001")
+        assert recorded is not None and [s.name for s in recorded.steps] == ["discover", "test"]
+
+
+def test_a_file_replaced_by_a_directory_sends_the_runs_to_memory_saying_so(
+    open_store: Callable[..., SqliteHistory], path: Path, warnings: list[str]
+) -> None:
+    store = open_store()
+    going = make_run("going0000001")
+    store.start(going)
+    store.update_step(going.run_id, make_step("discover"))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.mkdir()
+
+    store.finish(finished(going, steps=(make_step("discover"), make_step("test"))))
+
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        f"history: {path} was replaced by something that is not a file while in use and "
+        "cannot be opened again ("
+    )
+    assert warnings[0].endswith("keeping the rest of this process's history in memory")
+    assert store.degraded
+    recorded = store.get(going.run_id)
+    assert recorded is not None and recorded.status is RunStatus.SUCCEEDED
+    assert len(recorded.steps) == 2
+
+
+def test_a_file_replaced_by_another_database_is_written_from_then_on(
+    open_store: Callable[..., SqliteHistory], path: Path, tmp_path: Path, warnings: list[str]
+) -> None:
+    store = open_store()
+    store.start(make_run("going0000001"))
+    other = tmp_path / "other.db"
+    with SqliteHistory(other) as elsewhere:
+        elsewhere.finish(finished(make_run("moved0000001")))
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    os.replace(other, path)
+
+    store.finish(finished(make_run("going0000001")))
+
+    assert len(warnings) == 1 and "was replaced by another file while in use" in warnings[0]
+    with SqliteHistory(path) as fresh:
+        assert {r.run_id: r.status for r in fresh.list()} == {
+            "going0000001": RunStatus.SUCCEEDED,
+            "moved0000001": RunStatus.SUCCEEDED,
+        }

@@ -154,7 +154,7 @@ class RunManager:
         if self._closed:
             raise Conflict("not accepting runs: the server is shutting down")
         spec = self._workflows.workflow(workflow)
-        earlier = self._repeated(workflow, idempotency_key)
+        earlier = await self._repeated(workflow, idempotency_key)
         if earlier is not None:
             return earlier, False
         run = Run(
@@ -179,7 +179,7 @@ class RunManager:
 
         Raises ``NotFound`` for an unknown run.
         """
-        run, entry = self._resolve(run_id)
+        run, entry = await self._resolve(run_id)
         if entry is None:
             return run
         await asyncio.wait([entry.done], timeout=max(timeout, 0))
@@ -192,7 +192,7 @@ class RunManager:
         engine records what its steps had done. Raises ``NotFound`` for an unknown run
         and ``Conflict`` for one that has finished (or is not run by this manager).
         """
-        run, entry = self._resolve(run_id)
+        run, entry = await self._resolve(run_id)
         if entry is None or run.status.finished:  # finished: its task is about to settle
             raise Conflict(_not_cancellable(run))
         if entry.task is None:
@@ -256,13 +256,22 @@ class RunManager:
 
     # ----------------------------------------------------------------- inside
 
-    def _repeated(self, workflow: str, key: str | None) -> Run | None:
+    async def _repeated(self, workflow: str, key: str | None) -> Run | None:
         """The current record of the run ``key`` started within the TTL, if any."""
         self._expire_keys()
         seen = None if key is None else self._keys.get((workflow, key))
         if seen is None:
             return None
-        return self.get(seen[0])  # None if history has since pruned it: start anew
+        return await self._get_off_loop(seen[0])  # None if pruned since: start anew
+
+    async def _get_off_loop(self, run_id: str) -> Run | None:
+        """``get``, with a history read made in a thread: a file locked by another
+        process must not hold the loop (and every run on it)."""
+        with self._lock:
+            entry = self._live.get(run_id)
+            if entry is not None:
+                return entry.record
+        return await asyncio.to_thread(self.get, run_id)
 
     def _remember(self, workflow: str, key: str, run_id: str) -> None:
         # Re-inserted at the end, so the dict stays in order of time for _expire_keys.
@@ -342,8 +351,8 @@ class RunManager:
             reason=reason,
         )
 
-    def _resolve(self, run_id: str) -> tuple[Run, _Entry | None]:
-        run = self.get(run_id)
+    async def _resolve(self, run_id: str) -> tuple[Run, _Entry | None]:
+        run = await self._get_off_loop(run_id)
         if run is None:
             raise NotFound(f"unknown run '{run_id}'")
         with self._lock:

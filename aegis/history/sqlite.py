@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import sqlite3
+import stat
 import threading
 import time
 import urllib.parse
@@ -58,6 +59,7 @@ from aegis.history import (
     HistoryUnavailable,
     RunList,
     Warn,
+    Write,
     ambiguous_prefix,
 )
 from aegis.history.memory import MemoryHistory
@@ -395,13 +397,13 @@ class SqliteHistory(HistoryStore):
         self._pages: dict[tuple[Any, ...], Any] = {}
         self._pages_version: tuple[int, int] = (-1, -1)
         self._own_writes = 0
+        self._identity: tuple[int, int] = (-1, -1)  # (device, inode) of the file opened
         if read_only:
             self._db = self._open_read_only()
             return
         self._db = self._connect()
         try:
-            self._retrying(self._configure, rounds=1)
-            self._retrying(lambda: self._once("BEGIN IMMEDIATE", self._migrate), rounds=1)
+            self._prepare()
             self._sweep()
         except BaseException as exc:
             self._db.close()
@@ -417,16 +419,29 @@ class SqliteHistory(HistoryStore):
     # ------------------------------------------------------------- the protocol
 
     def start(self, run: Run) -> None:
-        self._write(self._save_start, run, fallback=lambda m: m.start(run))
-        with self._lock:
-            if self._memory is None:
-                self._ensure_heartbeat()
+        self.write_all([Write("start", (run,))])
 
     def update_step(self, run_id: str, step: StepResult) -> None:
-        self._write(self._save_step, run_id, step, fallback=lambda m: m.update_step(run_id, step))
+        self.write_all([Write("update_step", (run_id, step))])
 
     def finish(self, run: Run) -> None:
-        self._write(self._save_finish, run, fallback=lambda m: m.finish(run))
+        self.write_all([Write("finish", (run,))])
+
+    def write_all(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes`` in order in one transaction (pruning once per workflow)."""
+        with self._lock:
+            memory = self._memory
+            if memory is None:
+                memory = self._check_file()
+            if memory is None:
+                try:
+                    self._transaction(self._save_all, writes)
+                    if any(write.method == "start" for write in writes):
+                        self._ensure_heartbeat()
+                    return
+                except _DB_ERRORS as exc:
+                    memory = self._fall_back("write", exc)
+            memory.write_all(writes)
 
     def get(self, run_id: str) -> Run | None:
         return self._read(self._find, run_id, fallback=lambda m: self._get_after_failure(m, run_id))
@@ -567,19 +582,6 @@ class SqliteHistory(HistoryStore):
 
     # ------------------------------------------------------- guarded access
 
-    def _write(
-        self, action: Callable[..., object], *args: Any, fallback: Callable[[MemoryHistory], None]
-    ) -> None:
-        with self._lock:
-            memory = self._memory
-            if memory is None:
-                try:
-                    self._transaction(action, *args)
-                    return
-                except _DB_ERRORS as exc:
-                    memory = self._fall_back("write", exc)
-            fallback(memory)
-
     def _read(
         self, query: Callable[..., _T], *args: Any, fallback: Callable[[MemoryHistory], _T]
     ) -> _T:
@@ -609,7 +611,10 @@ class SqliteHistory(HistoryStore):
             "keeping the rest of this process's history in memory"
         )
         log.debug("%s", message, exc_info=exc)  # the traceback, for AEGIS_DEBUG; warn says it
-        self._warn_once(doing, message)
+        return self._to_memory(doing, message)
+
+    def _to_memory(self, kind: str, message: str) -> MemoryHistory:
+        self._warn_once(kind, message)
         memory = MemoryHistory(max_runs=self.max_runs, warn=self._warn)
         for live in self._live.values():
             memory.start(replace(live.run, steps=tuple(live.steps.values())))
@@ -617,6 +622,53 @@ class SqliteHistory(HistoryStore):
         self._memory = memory
         self._stop.set()
         return memory
+
+    def _check_file(self) -> MemoryHistory | None:
+        """Notice that the file at ``path`` is no longer the one this store opened
+        (deleted, or replaced by another file or a directory): SQLite would go on writing
+        to the old one, unseen by anyone. Opens what is there now (creating the file),
+        with the runs still going, and says so; memory if that cannot be done."""
+        changed = None if self.read_only else self._file_changed()
+        if changed is None:
+            return None
+        live = builtins.list(self._live.values())
+        self._db.close()
+        try:
+            self._db = self._connect()
+            self._prepare()
+            self._pages.clear()
+            self._live = {}  # their rows (and seqs) were in the old file
+            for one in live:
+                run = replace(one.run, steps=tuple(one.steps.values()))
+                self._transaction(self._save_start, run)
+        except (HistoryUnavailable, *_DB_ERRORS) as exc:
+            self._live = {one.run.run_id: one for one in live}  # memory takes them over
+            reason = exc.reason if isinstance(exc, HistoryUnavailable) else _reason(exc)
+            return self._to_memory(
+                "moved",
+                f"history: {self.path} {changed} while in use and cannot be opened again "
+                f"({reason}); keeping the rest of this process's history in memory",
+            )
+        self._warn_once(
+            "moved",
+            f"history: {self.path} {changed} while in use; the runs going and those after "
+            "them are recorded in a new file there, the earlier ones are not",
+        )
+        return None
+
+    def _file_changed(self) -> str | None:
+        """How the file at ``path`` differs from the one opened, or None if it is it."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return "was deleted"
+        except OSError:
+            return None  # cannot tell: SQLite will say so if writing fails
+        if not stat.S_ISREG(now.st_mode):
+            return "was replaced by something that is not a file"
+        if (now.st_dev, now.st_ino) != self._identity:
+            return "was replaced by another file"
+        return None
 
     def _retrying(self, action: Callable[[], _T], rounds: int = LOCK_ROUNDS) -> _T:
         """``action()``, tried again while the file stays busy, up to ``rounds`` busy
@@ -735,6 +787,13 @@ class SqliteHistory(HistoryStore):
             return f"{reason}: directory {directory} is not writable"
         return reason
 
+    def _prepare(self) -> None:
+        """Configure the new connection and make (or check) the schema; note the file."""
+        self._retrying(self._configure, rounds=1)
+        self._retrying(lambda: self._once("BEGIN IMMEDIATE", self._migrate), rounds=1)
+        found = os.stat(self.path)
+        self._identity = (found.st_dev, found.st_ino)
+
     def _configure(self) -> None:
         self._db.execute("PRAGMA journal_mode = WAL")
         # With WAL, NORMAL loses no commit when a process dies; only an OS crash may
@@ -800,8 +859,20 @@ class SqliteHistory(HistoryStore):
     def _save_finish(self, db: sqlite3.Connection, run: Run) -> None:
         self._save_run(db, run)
         self._live.pop(run.run_id, None)
+
+    def _save_all(self, db: sqlite3.Connection, writes: Sequence[Write]) -> None:
+        finished = set()
+        for write in writes:
+            if write.method == "start":
+                self._save_start(db, *write.args)
+            elif write.method == "update_step":
+                self._save_step(db, *write.args)
+            else:
+                self._save_finish(db, *write.args)
+                finished.add(write.args[0].workflow)
         if self.max_runs > 0:
-            self._prune(db, run.workflow)
+            for workflow in sorted(finished):
+                self._prune(db, workflow)
 
     def _prune(self, db: sqlite3.Connection, workflow: str) -> None:
         params = (_text(workflow), *_UNFINISHED, self.max_runs)
