@@ -440,6 +440,27 @@ def test_stopping_cancels_running_runs_and_answers_waiting_requests(
     assert set(statuses.values()) == {"cancelled"}
 
 
+def test_stopping_with_twenty_thousand_queued_runs_records_every_one_cancelled(
+    serve: Callable[..., Served], stalled: DemoServices, tmp_path: Path
+) -> None:
+    # Each queued run's cancellation was one transaction on the loop: the shutdown ran
+    # out of time with most of them still `queued` (later marked `interrupted`).
+    served = serve(concurrency=1)
+    manager, loop = served.app._part("runs"), served.app._part("loop")
+
+    async def submit_many() -> list[str]:
+        return [(await manager.submit("slow"))[0].run_id for _ in range(20_000)]
+
+    ids = loop.call(submit_many(), 120)
+    poll(lambda: served.client.status(ids[0]) == "running")
+    began = time.monotonic()
+    served.app.stop()
+    assert time.monotonic() - began < 30
+    with open_history(make_history_spec(tmp_path), warn=print) as store:
+        assert store.count() == 20_000
+        assert store.count(status="cancelled") == 20_000
+
+
 # -------------------------------------------------------------------------- events
 
 

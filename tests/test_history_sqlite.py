@@ -22,7 +22,7 @@ import pytest
 from test_history import finished, make_run, make_step, stamp
 
 import aegis.history.sqlite as sqlite_module
-from aegis.history import HistoryUnavailable
+from aegis.history import HistoryUnavailable, Write
 from aegis.history.memory import MemoryHistory
 from aegis.history.owners import Owner, current_owner, process_state
 from aegis.history.sqlite import SqliteHistory
@@ -1196,3 +1196,40 @@ def test_a_file_replaced_by_another_database_is_written_from_then_on(
             "going0000001": RunStatus.SUCCEEDED,
             "moved0000001": RunStatus.SUCCEEDED,
         }
+
+
+# ------------------------------------------------------------------ batched writes
+
+
+def test_a_batch_of_writes_is_one_transaction_and_keeps_each_runs_order(
+    open_store: Callable[..., SqliteHistory], path: Path
+) -> None:
+    store = open_store(max_runs=2)
+    runs = [make_run(f"batch{n:07d}", at=n) for n in range(4)]
+    writes = [Write("start", (run,)) for run in runs]
+    writes += [Write("update_step", (runs[0].run_id, make_step("discover")))]
+    writes += [Write("finish", (finished(run),)) for run in runs[1:]]
+    writes += [Write("finish", (finished(runs[3], RunStatus.FAILED),))]  # twice: last wins
+    store.write_all(writes)
+
+    assert {r.run_id: r.status.value for r in store.list()} == {
+        "batch0000000": "running",  # still going: never pruned
+        "batch0000003": "failed",
+        "batch0000002": "succeeded",  # batch0000001 pruned (max_runs: 2)
+    }
+    got = store.get("batch0000000")
+    assert got is not None and [s.name for s in got.steps] == ["discover"]
+
+
+def test_a_batch_finishing_runs_pruned_meanwhile_records_them_afresh(
+    open_store: Callable[..., SqliteHistory], path: Path
+) -> None:
+    store = open_store()
+    runs = [make_run(f"gone{n:08d}", at=n) for n in range(3)]
+    store.write_all([Write("start", (run,)) for run in runs])
+    with sqlite3.connect(path) as db:  # another process pruned one of them
+        db.execute("DELETE FROM runs WHERE run_id = 'gone00000001'")
+
+    store.write_all([Write("finish", (finished(run),)) for run in runs])
+
+    assert store.count(status="succeeded") == 3
