@@ -100,22 +100,30 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
     if args.junit:
         _check_writable(args.junit)
     progress = None if args.quiet else env.err()
-    run = run_workflow(
+    codes: list[int] = []
+
+    def report(run: Run) -> None:
+        # Every output is written before webhook deliveries are waited for: a SIGTERM
+        # during that wait ends the wait, never the output.
+        if args.json:
+            _dump_json(run.to_dict(), env.stdout)
+        else:
+            from aegis.console import render_run
+
+            render_run(env.out(), run)
+        env.stdout.flush()
+        codes.append(_ci_outputs(args, env, run, run_exit_code(run)))
+
+    run_workflow(
         config,
         args.workflow,
         record=not args.no_history,
         progress=progress,
         environ=env.environ,
         warn=env.warn,
+        report=report,
     )
-    if args.json:
-        _dump_json(run.to_dict(), env.stdout)
-    else:
-        from aegis.console import render_run
-
-        render_run(env.out(), run)
-    code = run_exit_code(run)
-    return _ci_outputs(args, env, run, code)
+    return codes[0]
 
 
 def _check_writable(path: str) -> None:
