@@ -2,10 +2,11 @@
 
 ``run_workflow`` owns an asyncio loop for the length of one run. SIGINT and SIGTERM
 cancel the run; the engine records it as ``cancelled`` and the record comes back, so the
-caller can report it and exit 130. Once the run is recorded, ``report`` writes the run's
-outputs; only then do webhook deliveries still pending (also of a cancelled run) get up to
-``aegis.webhooks.EXIT_WAIT`` seconds. A SIGTERM after the run has ended ends that wait,
-never the outputs: one during ``report`` lets it finish and skips the wait.
+caller can report it and exit 130. When the run has ended, ``report`` writes its outputs;
+then the history store is closed, which waits for the run's last writes (another
+process's lock may hold them up); only then do webhook deliveries still pending (also of
+a cancelled run) get up to ``aegis.webhooks.EXIT_WAIT`` seconds. A SIGTERM after the run
+has ended ends that wait, never the outputs nor the record.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def run_workflow(
     """Run workflow ``key`` to its end and return its record.
 
     ``record=False`` keeps the record in memory only. ``report`` is called with the
-    recorded run before pending webhook deliveries are waited for. Raises ``NotFound``
+    ended run before its last history writes and pending webhook deliveries are waited
+    for. Raises ``NotFound``
     for an unknown workflow and ``KeyboardInterrupt`` if interrupted before the run was
     recorded.
     """
@@ -69,17 +71,17 @@ def run_workflow(
         try:
             run = asyncio.run(_run_until_signalled(engine, key, run_id, trigger))
         except (asyncio.CancelledError, KeyboardInterrupt):
-            found = store.get(run_id)
+            found = store.get(run_id)  # the record as queued for the store, if it began
             if found is None:
                 raise KeyboardInterrupt from None
             run = found
         finally:
             ending.install()  # the loop, and its signal handlers, are gone
-            store.close()  # the run's record complete, also when a lock held it up
         if report is not None:
             report(run)
         return run
     finally:
+        store.close()  # the run's record complete, also when a lock held it up
         if hooks is not None:
             _finish_deliveries(hooks, ending)
         ending.restore()
