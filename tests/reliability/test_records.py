@@ -251,7 +251,15 @@ def test_history_file_gone_mid_run(
     path = tmp_path / "history.db"
     assert aegis(config, "run", "smoke").returncode == 0
     process = spawn(config, "run", "guarded", "--json")
+    run_id = read_until(process, RUN_LINE).group(1)
     read_until(process, TEST_LINE)
+
+    def discover_recorded() -> bool:  # so no write is under way as the file goes
+        with read_history(path) as store:
+            found = store.get(run_id)
+            return found is not None and len(found.steps) == 1
+
+    poll(discover_recorded, timeout=TIMEOUT)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     if replacement == "a directory":
