@@ -859,9 +859,8 @@ def test_sigterm_while_waiting_on_a_silent_receiver_keeps_every_output(tmp_path:
             cwd=Path(__file__).parent.parent,
         )
         try:
-            from aegis.history.sqlite import SqliteHistory
-
             from aegis.history import HistoryUnavailable
+            from aegis.history.sqlite import SqliteHistory
 
             def recorded() -> bool:
                 try:
