@@ -20,6 +20,10 @@ Why it is built this way:
 * **Live records.** The engine writes through a recorder that keeps the latest record of
   every run still going, so ``get`` and ``wait`` see a run's steps as they end without
   a history read, and a finished run's record stays at hand until it is handed out.
+* **No history call waits on the loop.** ``aegis serve`` hands the manager a store whose
+  writes a thread makes (``history.background``); a run not live is read with
+  ``asyncio.to_thread``. Shutdown records every queued run ``cancelled`` in one
+  ``write_all``: 100,000 of them take seconds, not a transaction each.
 * **Ends are settled in a done callback**, not in the run's coroutine: a task cancelled
   before it first ran never executes its body (not even a ``finally``), yet its slot
   must be freed and its cancellation recorded.
