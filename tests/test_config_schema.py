@@ -383,6 +383,16 @@ def test_webhook_events_default_to_all() -> None:
     assert config.webhooks[0].events == ("*",)
 
 
+def test_a_url_password_is_hidden_before_a_long_value_is_cut() -> None:
+    password = "pa55word-" + "0123456789" * 6
+    url = "htp://user:" + password + "@hooks.example/x"  # the cut falls in the password
+    with pytest.raises(ConfigError) as caught:
+        parse(with_section(f"webhooks: [{{url: '{url}'}}]\n"))
+    assert "webhooks[0].url: expected" in str(caught.value)
+    assert "htp://user:***@hooks.example/x" in str(caught.value)
+    assert password[:6] not in str(caught.value)
+
+
 def test_retries_are_bounded() -> None:
     with pytest.raises(ConfigError) as caught:
         parse(with_step("{type: test, service: qaagent, retries: 1025}"))

@@ -159,6 +159,8 @@ def describe(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
+        # URL passwords hidden before the cut: a cut through one would leave its head
+        value = hide_url_passwords(value)
         shown = value if len(value) <= MAX_SHOWN else value[: MAX_SHOWN - 3] + "..."
         return repr(str(shown))
     if isinstance(value, (int, float)):
@@ -211,7 +213,7 @@ class _Invalid(Exception):
         if not self.show_value:  # the value may be a secret: never echo it
             return f"expected {self.expected}"
         # a malformed URL may still carry a password: shown as ***
-        return f"expected {self.expected}, got {hide_url_passwords(describe(_typed(value)))}"
+        return f"expected {self.expected}, got {describe(_typed(value))}"
 
 
 def _is_empty(value: object) -> bool:
