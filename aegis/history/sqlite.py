@@ -614,6 +614,8 @@ class SqliteHistory(HistoryStore):
         return self._to_memory(doing, message)
 
     def _to_memory(self, kind: str, message: str) -> MemoryHistory:
+        """Move to memory for good with ``message`` (once per ``kind``), taking the runs
+        still going along; the heartbeat stops."""
         self._warn_once(kind, message)
         memory = MemoryHistory(max_runs=self.max_runs, warn=self._warn)
         for live in self._live.values():
