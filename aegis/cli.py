@@ -106,24 +106,42 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
 
     for warning in unset_key_warnings(config, env.environ, args.workflow):
         env.warn(warning)
-    progress = None if args.quiet else env.err()
-    run = run_workflow(
+    report, codes = _reporter(args, env, config, no_history=args.no_history)
+    run_workflow(
         config,
         args.workflow,
         record=not args.no_history,
-        progress=progress,
+        progress=None if args.quiet else env.err(),
         environ=env.environ,
         warn=env.warn,
         params=params,
+        report=report,
     )
-    if args.json:
-        _dump_json(run.to_dict(), env.stdout)
-    else:
-        from aegis.console import render_run
+    return codes[0]
 
-        render_run(env.out(), run)
-    where = _where_recorded(config, run, no_history=args.no_history)
-    return _ci_outputs(args, env, run, run_exit_code(run), where)
+
+def _reporter(
+    args: argparse.Namespace, env: _Env, config: Config, *, no_history: bool
+) -> tuple[Callable[[Run], None], list[int]]:
+    """What prints a run as it ends, and the list its exit code is put in.
+
+    Every output is written before webhook deliveries are waited for: a SIGTERM during
+    that wait ends the wait, never the output.
+    """
+    codes: list[int] = []
+
+    def report(run: Run) -> None:
+        if args.json:
+            _dump_json(run.to_dict(), env.stdout)
+        else:
+            from aegis.console import render_run
+
+            render_run(env.out(), run)
+        env.stdout.flush()
+        where = _where_recorded(config, run, no_history=no_history)
+        codes.append(_ci_outputs(args, env, run, run_exit_code(run), where))
+
+    return report, codes
 
 
 def _where_recorded(config: Config, run: Run, *, no_history: bool) -> str:
@@ -172,7 +190,8 @@ def cmd_rerun(args: argparse.Namespace, env: _Env) -> int:
     assert workflow is not None  # check_rerunnable refused it otherwise
     given = _param_options(args.param)
     params = rerun_params(old.workflow, workflow.params, old.params, given, text=True)
-    run = run_workflow(
+    report, codes = _reporter(args, env, config, no_history=False)
+    run_workflow(
         config,
         old.workflow,
         progress=None if args.quiet else env.err(),
@@ -181,15 +200,9 @@ def cmd_rerun(args: argparse.Namespace, env: _Env) -> int:
         params=params,
         rerun_of=old.run_id,
         reuse=carried_steps(workflow, old) if args.from_failed else None,
+        report=report,
     )
-    if args.json:
-        _dump_json(run.to_dict(), env.stdout)
-    else:
-        from aegis.console import render_run
-
-        render_run(env.out(), run)
-    where = _where_recorded(config, run, no_history=False)
-    return _ci_outputs(args, env, run, run_exit_code(run), where)
+    return codes[0]
 
 
 def cmd_schedules(args: argparse.Namespace, env: _Env) -> int:

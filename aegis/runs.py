@@ -2,8 +2,11 @@
 
 ``run_workflow`` owns an asyncio loop for the length of one run. SIGINT and SIGTERM
 cancel the run; the engine records it as ``cancelled`` and the record comes back, so the
-caller can report it and exit 130. Webhook deliveries still pending at the end (also of a
-cancelled run) get up to ``aegis.webhooks.EXIT_WAIT`` seconds before it returns.
+caller can report it and exit 130. When the run has ended, ``report`` writes its outputs;
+then the history store is closed, which waits for the run's last writes (another
+process's lock may hold them up); only then do webhook deliveries still pending (also of
+a cancelled run) get up to ``aegis.webhooks.EXIT_WAIT`` seconds. A SIGTERM after the run
+has ended ends that wait, never the outputs nor the record.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import threading
 from collections.abc import Callable, Coroutine, Mapping
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from aegis.config.model import Config
@@ -40,44 +45,53 @@ def run_workflow(
     params: Mapping[str, object] | None = None,
     rerun_of: str | None = None,
     reuse: Mapping[int, StepResult] | None = None,
+    report: Callable[[Run], object] | None = None,
 ) -> Run:
     """Run workflow ``key`` with ``params`` to its end and return its record.
 
     ``rerun_of`` and ``reuse`` make it a rerun (see ``Engine.run``).
 
-    ``record=False`` keeps the record in memory only. Raises ``NotFound`` for an unknown
-    workflow, ``ParamError`` for params it cannot take, and ``KeyboardInterrupt`` if
-    interrupted before the run was recorded.
+    ``record=False`` keeps the record in memory only. ``report`` is called with the
+    ended run before its last history writes and pending webhook deliveries are waited
+    for. Raises ``NotFound`` for an unknown workflow, ``ParamError`` for params it cannot
+    take, and ``KeyboardInterrupt`` if interrupted before the run was recorded.
     """
-    from aegis.history import open_history
+    from aegis.history import open_recording_history
     from aegis.history.memory import MemoryHistory
 
     if step_types is None:
         from aegis.steps.registry import default_step_types
 
         step_types = default_step_types()
-    store = open_history(config.history, warn=warn) if record else MemoryHistory()
+    store = open_recording_history(config.history, warn=warn) if record else MemoryHistory()
     bus = EventBus()
     if progress is not None:
         bus.subscribe(ProgressPrinter(progress))
     hooks = _attach_webhooks(config, bus)
     engine = Engine(config, step_types, history=store, bus=bus, environ=environ)
     run_id = new_run_id()
+    ending = _EndSignals()
     try:
         try:
             going = engine.run(
                 key, run_id=run_id, trigger=trigger, params=params, rerun_of=rerun_of, reuse=reuse
             )
-            return asyncio.run(_run_until_signalled(going))
+            run = asyncio.run(_run_until_signalled(going))
         except (asyncio.CancelledError, KeyboardInterrupt):
-            run = store.get(run_id)
-            if run is None:
+            found = store.get(run_id)  # the record as queued for the store, if it began
+            if found is None:
                 raise KeyboardInterrupt from None
-            return run
+            run = found
+        finally:
+            ending.install()  # the loop, and its signal handlers, are gone
+        if report is not None:
+            report(run)
+        return run
     finally:
-        store.close()
+        store.close()  # the run's record complete, also when a lock held it up
         if hooks is not None:
-            _finish_deliveries(hooks)
+            _finish_deliveries(hooks, ending)
+        ending.restore()
 
 
 def _attach_webhooks(config: Config, bus: EventBus) -> WebhookDispatcher | None:
@@ -88,13 +102,45 @@ def _attach_webhooks(config: Config, bus: EventBus) -> WebhookDispatcher | None:
     return WebhookDispatcher(config.webhooks).attach(bus)
 
 
-def _finish_deliveries(hooks: WebhookDispatcher) -> None:
+def _finish_deliveries(hooks: WebhookDispatcher, ending: _EndSignals | None = None) -> None:
     """Give pending webhook deliveries a few seconds, so a CI run does not drop them."""
     from aegis.webhooks import EXIT_WAIT
 
-    # A second Ctrl-C while waiting stops the wait; the run is still returned.
-    with contextlib.suppress(KeyboardInterrupt):
-        hooks.close(EXIT_WAIT)
+    ending = ending or _EndSignals()
+    # A Ctrl-C or SIGTERM while waiting stops the wait; the run is still returned.
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            ending.waiting = True
+            hooks.close(0 if ending.received else EXIT_WAIT)
+    finally:
+        ending.waiting = False
+
+
+class _EndSignals:
+    """SIGTERM after the run's loop has ended: noted while the outputs are written, so
+    they are finished; while deliveries are waited for, it ends the wait."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.waiting = False
+        self._previous: Any = None
+        self._installed = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread() or self._installed:
+            return
+        self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+        self._installed = True
+
+    def restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._installed = False
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.received = True
+        if self.waiting:
+            raise KeyboardInterrupt
 
 
 async def _run_until_signalled(run: Coroutine[Any, Any, Run]) -> Run:

@@ -221,7 +221,7 @@ class Scheduler:
         if not wanted or not self._allowed():
             return
         for entry in wanted:
-            last = self._last_fire(entry)
+            last = await self._last_fire(entry)
             missed = previous_fire(entry.spec, now)
             if last is not None and missed.timestamp() > last:
                 log.info("schedules: catching up %s (%s)", entry.workflow, entry.spec.key)
@@ -229,7 +229,10 @@ class Scheduler:
 
     async def _fire_tick(self, entry: _Entry, tick: datetime) -> None:
         try:
-            claimed = self._fires.claim_fire(entry.workflow, entry.spec.key, tick.timestamp())
+            # store I/O never runs on the loop (a locked file would freeze every run)
+            claimed = await asyncio.to_thread(
+                self._fires.claim_fire, entry.workflow, entry.spec.key, tick.timestamp()
+            )
         except Exception:  # history never stops a schedule
             log.exception("schedules: cannot record a tick of %s", entry.workflow)
             claimed = True
@@ -245,9 +248,9 @@ class Scheduler:
         except Exception as exc:  # a full queue, a store that failed: worth a warning
             log.warning("schedules: %s was not started (%s)", entry.workflow, exc)
 
-    def _last_fire(self, entry: _Entry) -> float | None:
+    async def _last_fire(self, entry: _Entry) -> float | None:
         try:
-            return self._fires.last_fire(entry.workflow, entry.spec.key)
+            return await asyncio.to_thread(self._fires.last_fire, entry.workflow, entry.spec.key)
         except Exception:
             log.exception("schedules: cannot read the last tick of %s", entry.workflow)
             return None

@@ -1,4 +1,4 @@
-"""Which values of a config are secret, and hiding them in text that leaves Aegis.
+r"""Which values of a config are secret, and hiding them in text that leaves Aegis.
 
 The secrets are ``auth.api_key``, each webhook's ``secret``, the password of any URL in
 the config (``http://user:PASSWORD@host``), and the values of the environment variables
@@ -11,10 +11,16 @@ or announces it; health checks hide URL passwords the same way.
 
 Values shorter than ``MIN_SECRET`` characters are not looked for: hiding every "ab" in
 a message would make it unreadable and protect nothing.
+
+A service may echo a key encoded: percent-encoded in a redirect's ``Location``
+(``sk%2Flive%2B…``, with ``+`` for a space in a form), or JSON-escaped (``sk\/live…``,
+PHP's default, or ``\u0073k…``). Each character of a secret is matched in any of those
+forms, in any mix, so an echo is hidden however a service chose to write it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -60,17 +66,56 @@ def secret_values(config: Config, environ: Mapping[str, str]) -> frozenset[str]:
     return frozenset(value for value in found if len(value) >= MIN_SECRET)
 
 
+# What an encoded echo needs: without any of these, only the raw form can be in a text.
+_ENCODING_MARKS = ("%", "\\", "+")
+
+
+def _hex_pattern(digits: str) -> str:
+    """``digits`` (hex) matched in either case: ``2F`` gives ``2[fF]``."""
+    return "".join(f"[{d.lower()}{d.upper()}]" if d.isalpha() else d for d in digits)
+
+
+def _char_pattern(char: str) -> str:
+    """A pattern for ``char`` raw, percent-encoded, ``+`` for a space, or JSON-escaped."""
+    forms = {re.escape(char)}
+    forms.add("".join("%" + _hex_pattern(f"{byte:02X}") for byte in char.encode("utf-8")))
+    units = char.encode("utf-16-be")  # JSON's \uXXXX counts UTF-16 units (a pair for emoji)
+    forms.add(
+        "".join(
+            r"\\u" + _hex_pattern(units[i : i + 2].hex().upper()) for i in range(0, len(units), 2)
+        )
+    )
+    escaped = json.dumps(char)[1:-1]  # \" \\ \n …
+    if escaped != char:
+        forms.add(re.escape(escaped))
+    if char == "/":
+        forms.add(r"\\/")
+    if char == " ":
+        forms.add(r"\+")
+    return "(?:" + "|".join(sorted(forms)) + ")"
+
+
+def _secret_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
+    """One pattern matching each of ``secrets`` (longest first) in any mix of encodings."""
+    parts = ["".join(_char_pattern(char) for char in secret) for secret in secrets]
+    return re.compile("|".join(parts)) if parts else None
+
+
 class Redactor:
-    """Replaces known secret values, and URL passwords, with ``***``."""
+    """Replaces known secret values (raw or encoded), and URL passwords, with ``***``."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         # Longest first, so a secret that contains another is hidden whole.
         self.secrets = tuple(sorted(set(secrets), key=len, reverse=True))
+        self._encoded = _secret_pattern(self.secrets)
 
     def text(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
+        if self._encoded is not None and any(mark in text for mark in _ENCODING_MARKS):
+            text = self._encoded.sub(REDACTED, text)
+        else:
+            for secret in self.secrets:
+                if secret in text:
+                    text = text.replace(secret, REDACTED)
         return hide_url_passwords(text)
 
     def data(self, value: Any) -> Any:

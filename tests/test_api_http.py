@@ -59,7 +59,7 @@ workflows:
       - {type: discover, service: qaagent}
       - {type: test, service: qaagent, timeout: 120}
 history: {path: %(history)s}
-server: {max_concurrent_runs: %(concurrency)d}
+server: {max_concurrent_runs: %(concurrency)d, max_queued_runs: %(queued)d}
 %(extra)s
 """
 
@@ -71,8 +71,10 @@ def make_config(
     concurrency: int = 2,
     extra: str = "",
     history: str = "history.db",
+    queued: int = 1000,
 ) -> Config:
     text = CONFIG % {
+        "queued": queued,
         "history": history,
         "qaagent": demo.qaagent_url,
         "bugalizer": demo.bugalizer_url,
@@ -172,10 +174,12 @@ def serve(tmp_path: Path, demo: DemoServices) -> Iterator[Callable[..., Served]]
     """Starts ``ApiApp``s on the demo services (stopped after the test, before the demo)."""
     apps: list[ApiApp] = []
 
-    def start(*, concurrency: int = 2, extra: str = "", **options: Any) -> Served:
+    def start(
+        *, concurrency: int = 2, extra: str = "", queued: int = 1000, **options: Any
+    ) -> Served:
         log = io.StringIO()
         app = ApiApp(
-            make_config(tmp_path, demo, concurrency=concurrency, extra=extra),
+            make_config(tmp_path, demo, concurrency=concurrency, extra=extra, queued=queued),
             environ={},
             port=0,
             access_log=AccessLog(log),
@@ -447,6 +451,27 @@ def test_stopping_cancels_running_runs_and_answers_waiting_requests(
     assert set(statuses.values()) == {"cancelled"}
 
 
+def test_stopping_with_twenty_thousand_queued_runs_records_every_one_cancelled(
+    serve: Callable[..., Served], stalled: DemoServices, tmp_path: Path
+) -> None:
+    # Each queued run's cancellation was one transaction on the loop: the shutdown ran
+    # out of time with most of them still `queued` (later marked `interrupted`).
+    served = serve(concurrency=1, queued=20_000)
+    manager, loop = served.app._part("runs"), served.app._part("loop")
+
+    async def submit_many() -> list[str]:
+        return [(await manager.submit("slow"))[0].run_id for _ in range(20_000)]
+
+    ids = loop.call(submit_many(), 120)
+    poll(lambda: served.client.status(ids[0]) == "running")
+    began = time.monotonic()
+    served.app.stop()
+    assert time.monotonic() - began < 30
+    with open_history(make_history_spec(tmp_path), warn=print) as store:
+        assert store.count() == 20_000
+        assert store.count(status="cancelled") == 20_000
+
+
 # -------------------------------------------------------------------------- events
 
 
@@ -607,10 +632,13 @@ def test_an_unwritable_history_falls_back_to_memory(tmp_path: Path, demo: DemoSe
 
 def test_a_healthy_history_file_is_opened_on_first_use(tmp_path: Path, demo: DemoServices) -> None:
     """An idle server does not load SQLite; a file that is no database warns at start."""
+    from aegis.history.background import BackgroundWrites
     from aegis.history.deferred import DeferredHistory
 
     with ApiApp(make_config(tmp_path, demo), environ={}, port=0) as app:
-        store = app._part("history")
+        writes = app._part("history")
+        assert isinstance(writes, BackgroundWrites)  # no store call on the loop
+        store = writes.store
         assert isinstance(store, DeferredHistory) and not store.opened
         assert Client(app.url).get("/health").status == 200
         assert not store.opened

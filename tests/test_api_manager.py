@@ -533,6 +533,38 @@ async def test_shutdown_cancels_every_run_and_records_it(
     await manager.shutdown()  # twice is harmless
 
 
+async def test_shutdown_cancels_queued_runs_even_when_history_fails(
+    demo: DemoServices,
+    tmp_path: Path,
+    types: dict[str, StepType],
+    gate: Gate,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(MemoryHistory):
+        def write_all(self, writes: Any) -> None:
+            raise OSError("disk gone")
+
+    events: list[Event] = []
+    bus = EventBus()
+    bus.subscribe(events.append)
+    manager = RunManager(
+        make_config(demo, tmp_path, types),
+        types,
+        Broken(),
+        bus=bus,
+        max_concurrent=1,
+        environ={},
+    )
+    runs = [(await manager.submit("held"))[0] for _ in range(4)]
+    await gate.until(lambda: gate.inside == 1)
+    with caplog.at_level(logging.ERROR, logger="aegis.api.manager"):
+        await manager.shutdown()
+    assert "history store failed to record 3 cancelled runs" in caplog.text
+    for run in runs[1:]:  # announced cancelled; nothing more could be kept
+        assert completed(events, run.run_id)[0]["status"] == "cancelled"
+    assert (manager.active(), manager.queued()) == (0, 0)
+
+
 async def test_shutdown_gives_up_on_a_run_that_ignores_cancellation(
     make_manager: MakeManager, stubborn: Stubborn, caplog: pytest.LogCaptureFixture
 ) -> None:

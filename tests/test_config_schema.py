@@ -383,11 +383,31 @@ def test_webhook_events_default_to_all() -> None:
     assert config.webhooks[0].events == ("*",)
 
 
+def test_a_url_password_is_hidden_before_a_long_value_is_cut() -> None:
+    password = "pa55word-" + "0123456789" * 6
+    url = "htp://user:" + password + "@hooks.example/x"  # the cut falls in the password
+    with pytest.raises(ConfigError) as caught:
+        parse(with_section(f"webhooks: [{{url: '{url}'}}]\n"))
+    assert "webhooks[0].url: expected" in str(caught.value)
+    assert "htp://user:***@hooks.example/x" in str(caught.value)
+    assert password[:6] not in str(caught.value)
+
+
+def test_retries_are_bounded() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(with_step("{type: test, service: qaagent, retries: 1025}"))
+    assert str(caught.value) == (
+        "aegis.yaml: workflows.main.steps[1].retries: expected an integer from 0 to 100, got 1025"
+    )
+    config = parse(with_step("{type: test, service: qaagent, retries: 100}"))
+    assert config.workflows["main"].steps[1].retries == 100
+
+
 def test_problem_text_is_file_path_message() -> None:
     with pytest.raises(ConfigError) as caught:
         parse(with_step("{type: test, service: qaagent, retries: abc}"))
     assert str(caught.value) == (
-        "aegis.yaml: workflows.main.steps[1].retries: expected an integer >= 0, got 'abc'"
+        "aegis.yaml: workflows.main.steps[1].retries: expected an integer from 0 to 100, got 'abc'"
     )
 
 
@@ -399,19 +419,19 @@ MALFORMED = [
         "retries-text",
         with_step("{type: test, service: qaagent, retries: abc}"),
         f"{STEP}.retries",
-        "expected an integer >= 0, got 'abc'",
+        "expected an integer from 0 to 100, got 'abc'",
     ),
     (
         "retries-negative",
         with_step("{type: test, service: qaagent, retries: -1}"),
         f"{STEP}.retries",
-        "expected an integer >= 0, got -1",
+        "expected an integer from 0 to 100, got -1",
     ),
     (
         "retries-bool",
         with_step("{type: test, service: qaagent, retries: true}"),
         f"{STEP}.retries",
-        "expected an integer >= 0, got true",
+        "expected an integer from 0 to 100, got true",
     ),
     (
         "retries-float",

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fakes import FakeClock, ManualClock, config, step, step_type
 
-from aegis.engine.retry import RETRY_AFTER_CAP
+from aegis.engine.retry import MAX_RETRY_WAIT, RETRY_AFTER_CAP
 from aegis.engine.runner import Engine, batches
 from aegis.errors import NotFound, StepError
 from aegis.events import Event, EventBus
@@ -591,3 +591,31 @@ def test_the_system_clock_stamps_attempts_with_the_current_millisecond() -> None
     stamp = clock.timestamp()
     after = format_timestamp(clock.now())
     assert before <= stamp <= after and stamp.endswith("Z") and len(stamp) == 24
+
+
+async def test_a_thousand_retries_end_in_the_step_record_with_every_attempt() -> None:
+    # 2**1024 does not fit a float: the wait after attempt 1,025 once aborted the run and
+    # recorded the step that had made 1,024 attempts as skipped.
+    clock = FakeClock()
+    errors = [http_error(500) for _ in range(1101)]
+    cfg = config(step("flaky", retries=1100, retry_delay=0.5))
+    run = await engine(cfg, [step_type("flaky", flaky(errors))], clock).run("wf")
+    result = run.steps[0]
+    assert result.status is StepStatus.FAILED and len(result.attempts) == 1101
+    assert run.status is RunStatus.FAILED
+    assert max(clock.sleeps) == MAX_RETRY_WAIT
+
+
+class BrokenRandom(FakeClock):
+    def random(self) -> float:
+        raise ArithmeticError("no randomness today")
+
+
+async def test_a_failure_between_attempts_ends_as_the_steps_error() -> None:
+    cfg = config(step("flaky", retries=3, retry_jitter=0.5), step("after", condition="always"))
+    types = [step_type("flaky", flaky([http_error(500)] * 4)), step_type("after", ok)]
+    run = await engine(cfg, types, BrokenRandom()).run("wf")
+    first, after = run.steps
+    assert first.status is StepStatus.FAILED and len(first.attempts) == 1
+    assert first.error == "HTTP 500 from svc (no retry: ArithmeticError: no randomness today)"
+    assert after.status is StepStatus.SUCCEEDED and run.status is RunStatus.FAILED

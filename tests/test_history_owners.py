@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 import aegis.history.owners as owners
-from aegis.history.owners import Owner, current_owner, owner_gone, parse_stat, process_state
+from aegis.history.owners import (
+    Owner,
+    current_owner,
+    owner_gone,
+    owner_host,
+    parse_stat,
+    process_state,
+)
 
 ME = Owner("ci-1", 100, "proc:boot:5000")
 NOW = 10_000.0
@@ -74,7 +81,7 @@ def child() -> Iterator[subprocess.Popen[bytes]]:
 def test_the_token_of_this_process_is_read_from_proc() -> None:
     me = current_owner()
 
-    assert me.host == socket.gethostname()
+    assert me.host == f"{socket.gethostname()} {os.readlink('/proc/self/ns/pid')}"
     assert me.pid == os.getpid()
     assert me.token.startswith("proc:")
     assert process_state(os.getpid()) == me.token
@@ -132,6 +139,11 @@ def test_without_proc_the_token_is_random(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(owners, "_read_stat", lambda pid: None)
 
     assert current_owner().token.startswith("rand:")
+
+
+def test_the_host_is_the_hostname_alone_where_namespaces_cannot_be_read() -> None:
+    assert owner_host("ci-1", "") == "ci-1"
+    assert owner_host("ci-1", "pid:[7]") == "ci-1 pid:[7]"
 
 
 def test_parse_stat_counts_fields_after_the_command_name() -> None:

@@ -22,7 +22,7 @@ import pytest
 from test_history import finished, make_run, make_step, stamp
 
 import aegis.history.sqlite as sqlite_module
-from aegis.history import HistoryUnavailable
+from aegis.history import HistoryUnavailable, Write
 from aegis.history.memory import MemoryHistory
 from aegis.history.owners import Owner, current_owner, process_state
 from aegis.history.sqlite import SqliteHistory
@@ -308,6 +308,43 @@ def test_damaged_records_are_skipped_with_one_warning(
     assert not store.degraded
 
 
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("UPDATE runs SET duration_ms = 'abc' WHERE run_id = 'run000000001'", "duration_ms"),
+        ("UPDATE runs SET run_id = X'00ff' WHERE run_id = 'run000000001'", "run_id"),
+        ("UPDATE runs SET verdict = X'01' WHERE run_id = 'run000000001'", "verdict"),
+        ("UPDATE steps SET duration_ms = 'abc' WHERE run_seq = 2", "duration_ms"),
+        ("UPDATE steps SET name = X'00ff' WHERE run_seq = 2", "name"),
+    ],
+)
+def test_a_wrong_typed_value_skips_its_record_with_the_damaged_warning(
+    open_store: Callable[..., SqliteHistory],
+    path: Path,
+    warnings: list[str],
+    damage: str,
+    reason: str,
+) -> None:
+    store = open_store()
+    for n in range(3):
+        store.finish(finished(make_run(f"run{n:09d}", at=n, steps=(make_step("test"),))))
+    with sqlite3.connect(path) as db:
+        db.execute(damage)
+
+    listed = store.list()
+    assert [r.run_id for r in listed if r.run_id != "run000000001"] == [
+        "run000000002",
+        "run000000000",
+    ]
+    assert all(len(r.steps) == 1 for r in listed if r.run_id != "run000000001")
+    assert all(isinstance(r.duration_ms, float) for r in listed)
+    assert store.count() == 3
+    assert store.get("run000000001") is None
+    assert store.get("run000000000") is not None
+    assert len(warnings) == 1 and f"skipping damaged records in {path}" in warnings[0]
+    assert reason in warnings[0]
+
+
 # --------------------------------------------------------- runs of dead owners
 
 
@@ -329,6 +366,40 @@ def test_a_sigkilled_writer_leaves_an_interrupted_run_with_its_finished_steps(
     assert [s.name for s in run.steps] == ["discover"]
     assert run.steps[0].data == {"n": 1}
     assert store.count(status="interrupted") == 1
+    assert warnings == []
+
+
+def _in_new_pid_namespace() -> list[str]:
+    """The command prefix that runs a process in a new pid namespace (as a container
+    does), or skips the test where this machine does not allow it."""
+    unshare = shutil.which("unshare")
+    prefix = [unshare or "unshare", "--pid", "--fork", "--mount-proc"]
+    if unshare is None or subprocess.run([*prefix, "true"], check=False).returncode != 0:
+        pytest.skip("cannot make a pid namespace here")
+    return prefix
+
+
+def test_a_live_run_of_a_container_sharing_the_hostname_is_never_marked(
+    path: Path, open_store: Callable[..., SqliteHistory], warnings: list[str]
+) -> None:
+    # In its own pid namespace the writer is pid 1; seen from here, pid 1 is another
+    # process with another start time, which once made the run look abandoned.
+    proc = subprocess.Popen(
+        [*_in_new_pid_namespace(), sys.executable, "-c", WORKER, str(path), "hold", "boxed0000001"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=worker_env(),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        store = open_store()
+        running = store.get("boxed0000001")
+        assert running is not None and running.status is RunStatus.RUNNING
+        assert store.mark_interrupted() == []
+    finally:
+        proc.communicate("", timeout=30)
+    assert store.get("boxed0000001").status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
     assert warnings == []
 
 
@@ -1098,3 +1169,114 @@ def test_a_file_from_before_params_opens_read_only_and_for_writing(tmp_path: Pat
         }
     finally:
         store.close()
+# ------------------------------------------------- the file changed under the store
+
+
+def test_a_deleted_file_is_noticed_and_the_runs_going_go_to_a_new_one(
+    open_store: Callable[..., SqliteHistory], path: Path, warnings: list[str]
+) -> None:
+    store = open_store()
+    store.finish(finished(make_run("older0000001")))
+    going = make_run("going0000001", at=5)
+    store.start(going)
+    store.update_step(going.run_id, make_step("discover"))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+    store.update_step(going.run_id, make_step("test"))
+    store.finish(finished(going, steps=(make_step("discover"), make_step("test"))))
+    store.start(make_run("after0000001", at=9))
+
+    assert warnings == [
+        f"history: {path} was deleted while in use; the runs going and those after them "
+        "are recorded in a new file there, the earlier ones are not"
+    ]
+    assert not store.degraded
+    with SqliteHistory(path) as fresh:
+        assert [r.run_id for r in fresh.list()] == ["after0000001", "going0000001"]
+        recorded = fresh.get("going0000001")
+        assert recorded is not None and [s.name for s in recorded.steps] == ["discover", "test"]
+
+
+def test_a_file_replaced_by_a_directory_sends_the_runs_to_memory_saying_so(
+    open_store: Callable[..., SqliteHistory], path: Path, warnings: list[str]
+) -> None:
+    store = open_store()
+    going = make_run("going0000001")
+    store.start(going)
+    store.update_step(going.run_id, make_step("discover"))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.mkdir()
+
+    store.finish(finished(going, steps=(make_step("discover"), make_step("test"))))
+
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        f"history: {path} was replaced by something that is not a file while in use and "
+        "cannot be opened again ("
+    )
+    assert warnings[0].endswith("keeping the rest of this process's history in memory")
+    assert store.degraded
+    recorded = store.get(going.run_id)
+    assert recorded is not None and recorded.status is RunStatus.SUCCEEDED
+    assert len(recorded.steps) == 2
+
+
+def test_a_file_replaced_by_another_database_is_written_from_then_on(
+    open_store: Callable[..., SqliteHistory], path: Path, tmp_path: Path, warnings: list[str]
+) -> None:
+    store = open_store()
+    store.start(make_run("going0000001"))
+    other = tmp_path / "other.db"
+    with SqliteHistory(other) as elsewhere:
+        elsewhere.finish(finished(make_run("moved0000001")))
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    os.replace(other, path)
+
+    store.finish(finished(make_run("going0000001")))
+
+    assert len(warnings) == 1 and "was replaced by another file while in use" in warnings[0]
+    with SqliteHistory(path) as fresh:
+        assert {r.run_id: r.status for r in fresh.list()} == {
+            "going0000001": RunStatus.SUCCEEDED,
+            "moved0000001": RunStatus.SUCCEEDED,
+        }
+
+
+# ------------------------------------------------------------------ batched writes
+
+
+def test_a_batch_of_writes_is_one_transaction_and_keeps_each_runs_order(
+    open_store: Callable[..., SqliteHistory], path: Path
+) -> None:
+    store = open_store(max_runs=2)
+    runs = [make_run(f"batch{n:07d}", at=n) for n in range(4)]
+    writes = [Write("start", (run,)) for run in runs]
+    writes += [Write("update_step", (runs[0].run_id, make_step("discover")))]
+    writes += [Write("finish", (finished(run),)) for run in runs[1:]]
+    writes += [Write("finish", (finished(runs[3], RunStatus.FAILED),))]  # twice: last wins
+    store.write_all(writes)
+
+    assert {r.run_id: r.status.value for r in store.list()} == {
+        "batch0000000": "running",  # still going: never pruned
+        "batch0000003": "failed",
+        "batch0000002": "succeeded",  # batch0000001 pruned (max_runs: 2)
+    }
+    got = store.get("batch0000000")
+    assert got is not None and [s.name for s in got.steps] == ["discover"]
+
+
+def test_a_batch_finishing_runs_pruned_meanwhile_records_them_afresh(
+    open_store: Callable[..., SqliteHistory], path: Path
+) -> None:
+    store = open_store()
+    runs = [make_run(f"gone{n:08d}", at=n) for n in range(3)]
+    store.write_all([Write("start", (run,)) for run in runs])
+    with sqlite3.connect(path) as db:  # another process pruned one of them
+        db.execute("DELETE FROM runs WHERE run_id = 'gone00000001'")
+
+    store.write_all([Write("finish", (finished(run),)) for run in runs])
+
+    assert store.count(status="succeeded") == 3

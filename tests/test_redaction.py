@@ -4,6 +4,8 @@ health checks apply it (the whole-system check is tests/reliability/test_secrets
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -124,3 +126,99 @@ async def test_health_checks_hide_url_passwords() -> None:
     assert health.status == "down" and health.url == "http://bot:***@127.0.0.1:1"
     assert health.error is not None and "pa55word" not in health.error
     assert "http://bot:***@127.0.0.1:1/health" in health.error
+
+
+ODD_KEY = "sk/live+K3y 5ecret-ABCDEFGH"  # a slash, a plus and a space: encodings differ
+
+
+@pytest.fixture
+def echoing_service() -> Any:
+    """A loopback service that echoes the X-API-Key it gets in the ways services do:
+    at the cut of a long message, percent-encoded in a redirect, JSON-escaped."""
+    import threading
+    import urllib.parse
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            key = self.headers.get("X-API-Key", "")
+            escaped = json.dumps(key).replace("/", "\\/")  # PHP's json_encode
+            status, headers, body = {
+                "/cut": (500, {}, json.dumps({"detail": "x" * 180 + " bad key " + key})),
+                "/cut-text": (200, {}, "not json: " + "y" * 175 + key),
+                "/location": (302, {"Location": "/login?key=" + urllib.parse.quote(key)}, ""),
+                "/form": (302, {"Location": "/in?k=" + urllib.parse.quote_plus(key)}, ""),
+                "/escaped": (500, {}, '{"seen":' + escaped + "}"),
+            }[self.path]
+            data = body.encode()
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(data))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+PATHS = ("/cut", "/cut-text", "/location", "/form", "/escaped")
+
+
+async def test_an_echoed_key_is_hidden_raw_cut_percent_encoded_and_json_escaped(
+    echoing_service: str,
+) -> None:
+    import urllib.parse
+
+    from aegis.steps.registry import default_step_types
+
+    steps = [
+        step("discover", f"echo{n}", service="svc", condition="always", params={"path": path})
+        for n, path in enumerate(PATHS)
+    ]
+    service = ServiceSpec(key="svc", name="Echo", url=echoing_service, api_key_env="SVC_KEY")
+    cfg = replace(config(*steps), services=frozen_mapping({"svc": service}))
+    events: list[Event] = []
+    bus = EventBus()
+    bus.subscribe(events.append)
+    engine = Engine(cfg, default_step_types(), bus=bus, environ={"SVC_KEY": ODD_KEY})
+    run = await engine.run("wf")
+
+    errors = [s.error or "" for s in run.steps]
+    for error in errors:
+        assert "***" in error, errors
+    texts = [json.dumps(run.to_dict()), *(json.dumps(e.to_dict()) for e in events)]
+    forms = {
+        ODD_KEY[:12],  # what a cut at 200 characters left of the key
+        urllib.parse.quote(ODD_KEY)[:12],
+        urllib.parse.quote_plus(ODD_KEY)[:12],
+        "sk\\/live",
+        "K3y",
+    }
+    for text in texts:
+        assert not [form for form in forms if form in text], text
+
+
+def test_the_redactor_matches_every_common_encoding_in_any_case() -> None:
+    import urllib.parse
+
+    redactor = Redactor([ODD_KEY, 'q"u\\o€te😀'])
+    for secret in redactor.secrets:
+        for form in (
+            secret,
+            urllib.parse.quote(secret),
+            re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), urllib.parse.quote(secret)),
+            urllib.parse.quote_plus(secret),
+            json.dumps(secret)[1:-1],
+            json.dumps(secret).replace("/", "\\/")[1:-1],
+            json.dumps(secret, ensure_ascii=False)[1:-1],
+        ):
+            assert redactor.text(f"<{form}>") == "<***>", form
+    assert redactor.text("50% off + a \\ path") == "50% off + a \\ path"

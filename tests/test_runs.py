@@ -51,3 +51,36 @@ def test_runs_outside_the_main_thread_without_signal_handlers() -> None:
     thread.start()
     thread.join(30)
     assert results and results[0].status is RunStatus.SUCCEEDED
+
+
+class Waiting:
+    """Pending deliveries that take as long as they are given; what each close got."""
+
+    def __init__(self, signal_first: bool = False) -> None:
+        self.timeouts: list[float] = []
+        self.signal_first = signal_first
+
+    def close(self, timeout: float) -> bool:
+        self.timeouts.append(timeout)
+        if self.signal_first:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return threading.Event().wait(timeout)  # a signal handler's exception ends it
+
+
+def test_a_sigterm_during_the_exit_wait_ends_the_wait_only() -> None:
+    from aegis.runs import _EndSignals, _finish_deliveries
+    from aegis.webhooks import EXIT_WAIT
+
+    ending = _EndSignals()
+    ending.install()
+    try:
+        hooks = Waiting(signal_first=True)
+        _finish_deliveries(hooks, ending)  # type: ignore[arg-type]
+        assert hooks.timeouts == [EXIT_WAIT] and ending.received and not ending.waiting
+        # a SIGTERM noted before the wait (while outputs were written): no wait at all
+        later = Waiting()
+        _finish_deliveries(later, ending)  # type: ignore[arg-type]
+        assert later.timeouts == [0]
+    finally:
+        ending.restore()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

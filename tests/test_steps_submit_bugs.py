@@ -397,6 +397,19 @@ async def test_unreadable_open_reports_fail_the_attempt(
     ]
 
 
+def test_report_body_hides_secrets_before_cutting(make_context: MakeContext) -> None:
+    from dataclasses import replace
+
+    from aegis.secrets import Redactor
+
+    key = "k3y-5ecret-0123456789"
+    base = bugs_context(make_context, "http://bugs.test")
+    ctx = replace(base, redactor=Redactor([key]))
+    body = report_body(ctx, "t" * 480 + key, {"test": "t", "message": "m" * 3990 + key})
+    for text in (body["title"], body["actual_behavior"], body["description"]):
+        assert key[:8] not in text
+
+
 # --------------------------------------------------------------------------- config
 
 

@@ -836,6 +836,56 @@ def test_a_process_with_a_dead_webhook_exits_within_the_wait(
     assert took < base_took + EXIT_WAIT + 2.0
 
 
+def test_sigterm_while_waiting_on_a_silent_receiver_keeps_every_output(tmp_path: Path) -> None:
+    # The wait for deliveries came before `--json` and `--junit` were written, and a
+    # SIGTERM there killed the process (exit 143) with neither, though the run was recorded.
+    with socket.socket() as silent:  # connections complete in the backlog, never answered
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        config = tmp_path / "aegis.yaml"
+        config.write_text(
+            "workflows: {quick: {steps: [{type: report}]}}\n"
+            "history: {path: history.db}\n"
+            f"webhooks: [{{url: 'http://127.0.0.1:{silent.getsockname()[1]}/hook'}}]\n"
+        )
+        junit = tmp_path / "junit.xml"
+        argv = ["--config", str(config), "run", "quick", "--json", "--junit", str(junit)]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aegis", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "NO_COLOR": "1"},
+            cwd=Path(__file__).parent.parent,
+        )
+        try:
+            from aegis.history import HistoryUnavailable
+            from aegis.history.sqlite import SqliteHistory
+
+            def recorded() -> bool:
+                try:
+                    with SqliteHistory(tmp_path / "history.db", read_only=True) as store:
+                        return store.count(status="succeeded") == 1
+                except HistoryUnavailable:  # not there yet, or its schema not yet made
+                    return False
+
+            deadline = time.monotonic() + 30
+            while not recorded():  # the run is over: the process is at its outputs or wait
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.02)
+            # (before the wait ends by itself, EXIT_WAIT after the run)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err
+    assert json.loads(out)["status"] == "succeeded"
+    assert junit.read_text().startswith("<?xml")
+    assert "Traceback" not in err
+
+
 # ------------------------------------------------------------------------ the API server
 
 

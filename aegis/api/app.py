@@ -29,7 +29,7 @@ from aegis import __version__
 from aegis.config.model import Config
 from aegis.errors import UsageError
 from aegis.events import EventBus, EventLog
-from aegis.history import HistoryStore, open_history
+from aegis.history import HistoryStore, open_recording_history
 from aegis.steps.base import StepType
 
 from .handlers import DEFAULT_HEARTBEAT, ROUTES, ApiContext, load_landing
@@ -214,14 +214,8 @@ class ApiApp:
 
     def _open_history(self) -> HistoryStore:
         """The history store, opened when first used unless a problem shows now (then it
-        is opened at once, so its warning comes at start-up)."""
-        from aegis.history import MEMORY_PATH
-        from aegis.history.deferred import DeferredHistory, history_problem
-
-        spec, warn = self.config.history, self.warn
-        if spec.path == MEMORY_PATH or history_problem(spec.path) is not None:
-            return open_history(spec, warn=warn)
-        return DeferredHistory(lambda: open_history(spec, warn=warn))
+        is opened at once, so its warning comes at start-up); written by a thread."""
+        return open_recording_history(self.config.history, warn=self.warn)
 
     def _listen(self, ctx: ApiContext) -> ApiServer:
         try:
@@ -257,7 +251,9 @@ class ApiApp:
         if server is not None:
             server.stop_accepting()
         if loop is not None:
-            self._on_loop(loop, parts["runs"].shutdown(timeout), timeout + 1)
+            # Recording queued runs cancelled takes about a second per 20,000 on top.
+            queued = parts["runs"].queued()
+            self._on_loop(loop, parts["runs"].shutdown(timeout), timeout + 1 + queued / 10_000)
         if server is not None:
             server.close_connections(grace=timeout)
         if loop is not None:

@@ -63,6 +63,7 @@ if TYPE_CHECKING:  # the step modules import the config model: importing them he
 __all__ = [
     "CONDITIONS",
     "DEFAULT_HISTORY_FILE",
+    "MAX_RETRIES",
     "MEMORY_PATH",
     "UNRESOLVED",
     "EnvText",
@@ -135,6 +136,7 @@ DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_SHOWN = 60  # longest string quoted back in a message
+MAX_RETRIES = 100  # a step's extra attempts; more is a mistake (or a loop better written)
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -180,6 +182,8 @@ def describe(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
+        # URL passwords hidden before the cut: a cut through one would leave its head
+        value = hide_url_passwords(value)
         shown = value if len(value) <= MAX_SHOWN else value[: MAX_SHOWN - 3] + "..."
         return repr(str(shown))
     if isinstance(value, (int, float)):
@@ -232,7 +236,7 @@ class _Invalid(Exception):
         if not self.show_value:  # the value may be a secret: never echo it
             return f"expected {self.expected}"
         # a malformed URL may still carry a password: shown as ***
-        return f"expected {self.expected}, got {hide_url_passwords(describe(_typed(value)))}"
+        return f"expected {self.expected}, got {describe(_typed(value))}"
 
 
 def _is_empty(value: object) -> bool:
@@ -838,7 +842,7 @@ def _step(
         service=_step_service(reader, section, path, step_type, services),
         condition=reader.get(section, "condition", path, _choice("condition", CONDITIONS), None),
         parallel=reader.get(section, "parallel", path, _boolean, False),
-        retries=reader.get(section, "retries", path, _integer(0), 0),
+        retries=reader.get(section, "retries", path, _integer(0, MAX_RETRIES), 0),
         retry_delay=reader.get(section, "retry_delay", path, _number(0), DEFAULT_RETRY_DELAY),
         max_retry_delay=reader.get(
             section, "max_retry_delay", path, _number(0, exclusive=True), None

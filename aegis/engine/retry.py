@@ -7,7 +7,7 @@ from collections.abc import Callable
 from aegis.config.model import StepSpec
 from aegis.errors import StepError
 
-__all__ = ["RETRYABLE_4XX", "RETRY_AFTER_CAP", "retry_delay", "should_retry"]
+__all__ = ["MAX_RETRY_WAIT", "RETRYABLE_4XX", "RETRY_AFTER_CAP", "retry_delay", "should_retry"]
 
 # The longest a service's Retry-After may hold a step when max_retry_delay is not set: a
 # "Retry-After: 86400" must not park a CI run for a day.
@@ -16,6 +16,11 @@ RETRY_AFTER_CAP = 60.0
 # Early, Too Many Requests). Any other 4xx (a wrong key, an unknown project, a body the
 # service refuses) would be refused again, so without a retry_on it is not retried.
 RETRYABLE_4XX = frozenset({408, 425, 429})
+# The longest any wait between attempts may be, whatever the config says: doubling
+# ``retry_delay`` per attempt passes every bound soon (2**1024 is not even a float).
+MAX_RETRY_WAIT = 86400.0
+# Doublings beyond this cannot matter: 2**40 seconds is far past MAX_RETRY_WAIT.
+_MAX_DOUBLINGS = 40
 
 
 def should_retry(error: StepError, retry_on: tuple[str, ...] | None) -> bool:
@@ -45,16 +50,17 @@ def retry_delay(
     ``2**k * retry_delay``, varied by ``retry_jitter`` (a fraction, applied both ways); a
     ``Retry-After`` from the service takes the place of the backoff. Either way the wait
     is capped by ``max_retry_delay``; without one, a ``Retry-After`` is still capped by
-    ``RETRY_AFTER_CAP``, because the service, not the config, chose that number.
+    ``RETRY_AFTER_CAP``, because the service, not the config, chose that number. No wait
+    is longer than ``MAX_RETRY_WAIT``, however many attempts came before.
     """
     if error.retry_after is not None:
         wait = error.retry_after
         if spec.max_retry_delay is None:
             wait = min(wait, RETRY_AFTER_CAP)
     else:
-        wait = spec.retry_delay * 2**failed_attempt
+        wait = spec.retry_delay * 2.0 ** min(failed_attempt, _MAX_DOUBLINGS)
         if spec.retry_jitter:
             wait *= 1 + spec.retry_jitter * (2 * random() - 1)
     if spec.max_retry_delay is not None:
         wait = min(wait, spec.max_retry_delay)
-    return max(wait, 0.0)
+    return min(max(wait, 0.0), MAX_RETRY_WAIT)

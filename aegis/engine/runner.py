@@ -395,6 +395,7 @@ class _Execution:
             environ=self.engine.environ,
             config=self.engine.config,
             clock=self.clock,
+            redactor=self.redactor,  # the run's, with its secret params
         )
         self._emit("step.started", spec, attempts_allowed=spec.retries + 1)
         began = self.clock.monotonic()
@@ -444,9 +445,15 @@ class _Execution:
             )
             if error is None:
                 return data, None
-            if k == spec.retries or not should_retry(error, spec.retry_on):
+            if k == spec.retries:
                 break
-            wait = retry_delay(spec, k, error, self.clock.random)
+            try:
+                wait = self._next_wait(spec, k, error)
+            except Exception as exc:  # a bug between attempts still ends in the step's record
+                log.exception("step %s of run %s: choosing a retry failed", spec.name, ctx.run_id)
+                return {}, _with_note(error, f"no retry: {type(exc).__name__}: {exc}")
+            if wait is None:
+                break
             if deadline_at is not None and self.clock.monotonic() + wait >= deadline_at:
                 return data, _with_note(error, f"no retry: {deadline_note(spec)}")
             self._emit(
@@ -460,6 +467,12 @@ class _Execution:
             )
             await self.clock.sleep(wait)
         return data, error
+
+    def _next_wait(self, spec: StepSpec, failed: int, error: StepError) -> float | None:
+        """Seconds before the next attempt after ``failed`` (0-based), None for no retry."""
+        if not should_retry(error, spec.retry_on):
+            return None
+        return retry_delay(spec, failed, error, self.clock.random)
 
     async def attempt(
         self,

@@ -2,7 +2,14 @@
 
     HistoryStore          the interface the engine, the CLI and the API use
     ├── MemoryHistory     a dict in this process (``path: ":memory:"``, and the fallback)
-    └── SqliteHistory     one SQLite file that several processes share
+    ├── SqliteHistory     one SQLite file that several processes share
+    ├── DeferredHistory   a store opened on first use (``aegis serve``, ``aegis run``)
+    └── BackgroundWrites  a store whose writes a thread of its own makes, in order
+
+No store call runs on an event loop: a file store may wait for another process's lock,
+so ``open_recording_history`` (what ``aegis run`` and ``aegis serve`` record through)
+hands every write to ``BackgroundWrites``' thread, which applies what has queued up as
+one batch (``write_all``), keeping each run's order of writes.
 
 ``open_history`` picks the store for a ``history:`` config section. It never raises: a file
 that cannot be used gives one warning and a ``MemoryHistory``, because history must never
@@ -18,9 +25,9 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from aegis.errors import AegisError, NotFound
 
@@ -34,9 +41,11 @@ __all__ = [
     "HistoryUnavailable",
     "RunList",
     "Warn",
+    "Write",
     "ambiguous_prefix",
     "matching_run_id",
     "open_history",
+    "open_recording_history",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +67,19 @@ class HistoryUnavailable(AegisError):
         super().__init__(f"history: cannot write {path} ({reason})")
         self.path = path
         self.reason = reason
+
+
+class Write(NamedTuple):
+    """One recording call, queued: ``start`` and ``finish`` take a ``Run``,
+    ``update_step`` a run id and a ``StepResult``."""
+
+    method: Literal["start", "update_step", "finish"]
+    args: tuple[Any, ...]
+
+    @property
+    def run_id(self) -> str:
+        first = self.args[0]
+        return first if isinstance(first, str) else str(first.run_id)
 
 
 def ambiguous_prefix(prefix: str, matches: list[str]) -> NotFound:
@@ -91,7 +113,9 @@ def matching_run_id(run_id: str, candidates: Iterable[str]) -> str | None:
 
 
 class HistoryStore(abc.ABC):
-    """Where runs are recorded. Every method is synchronous, fast and thread-safe.
+    """Where runs are recorded. Every method is synchronous and thread-safe; a file store's
+    may wait for another process's lock, so no event loop calls them directly (see
+    ``BackgroundWrites``).
 
     Stores never raise because their storage failed: they warn (at most once per kind
     of problem) through the ``warn`` callable given to them and carry on in memory.
@@ -124,6 +148,11 @@ class HistoryStore(abc.ABC):
         than ``max_age`` are removed in bounded batches (``prune_aged``), never by a scan
         of the whole history on a run's path.
         """
+
+    def write_all(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes`` in order; a store that can makes them one transaction."""
+        for write in writes:
+            getattr(self, write.method)(*write.args)
 
     @abc.abstractmethod
     def get(self, run_id: str) -> Run | None:
@@ -215,3 +244,15 @@ def open_history(spec: HistorySpec, *, warn: Warn, reading: bool = False) -> His
         return MemoryHistory(max_runs=spec.max_runs, max_age=spec.max_age, warn=warn)
     warn(f"{message}; keeping this run's history in memory")
     return MemoryHistory(max_runs=spec.max_runs, max_age=spec.max_age, warn=warn)
+
+
+def open_recording_history(spec: HistorySpec, *, warn: Warn) -> HistoryStore:
+    """The store a process that records runs uses: ``open_history``'s, opened on first
+    use (unless a problem shows at once, so its warning comes now), behind a writer
+    thread. Never raises, and never makes its caller wait for the file."""
+    from aegis.history.background import BackgroundWrites
+    from aegis.history.deferred import DeferredHistory, history_problem
+
+    if spec.path == MEMORY_PATH or history_problem(spec.path) is not None:
+        return open_history(spec, warn=warn)
+    return BackgroundWrites(DeferredHistory(lambda: open_history(spec, warn=warn)))

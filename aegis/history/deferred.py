@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from aegis.history import HistoryStore, RunList
+from aegis.history import HistoryStore, RunList, Write
 from aegis.records import Run, StepResult
 
 __all__ = ["SQLITE_HEADER", "DeferredHistory", "history_problem"]
@@ -82,6 +82,9 @@ class DeferredHistory(HistoryStore):
 
     def finish(self, run: Run) -> None:
         self._get().finish(run)
+
+    def write_all(self, writes: Sequence[Write]) -> None:
+        self._get().write_all(writes)
 
     def get(self, run_id: str) -> Run | None:
         return self._get().get(run_id)

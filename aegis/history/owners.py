@@ -1,6 +1,10 @@
 """Who owns a run still going, and whether that process is gone.
 
-A run row names its owner: the host, the pid, and a token of the process's start. On
+A run row names its owner: the host, the pid, and a token of the process's start. The
+host is the hostname with the process's pid namespace (``box pid:[4026532176]``):
+containers that share a hostname and a history file each count pids from 1, so a pid
+seen from another namespace names some other process; such an owner is judged, like one
+on another host, by its heartbeat. On
 Linux the token is the boot id and the start time from ``/proc/PID/stat``, so a pid that
 was reused by another process is told apart from the one that wrote the row; elsewhere it
 is random, and the owner's heartbeat is what tells whether it still lives. A process on
@@ -15,7 +19,7 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
-__all__ = ["Owner", "current_owner", "owner_gone", "parse_stat", "process_state"]
+__all__ = ["Owner", "current_owner", "owner_gone", "owner_host", "parse_stat", "process_state"]
 
 
 class Owner(NamedTuple):
@@ -41,6 +45,21 @@ def _boot_id() -> str:
 
 
 _BOOT_ID = _boot_id()
+
+
+def _pid_namespace() -> str:
+    # "pid:[4026531836]" on Linux; the same for every process of one namespace.
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def owner_host(hostname: str, namespace: str) -> str:
+    """The host part of an owner: the hostname, and the pid namespace when known."""
+    return f"{hostname} {namespace}" if namespace else hostname
+
+
 _HAVE_PROC = os.path.exists("/proc/self/stat")
 
 
@@ -70,7 +89,8 @@ def current_owner() -> Owner:
     """This process as the owner of the runs it records."""
     pid = os.getpid()
     stat = _read_stat(pid)
-    return Owner(socket.gethostname(), pid, _token(stat[1]) if stat else _RANDOM_TOKEN)
+    host = owner_host(socket.gethostname(), _pid_namespace())
+    return Owner(host, pid, _token(stat[1]) if stat else _RANDOM_TOKEN)
 
 
 def process_state(pid: int) -> str | None:

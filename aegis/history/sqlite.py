@@ -56,6 +56,7 @@ import math
 import os
 import re
 import sqlite3
+import stat
 import threading
 import time
 import urllib.parse
@@ -70,6 +71,7 @@ from aegis.history import (
     HistoryUnavailable,
     RunList,
     Warn,
+    Write,
     matching_run_id,
 )
 from aegis.history.memory import PRUNE_BATCH, MemoryHistory
@@ -295,14 +297,50 @@ def _run_values(run: Run) -> tuple[Any, ...]:
     )
 
 
+_Kinds = tuple[tuple[type, ...], ...]
+_NUMBER = (int, float)
+_OPTIONAL_TEXT = (str, type(None))
+_OPTIONAL_NUMBER = (int, float, type(None))
+
+
+def _checked(row: Sequence[Any], names: Sequence[str], kinds: _Kinds) -> None:
+    """Raises ``TypeError`` naming the first column of ``row`` whose value is not of its
+    kind: a value edited by hand (``duration_ms = 'abc'``, a BLOB id) must cost only its
+    own record, not every listing that would show it."""
+    for value, name, kind in zip(row, names, kinds, strict=False):  # full steps have more
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TypeError(f"{name} is {type(value).__name__} {value!r:.40}")
+
+
+_STEP_NAMES = _SUMMARY_COLUMNS.split(", ")
+_STEP_KINDS: _Kinds = (
+    (str,), (str,), _OPTIONAL_TEXT, (str,), _NUMBER, *[_OPTIONAL_TEXT] * 3, (int,)
+)  # fmt: skip
+_RUN_NAMES = _RUN_COLUMNS.split(", ")
+_RUN_KINDS: _Kinds = (
+    (int,),  # seq
+    (str,),  # run_id
+    (str,),  # workflow
+    (str,),  # status
+    _OPTIONAL_TEXT,  # verdict
+    (str,),  # started_at
+    _OPTIONAL_TEXT,  # finished_at
+    _OPTIONAL_NUMBER,  # duration_ms
+    (str,),  # trigger
+    (str,),  # params
+    _OPTIONAL_TEXT,  # rerun_of
+)
+
+
 def _summary_step(row: Sequence[Any]) -> StepResult:
+    _checked(row, _STEP_NAMES, _STEP_KINDS)
     name, type_, service, status, duration_ms, error, error_kind, skip_reason, reused = row[:9]
     return StepResult(
         name=name,
         type=type_,
         service=service,
         status=StepStatus(status),
-        duration_ms=duration_ms,
+        duration_ms=float(duration_ms),
         error=error,
         error_kind=error_kind,
         skip_reason=skip_reason,
@@ -319,6 +357,7 @@ def _full_step(row: Sequence[Any]) -> StepResult:
 
 
 def _run(row: Sequence[Any], steps: Iterable[StepResult]) -> Run:
+    _checked(row, _RUN_NAMES, _RUN_KINDS)
     _, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger = row[:9]
     params = json.loads(row[9])
     return Run(
@@ -330,7 +369,7 @@ def _run(row: Sequence[Any], steps: Iterable[StepResult]) -> Run:
         steps=tuple(steps),
         verdict=Verdict(verdict) if verdict else None,
         finished_at=finished_at,
-        duration_ms=duration_ms,
+        duration_ms=None if duration_ms is None else float(duration_ms),
         params=params if isinstance(params, dict) else {},
         rerun_of=row[10],
     )
@@ -427,13 +466,13 @@ class SqliteHistory(HistoryStore):
         self._pages: dict[tuple[Any, ...], Any] = {}
         self._pages_version: tuple[int, int] = (-1, -1)
         self._own_writes = 0
+        self._identity: tuple[int, int] = (-1, -1)  # (device, inode) of the file opened
         if read_only:
             self._db = self._open_read_only()
             return
         self._db = self._connect()
         try:
-            self._retrying(self._configure, rounds=1)
-            self._retrying(lambda: self._once("BEGIN IMMEDIATE", self._migrate), rounds=1)
+            self._prepare()
             self._sweep()
         except BaseException as exc:
             self._db.close()
@@ -454,16 +493,46 @@ class SqliteHistory(HistoryStore):
     # ------------------------------------------------------------- the protocol
 
     def start(self, run: Run) -> None:
-        self._write(self._save_start, run, fallback=lambda m: m.start(run))
-        with self._lock:
-            if self._memory is None:
-                self._ensure_heartbeat()
+        self.write_all([Write("start", (run,))])
 
     def update_step(self, run_id: str, step: StepResult) -> None:
-        self._write(self._save_step, run_id, step, fallback=lambda m: m.update_step(run_id, step))
+        self.write_all([Write("update_step", (run_id, step))])
 
     def finish(self, run: Run) -> None:
-        self._write(self._save_finish, run, fallback=lambda m: m.finish(run))
+        self.write_all([Write("finish", (run,))])
+
+    def write_all(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes`` in order in one transaction (pruning once per workflow)."""
+        with self._lock:
+            memory = self._memory
+            if memory is None:
+                memory = self._check_file()
+            if memory is None:
+                try:
+                    self._transaction(self._save_all, writes)
+                    if any(write.method == "start" for write in writes):
+                        self._ensure_heartbeat()
+                    return
+                except _DB_ERRORS as exc:
+                    memory = self._fall_back("write", exc)
+            memory.write_all(writes)
+
+    def _write(
+        self, action: Callable[..., object], *args: Any, fallback: Callable[[MemoryHistory], None]
+    ) -> None:
+        """One write other than a run's (pruning, a schedule's claim), in a transaction;
+        ``fallback`` does it in memory once the file has failed."""
+        with self._lock:
+            memory = self._memory
+            if memory is None:
+                memory = self._check_file()
+            if memory is None:
+                try:
+                    self._transaction(action, *args)
+                    return
+                except _DB_ERRORS as exc:
+                    memory = self._fall_back("write", exc)
+            fallback(memory)
 
     def get(self, run_id: str) -> Run | None:
         return self._read(self._find, run_id, fallback=lambda m: self._get_after_failure(m, run_id))
@@ -648,19 +717,6 @@ class SqliteHistory(HistoryStore):
 
     # ------------------------------------------------------- guarded access
 
-    def _write(
-        self, action: Callable[..., object], *args: Any, fallback: Callable[[MemoryHistory], None]
-    ) -> None:
-        with self._lock:
-            memory = self._memory
-            if memory is None:
-                try:
-                    self._transaction(action, *args)
-                    return
-                except _DB_ERRORS as exc:
-                    memory = self._fall_back("write", exc)
-            fallback(memory)
-
     def _read(
         self, query: Callable[..., _T], *args: Any, fallback: Callable[[MemoryHistory], _T]
     ) -> _T:
@@ -690,7 +746,12 @@ class SqliteHistory(HistoryStore):
             "keeping the rest of this process's history in memory"
         )
         log.debug("%s", message, exc_info=exc)  # the traceback, for AEGIS_DEBUG; warn says it
-        self._warn_once(doing, message)
+        return self._to_memory(doing, message)
+
+    def _to_memory(self, kind: str, message: str) -> MemoryHistory:
+        """Move to memory for good with ``message`` (once per ``kind``), taking the runs
+        still going along; the heartbeat stops."""
+        self._warn_once(kind, message)
         memory = MemoryHistory(max_runs=self.max_runs, warn=self._warn)
         for live in self._live.values():
             memory.start(replace(live.run, steps=tuple(live.steps.values())))
@@ -698,6 +759,53 @@ class SqliteHistory(HistoryStore):
         self._memory = memory
         self._stop.set()
         return memory
+
+    def _check_file(self) -> MemoryHistory | None:
+        """Notice that the file at ``path`` is no longer the one this store opened
+        (deleted, or replaced by another file or a directory): SQLite would go on writing
+        to the old one, unseen by anyone. Opens what is there now (creating the file),
+        with the runs still going, and says so; memory if that cannot be done."""
+        changed = None if self.read_only else self._file_changed()
+        if changed is None:
+            return None
+        live = builtins.list(self._live.values())
+        self._db.close()
+        try:
+            self._db = self._connect()
+            self._prepare()
+            self._pages.clear()
+            self._live = {}  # their rows (and seqs) were in the old file
+            for one in live:
+                run = replace(one.run, steps=tuple(one.steps.values()))
+                self._transaction(self._save_start, run)
+        except (HistoryUnavailable, *_DB_ERRORS) as exc:
+            self._live = {one.run.run_id: one for one in live}  # memory takes them over
+            reason = exc.reason if isinstance(exc, HistoryUnavailable) else _reason(exc)
+            return self._to_memory(
+                "moved",
+                f"history: {self.path} {changed} while in use and cannot be opened again "
+                f"({reason}); keeping the rest of this process's history in memory",
+            )
+        self._warn_once(
+            "moved",
+            f"history: {self.path} {changed} while in use; the runs going and those after "
+            "them are recorded in a new file there, the earlier ones are not",
+        )
+        return None
+
+    def _file_changed(self) -> str | None:
+        """How the file at ``path`` differs from the one opened, or None if it is it."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return "was deleted"
+        except OSError:
+            return None  # cannot tell: SQLite will say so if writing fails
+        if not stat.S_ISREG(now.st_mode):
+            return "was replaced by something that is not a file"
+        if (now.st_dev, now.st_ino) != self._identity:
+            return "was replaced by another file"
+        return None
 
     def _retrying(self, action: Callable[[], _T], rounds: int = LOCK_ROUNDS) -> _T:
         """``action()``, tried again while the file stays busy, up to ``rounds`` busy
@@ -819,6 +927,13 @@ class SqliteHistory(HistoryStore):
             return f"{reason}: directory {directory} is not writable"
         return reason
 
+    def _prepare(self) -> None:
+        """Configure the new connection and make (or check) the schema; note the file."""
+        self._retrying(self._configure, rounds=1)
+        self._retrying(lambda: self._once("BEGIN IMMEDIATE", self._migrate), rounds=1)
+        found = os.stat(self.path)
+        self._identity = (found.st_dev, found.st_ino)
+
     def _configure(self) -> None:
         self._db.execute("PRAGMA journal_mode = WAL")
         # With WAL, NORMAL loses no commit when a process dies; only an OS crash may
@@ -888,8 +1003,62 @@ class SqliteHistory(HistoryStore):
     def _save_finish(self, db: sqlite3.Connection, run: Run) -> None:
         self._save_run(db, run)
         self._live.pop(run.run_id, None)
+
+    def _save_all(self, db: sqlite3.Connection, writes: Sequence[Write]) -> None:
+        finished: builtins.list[Run] = []  # consecutive finishes, saved together
+        workflows = set()
+        for write in writes:
+            if write.method == "finish":
+                finished.append(write.args[0])
+                workflows.add(write.args[0].workflow)
+                continue
+            self._save_finishes(db, finished)
+            finished = []
+            if write.method == "start":
+                self._save_start(db, *write.args)
+            else:
+                self._save_step(db, *write.args)
+        self._save_finishes(db, finished)
         if self.max_runs > 0:
-            self._prune(db, run.workflow)
+            for workflow in sorted(workflows):
+                self._prune(db, workflow)
+
+    def _save_finishes(self, db: sqlite3.Connection, runs: Sequence[Run]) -> None:
+        """Finish ``runs``; those this store started (their rows known) in a few
+        statements: 100,000 runs cancelled at shutdown take seconds, not minutes."""
+        known = [run for run in runs if run.run_id in self._live]
+        if len(set(run.run_id for run in known)) != len(known):
+            known = []  # a run finished twice in one batch: in order, one by one
+        seqs = [(self._live[run.run_id].seq,) for run in known]
+        db.executemany("DELETE FROM steps WHERE run_seq = ?", seqs)
+        updated = db.executemany(
+            _UPDATE_RUN, ((*_run_values(run), seq) for run, (seq,) in zip(known, seqs, strict=True))
+        ).rowcount
+        if updated == len(known):
+            values: dict[int, tuple[Any, ...]] = {}  # runs cancelled together share steps
+
+            def step_values(step: StepResult) -> tuple[Any, ...]:
+                found = values.get(id(step))
+                if found is None:
+                    found = values[id(step)] = _step_values(step)
+                return found
+
+            db.executemany(
+                _INSERT_STEP,
+                (
+                    (seq, *step_values(step))
+                    for run, (seq,) in zip(known, seqs, strict=True)
+                    for step in run.steps
+                ),
+            )
+            for run in known:
+                del self._live[run.run_id]
+        else:  # rows pruned by another process meanwhile: each is saved on its own
+            known = []
+        done = {run.run_id for run in known}
+        for run in runs:
+            if run.run_id not in done:
+                self._save_finish(db, run)
 
     def _prune(self, db: sqlite3.Connection, workflow: str) -> None:
         params = (_text(workflow), *_UNFINISHED, self.max_runs)
@@ -937,7 +1106,8 @@ class SqliteHistory(HistoryStore):
         row = db.execute(self._sql(_FIND), (run_id,)).fetchone()
         if row is None:
             pattern = re.sub(r"([\\%_])", r"\\\1", run_id) + "%"
-            rows = {r[1]: r for r in db.execute(self._sql(_FIND_PREFIX), (pattern,))}
+            found_rows = db.execute(self._sql(_FIND_PREFIX), (pattern,))
+            rows = {r[1]: r for r in found_rows if isinstance(r[1], str)}
             found = matching_run_id(run_id, rows)
             if found is None:
                 return None

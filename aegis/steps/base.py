@@ -15,6 +15,7 @@ from typing import Any
 from aegis.config.model import Config, ServiceSpec, StepSpec, WorkflowSpec
 from aegis.engine.clock import Clock, SystemClock
 from aegis.engine.state import RunState
+from aegis.secrets import Redactor
 
 __all__ = ["ParamCheck", "StepContext", "StepType", "check_path"]
 
@@ -35,6 +36,8 @@ class StepContext:
     records ``progress`` as the step's data, so what was done is never lost. ``config``
     is the run's whole config (a step may need another service than its own).
     ``clock`` is the engine's (steps that wait, like a polling ``http`` step, sleep on it).
+    ``redactor`` hides the run's secrets: a step that shortens outside text (a service's
+    answer) hides them first, since a cut through an echoed key leaves most of it behind.
     """
 
     spec: StepSpec
@@ -48,6 +51,7 @@ class StepContext:
     progress: dict[str, Any] = field(default_factory=dict)
     config: Config | None = None
     clock: Clock = field(default_factory=SystemClock)
+    redactor: Redactor = field(default_factory=Redactor)
 
 
 @dataclass(frozen=True)

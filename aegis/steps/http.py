@@ -24,7 +24,7 @@ import re
 import socket
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -188,6 +188,7 @@ class _Exchange:
     method: str
     url: str
     answered: bool = False
+    redact: Callable[[str], str] | None = None  # hides secrets before text is shortened
 
 
 async def request_json(
@@ -206,7 +207,7 @@ async def request_json(
     """
     service = _service_of(ctx)
     url = join_url(service.url, _path_of(ctx, default_path))
-    exchange = _Exchange(service.key, method, url)
+    exchange = _Exchange(service.key, method, url, redact=ctx.redactor.text)
     try:
         async with ctx.http.stream(
             method, url, json=json, headers=service_headers(service, ctx.environ)
@@ -287,7 +288,7 @@ def _decode_json(exchange: _Exchange, status: int, body: bytearray) -> Any:
         raise StepError(
             "protocol",
             f"{answered} with a body that is not JSON: "
-            f"'{_excerpt(body.decode('utf-8', 'replace'))}'",
+            f"'{_excerpt(body.decode('utf-8', 'replace'), exchange.redact)}'",
         ) from exc
     except RecursionError as exc:  # [[[[… thousands deep: the parser gives up
         raise StepError("protocol", f"{answered} with JSON nested too deeply to read") from exc
@@ -412,7 +413,7 @@ def _too_large(exchange: _Exchange) -> StepError:
 def _redirect_error(exchange: _Exchange, response: httpx.Response) -> StepError:
     # Following a redirect silently could turn a POST into a GET or leak the API key to
     # another host; the user should point the config at the final address instead.
-    location = _excerpt(response.headers.get("location", "(no Location header)"))
+    location = _excerpt(response.headers.get("location", "(no Location header)"), exchange.redact)
     return StepError(
         "http",
         f"HTTP {response.status_code} from {exchange.service}: redirect to {location} not "
@@ -430,7 +431,7 @@ def _status_error(
         # body would hide what is wrong.
         detail = "expected " + " or ".join(str(code) for code in expect)
     else:
-        detail = describe_answer(body) or _reason(status)
+        detail = describe_answer(body, exchange.redact) or _reason(status)
     retry_after = None
     if status in RETRY_AFTER_STATUSES:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -445,18 +446,19 @@ def _reason(status: int) -> str:
         return ""
 
 
-def describe_answer(body: bytes | bytearray) -> str:
+def describe_answer(body: bytes | bytearray, redact: Callable[[str], str] | None = None) -> str:
     """A short, one-line excerpt of an error answer: its JSON message, else its text.
 
     FastAPI's ``detail`` (a string, or a list of ``{loc, msg}``) comes first, then an
-    ``error`` (a string, or an object with a ``message``), then a ``message``.
+    ``error`` (a string, or an object with a ``message``), then a ``message``. ``redact``
+    hides secrets in the whole text before it is shortened.
     """
     text = body.decode("utf-8", "replace")
     try:
         payload = jsonlib.loads(text)
     except ValueError:
         payload = None
-    return _excerpt(_json_message(payload) or text)
+    return _excerpt(_json_message(payload) or text, redact)
 
 
 def _json_message(payload: Any) -> str | None:
@@ -485,9 +487,13 @@ def _validation_item(item: Any) -> str:
     return f"{where}: {msg}" if where else msg
 
 
-def _excerpt(text: str) -> str:
+def _excerpt(text: str, redact: Callable[[str], str] | None = None) -> str:
     """One line of at most ``EXCERPT_CHARS``; control characters are shown escaped, so
-    a service's words cannot drive the terminal that prints the message (ESC[2J …)."""
+    a service's words cannot drive the terminal that prints the message (ESC[2J …).
+    ``redact`` runs on the whole text first: a cut through a secret would leave all but
+    its last characters, which no redactor could recognise afterwards."""
+    if redact is not None:
+        text = redact(text)
     flat = printable(" ".join(text.split()))
     return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 1] + "…"
 

@@ -78,11 +78,14 @@ def report_body(ctx: StepContext, test_id: str, failure: Mapping[str, Any]) -> d
     params = ctx.spec.params
     project = str(params.get("project_id", ""))
     workflow = ctx.workflow.key
-    message = _message(failure)
-    title = printable(f"[aegis] {test_id} failed")
+    message = _message(ctx, failure)
+    # The id as the report shows it: a secret a service echoed into it hidden, then cut.
+    # (The fingerprint hashes the id as it is.)
+    hidden_id = ctx.redactor.text(test_id)
+    title = printable(f"[aegis] {hidden_id} failed")
     if len(title) > MAX_TITLE:
         title = title[: MAX_TITLE - 1] + "…"
-    shown_id = test_id if len(test_id) <= MAX_TEST_ID else test_id[: MAX_TEST_ID - 1] + "…"
+    shown_id = hidden_id if len(hidden_id) <= MAX_TEST_ID else hidden_id[: MAX_TEST_ID - 1] + "…"
     lines = [
         f"Test: {shown_id}",
         f"Workflow: {workflow}",
@@ -117,9 +120,10 @@ def report_body(ctx: StepContext, test_id: str, failure: Mapping[str, Any]) -> d
     return body
 
 
-def _message(failure: Mapping[str, Any]) -> str:
+def _message(ctx: StepContext, failure: Mapping[str, Any]) -> str:
     message = failure.get("message")
     text = message if isinstance(message, str) and message.strip() else "The test failed."
+    text = ctx.redactor.text(text)  # before it is cut, which would leave a secret's head
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,7 +37,8 @@ AREA = "Secrets"
 
 SECRETS = {
     "auth.api_key": "srv-key-5ecret-A1b2C3",
-    "a service's API key (api_key_env)": "svc-key-5ecret-D4e5F6",
+    # A slash, a plus and a space: its percent-encoded and JSON-escaped forms differ.
+    "a service's API key (api_key_env)": "svc/key+5ecret D4e5F6",
     "a webhook secret": "hook-5ecret-G7h8I9",
     "a password in a service URL": "url-pa55-5ecret-J0k1",
     "a secret workflow param": "param-5ecret-M2n3O4",
@@ -70,14 +72,28 @@ class Echo:
                     echo.hooks.append((dict(self.headers.items()), body))
                     self._answer(200, {"ok": True})
                     return
+                key = self.headers.get("X-API-Key", "")
+                if self.path.startswith("/cut"):  # the key where a 200-character cut falls
+                    self._answer(500, {"detail": "x" * 180 + " bad key " + key})
+                    return
+                if self.path.startswith("/moved"):  # percent-encoded, and form-encoded
+                    query = f"key={urllib.parse.quote(key)}&k={urllib.parse.quote_plus(key)}"
+                    self._answer(302, {}, location=f"/login?{query}")
+                    return
+                if self.path.startswith("/escaped"):  # PHP's json_encode: \/ for /
+                    escaped = json.dumps(key).replace("/", "\\/")
+                    self._answer(500, '{"seen":' + escaped + "}")
+                    return
                 seen = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 self._answer(500, {"detail": f"rejected {self.path} with headers {seen}"})
 
             do_POST = do_GET
 
-            def _answer(self, status: int, payload: Any) -> None:
-                data = json.dumps(payload).encode()
+            def _answer(self, status: int, payload: Any, location: str = "") -> None:
+                data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
                 self.send_response(status)
+                if location:
+                    self.send_header("Location", location)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -123,6 +139,11 @@ workflows:
       - {{type: test, service: echo, condition: always}}
   unreachable:
     steps: [{{type: discover, service: gone, timeout: 5}}]
+  echoes:
+    steps:
+      - {{type: discover, name: cut, service: echo, with: {{path: /cut}}}}
+      - {{type: discover, name: moved, service: echo, condition: always, with: {{path: /moved}}}}
+      - {{type: test, name: escaped, service: echo, condition: always, with: {{path: /escaped}}}}
 history: {{path: history.db}}
 server: {{host: 127.0.0.1, port: 0}}
 auth: {{api_key: "${{AEGIS_API_KEY}}"}}
@@ -141,8 +162,24 @@ class Outputs:
         self.texts[name] = data.encode() if isinstance(data, str) else data
 
     def leaks(self, secret: str) -> list[str]:
-        forms = [secret.encode(), *([BASIC.encode()] if secret == PASSWORD else [])]
+        forms = [form.encode() for form in encodings(secret)]
+        forms += [BASIC.encode()] if secret == PASSWORD else []
         return [name for name, data in self.texts.items() if any(f in data for f in forms)]
+
+
+def encodings(secret: str) -> set[str]:
+    """The forms a secret is echoed in, raw and encoded, each also as its first 12
+    characters: what a cut through an echo would leave."""
+    escaped = json.dumps(secret)[1:-1]
+    whole = {
+        secret,
+        urllib.parse.quote(secret),
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret),
+        escaped,
+        escaped.replace("/", "\\/"),
+    }
+    return whole | {form[:12] for form in whole}
 
 
 def run_cli(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -164,6 +201,8 @@ CLI_COMMANDS = [
     ("run", "leaky", "--json"),
     ("run", "leaky", "-p", f"token={PARAM}"),
     ("run", "unreachable", "--json"),
+    ("run", "echoes"),
+    ("run", "echoes", "--json", "--junit", "echoes.xml"),
     ("status",),
     ("status", "--json"),
     ("config", "show"),
@@ -185,6 +224,7 @@ def exercise_cli(config: Path, env: dict[str, str], outputs: Outputs) -> str:
         if args == ("run", "leaky", "--json"):
             leaky = json.loads(done.stdout)["run_id"]
             assert done.returncode == 3
+    outputs.add("`aegis run echoes --junit` file", (config.parent / "echoes.xml").read_bytes())
     # a config with mistakes around the secrets: validation must not echo them
     bad = config.parent / "bad.yaml"
     bad.write_text(
@@ -247,7 +287,7 @@ def exercise_server(config: Path, env: dict[str, str], outputs: Outputs, leaky: 
         client = Client(read_until(process, SERVING).group(1))
         key = SECRETS["auth.api_key"]
         for how in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"}):
-            for workflow in ("leaky", "pipeline"):
+            for workflow in ("leaky", "pipeline", "echoes"):
                 reply = client.post(f"/api/workflows/{workflow}/run?wait=30", headers=how)
                 outputs.add(f"POST /api/workflows/{workflow}/run answer", reply.body)
                 assert reply.status == 200, reply.body
@@ -341,4 +381,24 @@ def test_secrets_echoed_by_a_service_are_hidden_in_step_errors(
         "a service that echoes the API key and credentials back in its error answer",
         expected="the step fails with the service's message, the secrets in it shown as ***",
         observed=f"{len(errors)} failed attempts, each error with *** where the secrets were",
+    )
+
+
+def test_a_key_echoed_cut_percent_encoded_and_json_escaped_is_hidden(
+    reliability: Any, outputs: Outputs
+) -> None:
+    run = json.loads(outputs.texts["`aegis run echoes --json --junit echoes.xml` stdout"])
+    errors = {step["name"]: step["error"] for step in run["steps"]}
+    assert set(errors) == {"cut", "moved", "escaped"}
+    for name, error in errors.items():
+        assert "***" in error, (name, error)
+    key = SECRETS["a service's API key (api_key_env)"]
+    assert outputs.leaks(key) == []
+    reliability.record(
+        "a service echoing its key at a 200-character cut, percent- and form-encoded in a "
+        "redirect, and JSON-escaped with \\/",
+        expected="the key, whole or any head of it, in none of the outputs, files, answers, "
+        "events or webhooks; the step errors show ***",
+        observed=f"{len(errors)} step errors, each with *** where the key was; no form of "
+        "the key in any output, the JUnit file included",
     )
