@@ -47,7 +47,12 @@ def filed(report_id: str) -> httpx.Response:
 async def test_files_one_report_per_failure(make_context: MakeContext, demo: DemoServices) -> None:
     ctx = bugs_context(make_context, demo.bugalizer_url, workflow="full_pipeline", run_id="r-42")
     data = await STEP.execute(ctx)
-    assert data == {"submitted": 2, "report_ids": ["BUG-0001", "BUG-0002"], "errors": []}
+    assert data == {
+        "submitted": 2,
+        "report_ids": ["BUG-0001", "BUG-0002"],
+        "reports": {"test_checkout": "BUG-0001", "test_login": "BUG-0002"},
+        "errors": [],
+    }
     first = demo.bugalizer.calls[0].json
     assert first == {
         "project_id": "web-shop",
@@ -71,7 +76,12 @@ async def test_files_one_report_per_failure(make_context: MakeContext, demo: Dem
 
 async def test_no_failures_no_reports(make_context: MakeContext, demo: DemoServices) -> None:
     ctx = bugs_context(make_context, demo.bugalizer_url, state=RunState())
-    assert await STEP.execute(ctx) == {"submitted": 0, "report_ids": [], "errors": []}
+    assert await STEP.execute(ctx) == {
+        "submitted": 0,
+        "report_ids": [],
+        "reports": {},
+        "errors": [],
+    }
     assert demo.bugalizer.calls == []
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -25,13 +25,16 @@ from aegis.errors import AegisError, NotFound
 
 if TYPE_CHECKING:
     from aegis.config.model import HistorySpec
+    from aegis.history.test_history import TestOutcome, TestRecord
     from aegis.records import Run, StepResult
 
 __all__ = [
     "MIN_PREFIX",
     "HistoryStore",
     "HistoryUnavailable",
+    "OutcomeList",
     "RunList",
+    "TestList",
     "Warn",
     "ambiguous_prefix",
     "open_history",
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 Warn = Callable[[str], None]
 # `list` is a method name below, so the builtin is spelled through an alias in signatures.
 RunList = list["Run"]
+TestList = list["TestRecord"]
+OutcomeList = list["TestOutcome"]
 
 # Shorter prefixes match too many runs to be worth a lookup.
 MIN_PREFIX = 4
@@ -114,6 +119,8 @@ class HistoryStore(abc.ABC):
         status: str | None = None,
         limit: int = 20,
         offset: int = 0,
+        *,
+        trigger: str | None = None,
     ) -> RunList:
         """Runs newest first (by ``started_at``, then order of recording), filtered.
 
@@ -122,8 +129,33 @@ class HistoryStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def count(self, workflow: str | None = None, status: str | None = None) -> int:
+    def count(
+        self, workflow: str | None = None, status: str | None = None, *, trigger: str | None = None
+    ) -> int:
         """How many runs ``list`` would return without a limit."""
+
+    # Test history (aegis/history/test_history.py): filled by ``finish``, read without
+    # touching step data.
+
+    @abc.abstractmethod
+    def tests(
+        self, workflow: str | None = None, *, flaky: bool = False, limit: int = 50
+    ) -> TestList:
+        """Test summaries: with ``flaky``, only tests that flipped, most flaky first;
+        else every test, most failures first."""
+
+    @abc.abstractmethod
+    def test(self, test_id: str) -> TestList:
+        """The summaries of ``test_id``, one per workflow that reported it."""
+
+    @abc.abstractmethod
+    def test_outcomes(self, test_id: str, limit: int = 50) -> OutcomeList:
+        """The newest outcomes kept for ``test_id`` (failures, passes on re-run, first
+        passes after a failure), newest first."""
+
+    @abc.abstractmethod
+    def failing_counts(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """Failing tests per run, for the runs of ``run_ids`` that reported tests."""
 
     @abc.abstractmethod
     def close(self) -> None:

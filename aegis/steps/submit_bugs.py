@@ -68,7 +68,8 @@ def _message(failure: Mapping[str, Any]) -> str:
 async def execute(ctx: StepContext) -> dict[str, Any]:
     """``POST /api/v1/reports`` for each open failure not yet accepted by an earlier attempt.
 
-    Accepted reports are remembered in ``ctx.scratch`` as they happen, so a retry sends
+    ``reports`` maps each test id to the id of the report filed for it. Accepted
+    reports are remembered in ``ctx.scratch`` as they happen, so a retry sends
     only the rest. Raises the ``StepError`` of the last failed report, after trying every
     report it could; ``errors`` in the data lists failures that a later attempt overcame.
     """
@@ -87,7 +88,12 @@ async def execute(ctx: StepContext) -> dict[str, Any]:
                 break
     if failed:
         raise _summary(failed[-1], len(ctx.state.open_failures) - len(accepted))
-    return {"submitted": len(accepted), "report_ids": list(accepted.values()), "errors": errors}
+    return {
+        "submitted": len(accepted),
+        "report_ids": list(accepted.values()),
+        "reports": dict(accepted),  # test id -> report id: test history links them
+        "errors": errors,
+    }
 
 
 async def _file(ctx: StepContext, test_id: str, failure: Mapping[str, Any]) -> str:
