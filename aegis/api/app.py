@@ -25,6 +25,7 @@ from aegis.config.model import Config
 from aegis.errors import UsageError
 from aegis.events import EventBus, EventLog
 from aegis.history import HistoryStore, open_history
+from aegis.metrics import Metrics
 from aegis.steps.base import StepType
 
 from .handlers import DEFAULT_HEARTBEAT, ROUTES, ApiContext, load_landing
@@ -122,23 +123,27 @@ class ApiApp:
         from .manager import RunManager
 
         config = self.config
-        store = self.history or self._open_history()
+        step_types = self._step_types()
+        metrics = Metrics(config.workflows, step_types)
+        store = self.history or self._open_history(metrics)
         self._parts["history"] = store
         bus = EventBus()
         events = EventLog(config.event_log_size)
         bus.subscribe(events.append)
+        bus.subscribe(metrics)
         if self.progress is not None:
             bus.subscribe(self.progress)
         if config.webhooks:
             from aegis.webhooks import WebhookDispatcher
 
-            self._parts["webhooks"] = WebhookDispatcher(config.webhooks).attach(bus)
+            hooks = WebhookDispatcher(config.webhooks).attach(bus)
+            self._parts["webhooks"] = metrics.webhooks = hooks
         loop = LoopThread()
         loop.start()
         self._parts["loop"] = loop
         runs = RunManager(
             config,
-            self._step_types(),
+            step_types,
             store,
             bus=bus,
             max_concurrent=config.server.max_concurrent_runs,
@@ -146,6 +151,7 @@ class ApiApp:
             open_client=self.open_client,
         )
         self._parts["runs"] = runs
+        metrics.runs = runs
         health = HealthCache(config.services, environ=self.environ, ttl=self.health_ttl)
         self._parts["health"] = health
 
@@ -157,6 +163,7 @@ class ApiApp:
                 title=f"{config.identity.name} API",
                 version=__version__,
                 description=config.identity.tagline,
+                protect_all=config.auth.protect == "all",
             )
             return dump_json(built)
 
@@ -169,16 +176,24 @@ class ApiApp:
             landing=load_landing(),
             openapi=document,
             heartbeat=self.heartbeat,
+            history=store,
+            metrics=metrics,
         )
         self._parts["server"] = self._listen(ctx).start()
 
-    def _open_history(self) -> HistoryStore:
+    def _open_history(self, metrics: Metrics) -> HistoryStore:
         """The history store, opened when first used unless a problem shows now (then it
-        is opened at once, so its warning comes at start-up)."""
+        is opened at once, so its warning comes at start-up). Each of its warnings counts
+        as a history error in the metrics."""
         from aegis.history import MEMORY_PATH
         from aegis.history.deferred import DeferredHistory, history_problem
 
-        spec, warn = self.config.history, self.warn
+        spec = self.config.history
+
+        def warn(message: str) -> None:
+            metrics.history_error()
+            self.warn(message)
+
         if spec.path == MEMORY_PATH or history_problem(spec.path) is not None:
             return open_history(spec, warn=warn)
         return DeferredHistory(lambda: open_history(spec, warn=warn))
@@ -190,6 +205,7 @@ class ApiApp:
                 ctx,
                 Router(ROUTES),
                 api_key=self.config.auth.api_key,
+                protect_all=self.config.auth.protect == "all",
                 cors_origins=self.config.server.cors_origins,
                 idle_timeout=self.idle_timeout,
                 access_log=self.access_log,

@@ -191,6 +191,7 @@ class ApiServer(ThreadingHTTPServer):
         router: Router,
         *,
         api_key: str = "",
+        protect_all: bool = False,
         cors_origins: Iterable[str] = (),
         idle_timeout: float = IDLE_TIMEOUT,
         request_timeout: float | None = None,
@@ -199,6 +200,7 @@ class ApiServer(ThreadingHTTPServer):
         self.ctx = ctx
         self.router = router
         self.api_key = api_key.encode()
+        self.protect_all = protect_all  # auth.protect: all (reads need the key too)
         self.cors_origins = frozenset(cors_origins)
         self.idle_timeout = idle_timeout
         # A request must arrive in full (head and body) this long after its first byte.
@@ -415,7 +417,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             return self._preflight(path)
         match = server.router.match(self.command, path)
         route = match.route
-        if route.auth:
+        if route.auth or (server.protect_all and not route.public):
             self._authorize()
         request = Request(
             self.command, path, _query(query), self.headers, self._body(length), match.path_params

@@ -239,6 +239,7 @@ class Engine:
             tests_total=tests[0] if tests else None,
             tests_failed=tests[1] if tests else None,
             reason=reason,
+            trigger=run.trigger,
         )
         return finished
 
