@@ -172,10 +172,9 @@ class Metrics:
 
     @staticmethod
     def _head(out: list[str], name: str, kind: str, text: str) -> str:
-        full = f"aegis_{name}"
-        base = full.removesuffix("_total") if kind == "counter" else full
-        out.append(f"# HELP {base} {text}")
-        out.append(f"# TYPE {base} {kind}")
+        full = f"aegis_{name}"  # the text format names a counter with its _total
+        out.append(f"# HELP {full} {text}")
+        out.append(f"# TYPE {full} {kind}")
         return full
 
     def _family(
