@@ -8,11 +8,14 @@ plain ASCII apart from names and messages that come from the config or the servi
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from aegis.events import Event
 from aegis.records import Run, StepResult
 from aegis.text import printable
+
+if TYPE_CHECKING:
+    from aegis.history.test_history import TestRecord
 
 __all__ = ["Console", "ProgressPrinter", "printable", "render_run", "render_runs", "step_detail"]
 
@@ -197,4 +200,27 @@ def render_runs(console: Console, runs: Sequence[Run]) -> None:
         for r in runs
     ]
     headers = ["RUN", "WORKFLOW", "STATUS", "VERDICT", "STARTED", "DURATION", "TRIGGER"]
+    _table(console, headers, rows)
+
+
+def render_tests(console: Console, tests: Sequence[TestRecord], *, flaky: bool) -> None:
+    """A table of test summaries, in the order given."""
+    if not tests:
+        console.line("No flaky tests seen." if flaky else "No failing tests recorded yet.")
+        return
+    rows = [
+        [
+            printable(t.test_id),
+            printable(t.workflow),
+            str(t.runs),
+            str(t.failures),
+            str(t.flips),
+            f"{t.flakiness:.2f}",
+            t.last_failure_at or "-",
+            t.last_pass_at or "-",
+        ]
+        for t in tests
+    ]
+    headers = ["TEST", "WORKFLOW", "RUNS", "FAILURES", "FLIPS", "FLAKY", "LAST FAILURE",
+               "LAST PASS"]  # fmt: skip
     _table(console, headers, rows)
