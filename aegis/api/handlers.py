@@ -55,6 +55,8 @@ MAX_KEY_LENGTH = 255
 LANDING_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/base.js": ("base.js", "text/javascript; charset=utf-8"),
+    "/insight.js": ("insight.js", "text/javascript; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/styles.css": ("styles.css", "text/css; charset=utf-8"),
 }
@@ -434,6 +436,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/index.html", landing_file, "The landing page",
           (Answer(200, "index.html", media="text/html"),), errors=(404,), tag="landing",
           operation="landing_index"),
+    Route("GET", "/base.js", landing_file, "The landing page's shared script",
+          (Answer(200, "base.js", media="text/javascript"),), errors=(404,), tag="landing",
+          operation="landing_base_script"),
+    Route("GET", "/insight.js", landing_file, "The landing page's charts, actions and tests",
+          (Answer(200, "insight.js", media="text/javascript"),), errors=(404,), tag="landing",
+          operation="landing_insight_script"),
     Route("GET", "/app.js", landing_file, "The landing page's script",
           (Answer(200, "app.js", media="text/javascript"),), errors=(404,), tag="landing",
           operation="landing_script"),
