@@ -199,7 +199,7 @@ class Metrics:
         names = ("workflow", "type")
         for labels, histogram in sorted(self._durations.items()):
             for bound, count in zip(DURATION_BUCKETS, histogram.buckets, strict=True):
-                le = f'le="{_number(bound)}"'
+                le = f'le="{float(bound)!r}"'  # as Prometheus' clients write it: 1.0
                 out.append(f"{name}_bucket{_labels(names, labels, le)} {count}")
             inf = _labels(names, labels, 'le="+Inf"')
             out.append(f"{name}_bucket{inf} {histogram.count}")

@@ -243,3 +243,23 @@ def test_the_test_list_is_cached_until_the_file_changes(tmp_path: Path) -> None:
         assert store.tests()[0].failures == 1
         record(other, run_with_tests(2, ["t"]))
         assert store.tests()[0].failures == 2
+
+
+def test_malformed_reports_are_skipped_and_forgotten_tests_leave_no_outcomes(
+    make_store: MakeStore,
+) -> None:
+    store = make_store(max_runs=1)
+    odd = {"total": 2, "passed": 0, "failed": 2,
+           "failures": ["not an object", {"test": ""}, {"message": "no id"}, {"test": "t"}],
+           "verified": ["someone-else"], "reports": {"t": 17}}  # fmt: skip
+    run = Run("odd", "pipeline", RunStatus.FAILED, stamp(1), steps=(step("test", odd),),
+              verdict=Verdict.FAILED)  # fmt: skip
+    record(store, run)
+    assert [o.bug_report for o in store.test_outcomes("t")] == ["17"]
+    assert [t.test_id for t in store.tests()] == ["t"]
+
+    record(store, run_with_tests(2, []))  # prunes run "odd" with its only outcome
+
+    assert [o.run_id for o in store.test_outcomes("t")] == ["run-00002"]
+    record(store, run_with_tests(3, []))
+    assert store.test_outcomes("t") == []  # its recovery was pruned too
