@@ -302,6 +302,8 @@ def test_the_live_page_shows_what_the_api_serves(tab: Tab, live: LiveSite) -> No
     assert page.all("img") == [] and charts == [] and page.all("b") == []
     assert [s.attrs.get("id") or s.attrs.get("src") for s in page.all("script")] == [
         "aegis-fallback",
+        "base.js",
+        "insight.js",
         "app.js",
     ]
 
