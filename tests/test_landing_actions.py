@@ -128,10 +128,12 @@ def test_with_protect_all_the_page_asks_for_the_key_then_starts_and_cancels_a_ru
         assert "disabled" in cancel.attrs
         assert cancel.attrs["title"] == "Only a queued or running run can be cancelled."
 
-        # the key is kept for the tab: a reload goes live without asking
+        # the key is kept for the tab: a reload goes live without asking, and polls at once
         tab.open(url)
         tab.wait_for("document.body.dataset.mode === 'live'")
         assert "hidden" in tab.dom().by_id("auth-panel").attrs
+        tab.wait_for("document.querySelector('#events-state').dataset.state === 'polling'")
+        assert "cannot send the API key" in tab.text("#events-state")
         assert tab.errors() == []
 
 

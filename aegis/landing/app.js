@@ -916,6 +916,13 @@
     await Promise.all([refreshHealth(), refreshRuns(), refreshTrends(), refreshFlaky()]);
     const linked = linkedRun();
     if (linked && page.selectedRun === null) await showRun(linked);
+    if (A.apiKey() && !page.readsNeedKey) {
+      // a key kept from before: do reads need it (then EventSource, which cannot send it, is no use)?
+      page.readsNeedKey = await api("api/portfolio", { anonymous: true }).then(
+        () => false,
+        (err) => err.status === 401,
+      );
+    }
     startEvents();
   }
 

@@ -92,10 +92,11 @@
 
   /** A JSON object from this server's API (GET, or `method` with a JSON `body`); throws an
    * Error with a readable message, its `status` and the error `body`. A 401 asks for the
-   * API key (kept in sessionStorage, for this tab only). */
-  async function api(path, { method = "GET", body } = {}) {
+   * API key (kept in sessionStorage, for this tab only); `anonymous` sends no key and
+   * never asks. */
+  async function api(path, { method = "GET", body, anonymous = false } = {}) {
     const headers = { Accept: "application/json" };
-    const key = apiKey();
+    const key = anonymous ? "" : apiKey();
     if (key) headers["X-API-Key"] = key;
     if (body !== undefined) headers["Content-Type"] = "application/json";
     let response;
@@ -115,7 +116,7 @@
     } catch {
       // not JSON: reported below
     }
-    if (response.status === 401) {
+    if (response.status === 401 && !anonymous) {
       if (method === "GET") page.readsNeedKey = true;
       askForKey(key ? "The server refused that API key: enter it again." : "This server needs its API key for that.");
     }
