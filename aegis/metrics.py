@@ -15,7 +15,9 @@ run ids never appear, so a long-running server's scrape stays the same size.
     aegis_runs_queued, aegis_runs_in_flight         gauges
     aegis_webhook_deliveries_total, aegis_webhook_failures_total
     aegis_history_errors_total
-    aegis_schedule_ticks_total{outcome="fired"|"skipped"}   zero until schedules exist
+    aegis_schedule_ticks_total{outcome="fired"|"skipped"}   runs started with trigger
+                                                    "schedule", and schedule triggers a
+                                                    rule refused (``run.skipped``)
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class Metrics:
         self._attempts: defaultdict[Labels, int] = defaultdict(int)
         self._retries: defaultdict[Labels, int] = defaultdict(int)
         self._history_errors = 0
+        self._ticks: dict[Labels, int] = {("fired",): 0, ("skipped",): 0}
 
     # --------------------------------------------------------------- counting
 
@@ -110,6 +113,11 @@ class Metrics:
         with self._lock:
             if event.type == "workflow.started":
                 self._started[workflow, self._trigger(data)] += 1
+                if data.get("trigger") == "schedule":
+                    self._ticks["fired",] += 1
+            elif event.type == "run.skipped":  # a trigger refused by a concurrency rule
+                if data.get("trigger") == "schedule":
+                    self._ticks["skipped",] += 1
             elif event.type == "workflow.completed":
                 status = str(data.get("status", OTHER))
                 self._finished[workflow, status, self._trigger(data)] += 1
@@ -156,6 +164,7 @@ class Metrics:
             self._family(out, "step_retries_total", "counter", "Steps retried after a failure.",
                          ("workflow", "type"), self._retries)  # fmt: skip
             history_errors = self._history_errors
+            ticks = dict(self._ticks)
         self._single(out, "runs_queued", "gauge", "Runs waiting for a slot.", queued)
         self._single(out, "runs_in_flight", "gauge", "Runs running now.", in_flight)
         self._single(out, "webhook_deliveries_total", "counter", "Webhook deliveries made.",
@@ -165,7 +174,6 @@ class Metrics:
         self._single(out, "history_errors_total", "counter",
                      "Failures of the history store (it fell back to memory).",
                      history_errors)  # fmt: skip
-        ticks: dict[Labels, int] = {("fired",): 0, ("skipped",): 0}
         self._family(out, "schedule_ticks_total", "counter",
                      "Schedule ticks, fired or skipped.", ("outcome",), ticks)  # fmt: skip
         return ("\n".join(out) + "\n").encode()

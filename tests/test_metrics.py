@@ -76,3 +76,17 @@ def test_gauges_and_history_errors() -> None:
     assert values["aegis_runs_queued"] == 4 and values["aegis_runs_in_flight"] == 2
     assert values["aegis_webhook_deliveries"] == 7 and values["aegis_webhook_failures"] == 1
     assert values["aegis_history_errors"] == 1
+
+
+def test_schedule_ticks_count_scheduled_starts_and_refused_schedule_triggers() -> None:
+    metrics = Metrics(["nightly"], [])
+    bus = EventBus()
+    bus.subscribe(metrics)
+    bus.emit("workflow.started", "r1", "nightly", trigger="schedule")
+    bus.emit("workflow.started", "r2", "nightly", trigger="api")
+    bus.emit("run.skipped", "", "nightly", trigger="schedule", rule="overlap")
+    bus.emit("run.skipped", "", "nightly", trigger="api", rule="concurrency")
+
+    ticks = {s.labels["outcome"]: s.value for s in parsed(metrics)["aegis_schedule_ticks"]}
+
+    assert ticks == {"fired": 1, "skipped": 1}
