@@ -314,6 +314,17 @@ def test_the_flaky_panel_over_2000_runs_agrees_with_aegis_tests(
         tab.evaluate(f"{last}.dispatchEvent(new MouseEvent('mouseenter'))")
         caption = tab.text('.trend[data-key="nightly"] .trend-caption')
         assert caption.startswith(f"Run {run_id[:8]} · failed · ") and "failing test" in caption
+        # from the keyboard: the chart is one tab stop, the arrows move along it
+        assert tab.evaluate(f"Array.from({bars}).filter((b) => b.tabIndex === 0).length") == 1
+        tab.evaluate(f"{last}.focus()")
+        tab.press("ArrowLeft")
+        previous = tab.evaluate(f"{bars}[48].dataset.runId")
+        assert tab.evaluate("document.activeElement.dataset.runId") == previous
+        assert tab.text('.trend[data-key="nightly"] .trend-caption').startswith(
+            f"Run {previous[:8]} · "
+        )
+        tab.press("ArrowRight")
+        assert tab.evaluate("document.activeElement.dataset.runId") == run_id
         tab.evaluate(f"{last}.dispatchEvent(new MouseEvent('click', {{bubbles: true}}))")
         tab.wait_for(
             f"document.querySelector('#run-detail').dataset.runId === {json.dumps(run_id)}"
