@@ -42,7 +42,7 @@ def run_with_tests(
     steps = [step("test", {"total": 5, "passed": 5 - len(failing), "failed": len(failing),
                            "failures": failures})]  # fmt: skip
     if reports:
-        steps.append(step("submit_bugs", {"submitted": len(reports), "reports": reports}))
+        steps.append(step("submit_bugs", {"submitted": len(reports), "bug_reports": reports}))
     if verified:
         still = [f for f in failures if f["test"] not in verified]
         steps.append(step("verify", {"total": len(failing), "passed": len(verified),
@@ -251,7 +251,7 @@ def test_malformed_reports_are_skipped_and_forgotten_tests_leave_no_outcomes(
     store = make_store(max_runs=1)
     odd = {"total": 2, "passed": 0, "failed": 2,
            "failures": ["not an object", {"test": ""}, {"message": "no id"}, {"test": "t"}],
-           "verified": ["someone-else"], "reports": {"t": 17}}  # fmt: skip
+           "verified": ["someone-else"], "bug_reports": {"t": 17}}  # fmt: skip
     run = Run("odd", "pipeline", RunStatus.FAILED, stamp(1), steps=(step("test", odd),),
               verdict=Verdict.FAILED)  # fmt: skip
     record(store, run)

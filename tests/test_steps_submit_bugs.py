@@ -50,7 +50,7 @@ async def test_files_one_report_per_failure(make_context: MakeContext, demo: Dem
     assert data == {
         "submitted": 2,
         "report_ids": ["BUG-0001", "BUG-0002"],
-        "reports": {"test_checkout": "BUG-0001", "test_login": "BUG-0002"},
+        "bug_reports": {"test_checkout": "BUG-0001", "test_login": "BUG-0002"},
         "errors": [],
     }
     first = demo.bugalizer.calls[0].json
@@ -79,7 +79,7 @@ async def test_no_failures_no_reports(make_context: MakeContext, demo: DemoServi
     assert await STEP.execute(ctx) == {
         "submitted": 0,
         "report_ids": [],
-        "reports": {},
+        "bug_reports": {},
         "errors": [],
     }
     assert demo.bugalizer.calls == []

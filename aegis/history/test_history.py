@@ -148,7 +148,7 @@ def run_tests(run: Run) -> RunTests | None:
         for test_id in map(str, _list(data.get("verified"))):
             if test_id in mentioned:
                 mentioned[test_id] = replace(mentioned[test_id], outcome=PASSED_ON_RERUN)
-        filed = data.get("reports")
+        filed = data.get("bug_reports")
         if isinstance(filed, dict):
             reports.update({str(k): str(v) for k, v in filed.items()})
     if not reported:

@@ -266,7 +266,7 @@
         const found = tests.get(String(id));
         if (found) found.outcome = "passed_on_rerun";
       }
-      if (d.reports && typeof d.reports === "object") Object.assign(reports, d.reports);
+      if (d.bug_reports && typeof d.bug_reports === "object") Object.assign(reports, d.bug_reports);
       filed.push(...list(d.report_ids).map(String));
     }
     for (const [test, report] of Object.entries(reports)) {

@@ -68,7 +68,7 @@ def _message(failure: Mapping[str, Any]) -> str:
 async def execute(ctx: StepContext) -> dict[str, Any]:
     """``POST /api/v1/reports`` for each open failure not yet accepted by an earlier attempt.
 
-    ``reports`` maps each test id to the id of the report filed for it. Accepted
+    ``bug_reports`` maps each test id to the id of the report filed for it. Accepted
     reports are remembered in ``ctx.scratch`` as they happen, so a retry sends
     only the rest. Raises the ``StepError`` of the last failed report, after trying every
     report it could; ``errors`` in the data lists failures that a later attempt overcame.
@@ -91,7 +91,7 @@ async def execute(ctx: StepContext) -> dict[str, Any]:
     return {
         "submitted": len(accepted),
         "report_ids": list(accepted.values()),
-        "reports": dict(accepted),  # test id -> report id: test history links them
+        "bug_reports": dict(accepted),  # test id -> report id: test history links them
         "errors": errors,
     }
 

@@ -135,7 +135,7 @@ def seed_hostile_tests(path: Path) -> None:
                     "failures": [{"test": t, "message": SCRIPT} for t in failing]}  # fmt: skip
             steps = [StepResult("test", "test", "qaagent", StepStatus.SUCCEEDED, 5.0, data)]
             if failing:
-                filed = {"submitted": 1, "report_ids": [SVG], "reports": {IMG: SVG}}
+                filed = {"submitted": 1, "report_ids": [SVG], "bug_reports": {IMG: SVG}}
                 steps.append(
                     StepResult("bugs", "submit_bugs", "qaagent", StepStatus.SUCCEEDED, 1.0, filed)
                 )
