@@ -33,6 +33,7 @@
   const A = window.Aegis;
   const { NBSP, $, el, append, fill, list, text, plural, shortId, seconds, duration, when, safeUrl, badge, api } = A;
   const { saveKey, startForm, refreshTrends, runActions, runTests, outputTail, refreshFlaky, showTest } = A;
+  const { setPager, setupRunFilters } = A;
 
   const page = Object.assign(A.page, {
     live: false, // the API answered /api/portfolio and /api/workflows
@@ -330,35 +331,6 @@
       );
       if (row) row.focus();
     }
-  }
-
-  function setPager(shown) {
-    const newer = $("runs-newer");
-    const older = $("runs-older");
-    newer.disabled = page.offset === 0;
-    newer.title = newer.disabled ? "These are the newest runs." : "";
-    older.disabled = page.offset + shown >= page.total;
-    older.title = older.disabled ? "There are no older runs." : "";
-    fill($("runs-page"), page.total > RUNS_LIMIT ? `page ${Math.floor(page.offset / RUNS_LIMIT) + 1} of ${Math.ceil(page.total / RUNS_LIMIT)}` : "");
-  }
-
-  function setupRunFilters() {
-    for (const name of ["workflow", "status", "trigger"]) {
-      $(`filter-${name}`).addEventListener("change", (event) => {
-        page.filters[name] = event.target.value;
-        page.offset = 0;
-        refreshRuns();
-      });
-    }
-    $("run-filters").addEventListener("submit", (event) => event.preventDefault());
-    $("runs-newer").addEventListener("click", () => {
-      page.offset = Math.max(page.offset - RUNS_LIMIT, 0);
-      refreshRuns();
-    });
-    $("runs-older").addEventListener("click", () => {
-      page.offset += RUNS_LIMIT;
-      refreshRuns();
-    });
   }
 
   const workflowName = (key) => page.workflowNames.get(key) || text(key);
@@ -953,7 +925,9 @@
       } else if (!page.live) {
         await goLive().catch(() => {}); // still offline: keep the example data
       } else {
+        const total = page.total;
         const answered = await Promise.all([refreshHealth(), refreshRuns(), refreshFlaky()]);
+        if (page.total !== total) refreshTrends(); // runs of other processes send no events
         setNotice(
           answered.every(Boolean) ? "" : "stale",
           answered.every(Boolean) ? "" : "Some data could not be refreshed; retrying every 15 s.",
@@ -986,6 +960,6 @@
     });
   }
 
-  Object.assign(A, { showRun, scheduleRefresh, workflowName });
+  Object.assign(A, { showRun, scheduleRefresh, workflowName, refreshRuns, RUNS_LIMIT });
   start();
 })();

@@ -1,6 +1,7 @@
 /* Aegis landing page, what it adds over the runs: the start form built from a workflow's
  * params, each workflow's trend chart (inline SVG), a run's actions (cancel, rerun) and
- * the tests and bug reports it reported, the flaky tests panel and one test's history.
+ * the tests and bug reports it reported, the run list's filters and pages, the flaky
+ * tests panel and one test's history.
  * Loaded after base.js and before app.js, whose functions it calls once the page runs.
  */
 "use strict";
@@ -216,16 +217,25 @@
     const offline = page.live ? "" : "Offline: actions need a running server.";
     const going = ACTIVE.has(status);
     const failedStep = list(run.steps).some((s) => s.status === "failed" || s.status === "cancelled");
-    const note = el("p", { className: "action-status", role: "status" });
-    const cancel = () => act(`api/runs/${encodeURIComponent(runId)}/cancel`, {}, note, cancel).then((done) => {
-      if (done) {
-        fill(note, "Cancelled.");
-        scheduleRefresh();
-      }
-    });
+    // what the last action on this run said, kept across redraws of the detail
+    const said = page.actionNote && page.actionNote.runId === runId ? page.actionNote : null;
+    const note = el("p", { className: "action-status", role: "status", dataset: { state: said && said.state } }, said ? said.text : "");
+    const remember = (result) => {
+      page.actionNote = { runId, state: note.dataset.state, text: note.textContent };
+      return result;
+    };
+    const cancel = () =>
+      act(`api/runs/${encodeURIComponent(runId)}/cancel`, {}, note, cancel).then((done) => {
+        if (done) {
+          fill(note, "Cancelled.");
+          scheduleRefresh();
+        }
+        remember(done);
+      });
     const rerun = (fromFailed) => {
       const again = () =>
         act(`api/runs/${encodeURIComponent(runId)}/rerun`, { from_failed: fromFailed }, note, again).then((answer) => {
+          remember(answer);
           if (answer && answer.run_id) {
             scheduleRefresh();
             showRun(String(answer.run_id), true);
@@ -320,6 +330,37 @@
       }
     }
     return null;
+  }
+
+  // -- the run list's filters and pages ----------------------------------------------------
+
+  function setPager(shown) {
+    const newer = $("runs-newer");
+    const older = $("runs-older");
+    newer.disabled = page.offset === 0;
+    newer.title = newer.disabled ? "These are the newest runs." : "";
+    older.disabled = page.offset + shown >= page.total;
+    older.title = older.disabled ? "There are no older runs." : "";
+    fill($("runs-page"), page.total > A.RUNS_LIMIT ? `page ${Math.floor(page.offset / A.RUNS_LIMIT) + 1} of ${Math.ceil(page.total / A.RUNS_LIMIT)}` : "");
+  }
+
+  function setupRunFilters() {
+    for (const name of ["workflow", "status", "trigger"]) {
+      $(`filter-${name}`).addEventListener("change", (event) => {
+        page.filters[name] = event.target.value;
+        page.offset = 0;
+        A.refreshRuns();
+      });
+    }
+    $("run-filters").addEventListener("submit", (event) => event.preventDefault());
+    $("runs-newer").addEventListener("click", () => {
+      page.offset = Math.max(page.offset - A.RUNS_LIMIT, 0);
+      A.refreshRuns();
+    });
+    $("runs-older").addEventListener("click", () => {
+      page.offset += A.RUNS_LIMIT;
+      A.refreshRuns();
+    });
   }
 
   // -- flaky tests and one test's history ----------------------------------------------------
@@ -417,5 +458,5 @@
     detail.focus();
   }
 
-  Object.assign(A, { startForm, refreshTrends, drawTrend, runActions, runTests, outputTail, refreshFlaky, showTest });
+  Object.assign(A, { setPager, setupRunFilters, startForm, refreshTrends, drawTrend, runActions, runTests, outputTail, refreshFlaky, showTest });
 })();
