@@ -161,14 +161,23 @@ def test_a_refused_write_asks_for_the_key_and_runs_again_once_given(
 # -- rerun, filters and pages -------------------------------------------------------------------
 
 
+KEY_KEPT = f"sessionStorage.setItem('aegis.apiKey', {json.dumps(KEY)});"  # entered earlier
+
+
 def test_rerun_buttons_filters_and_pages(tab: Tab, demo: DemoServices, tmp_path: Path) -> None:
-    with site(demo, tmp_path) as (url, _):
+    with site(demo, tmp_path, f"auth: {{api_key: {KEY}}}") as (url, _):
+        tab.before_scripts(KEY_KEPT)
+        keyed = {"X-API-Key": KEY}
         for _ in range(21):
-            httpx.post(f"{url}api/workflows/smoke/run?wait=30", timeout=60)
-        failed = httpx.post(f"{url}api/workflows/pipeline/run?wait=30", timeout=60).json()
+            httpx.post(f"{url}api/workflows/smoke/run?wait=30", headers=keyed, timeout=60)
+        failed = httpx.post(
+            f"{url}api/workflows/pipeline/run?wait=30", headers=keyed, timeout=60
+        ).json()
         demo.qaagent.inject("/api/runs", Fault(status=503, times=None))
         try:
-            broken = httpx.post(f"{url}api/workflows/slow/run?wait=30", timeout=60).json()
+            broken = httpx.post(
+                f"{url}api/workflows/slow/run?wait=30", headers=keyed, timeout=60
+            ).json()
         finally:
             demo.qaagent.clear_faults()
         assert broken["status"] == "failed"
@@ -188,7 +197,8 @@ def test_rerun_buttons_filters_and_pages(tab: Tab, demo: DemoServices, tmp_path:
             "(document.querySelector('#run-detail .action-status[data-state=\"error\"]') || {})"
             ".textContent"
         )
-        assert "/rerun: HTTP 404" in message
+        assert "/rerun: HTTP 404" in message  # not 401: the kept key was sent
+        assert "hidden" in tab.dom().by_id("auth-panel").attrs
 
         # paging beyond 20, then a filter back to page one
         tab.wait_for("document.querySelectorAll('#run-list .run-row').length === 20")
@@ -224,7 +234,9 @@ WITH_PARAMS = """
 const realFetch = window.fetch.bind(window);
 window.__posted = [];
 window.fetch = async (path, options = {}) => {
-  if (options.method === "POST") window.__posted.push([String(path), options.body]);
+  if (options.method === "POST") {
+    window.__posted.push([String(path), options.body, options.headers["X-API-Key"]]);
+  }
   const answer = await realFetch(path, options);
   if (String(path) !== "api/workflows") return answer;
   const data = await answer.json();
@@ -245,8 +257,8 @@ window.fetch = async (path, options = {}) => {
 def test_the_start_form_is_built_from_the_workflows_params(
     tab: Tab, demo: DemoServices, tmp_path: Path
 ) -> None:
-    with site(demo, tmp_path) as (url, _):
-        tab.before_scripts(WITH_PARAMS)
+    with site(demo, tmp_path, f"auth: {{api_key: {KEY}}}") as (url, _):
+        tab.before_scripts(KEY_KEPT + WITH_PARAMS)
         tab.open(url)
         tab.wait_for("document.body.dataset.mode === 'live'")
         form = tab.dom().by_id("workflow-list").one(cls="start-form", data_key="smoke")
@@ -274,6 +286,7 @@ def test_the_start_form_is_built_from_the_workflows_params(
                 json.dumps({"params": {"suite": "full", "shards": 4, "dry_run": True}}).replace(
                     " ", ""
                 ),
+                KEY,
             ]
         ]
 
