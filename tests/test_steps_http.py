@@ -161,7 +161,7 @@ async def test_transport_errors_are_kind_connection(
     [
         ("bad Content-Length", "bad Content-Length"),
         ("illegal status line: bytearray(b'SSH-2.0')", "illegal status line: 'SSH-2.0'"),
-        ('illegal header line: bytearray(b"it\'s")', "illegal header line: 'it's'"),
+        ('illegal header line: bytearray(b"it\'s")', "illegal header line: 'it\'s'"),
     ],
 )
 async def test_an_answer_that_is_not_http_is_kind_protocol(

@@ -14,7 +14,8 @@ that. What the server checks before a handler runs, in order::
     Content-Length                   400, 411 (chunked), 413 (over 1 MiB, nothing read),
                                      408 or 400 for a body that comes too slowly or short
     the route table                  404, 405 with Allow
-    the API key, for POST            401 with WWW-Authenticate
+    the API key, for POST (every route but the page and /health with auth.protect: all)
+                                     401 with WWW-Authenticate
     the route's parameters           400
 
 Every answer is JSON (the error body for errors) with a ``Content-Length``, except the
