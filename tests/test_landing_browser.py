@@ -521,6 +521,10 @@ def assert_shows_the_example(page: Node) -> None:
     assert state.text == "Not live: events come from a running Aegis server (aegis serve)."
     assert page.by_id("event-list").all("li") == []
     assert page.by_id("event-list-empty").text == "No events to show."
+    assert page.by_id("flaky-status").attrs["data-state"] == "offline"
+    for button in page.by_id("workflows").all(cls="start-run"):  # disabled, saying why
+        assert "disabled" in button.attrs and "aria-describedby" in button.attrs
+    assert {"disabled"} <= page.by_id("runs-older").attrs.keys()
 
 
 def open_offline(tab: Tab, url: str) -> Node:

@@ -867,6 +867,10 @@
     status.dataset.state = "offline";
     fill(status, "Run history comes from a running Aegis server (aegis serve).");
     fill($("run-list"));
+    setPager(0);
+    $("flaky-status").dataset.state = "offline";
+    fill($("flaky-status"), "Test history comes from a running Aegis server.");
+    $("flaky-table").hidden = true;
     $("run-detail").hidden = true;
     setEventsState("offline", "Not live: events come from a running Aegis server (aegis serve).");
     fill($("event-list"));
