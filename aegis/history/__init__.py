@@ -9,6 +9,10 @@ that cannot be used gives one warning and a ``MemoryHistory``, because history m
 fail a run. The stores import nothing heavy until they are opened (``sqlite3`` is loaded
 only when a file is), so CLI commands that keep no history do not pay for it.
 
+Each store also keeps the test history (``aegis.history.test_history``): a summary per
+test id, updated by ``finish``, that ``tests``, ``test``, ``test_outcomes`` and
+``failing_counts`` read without touching step data.
+
 Run ids may be shortened: ``get`` accepts a prefix of at least ``MIN_PREFIX`` characters
 that matches one run, and raises ``NotFound`` when a prefix matches several.
 """
