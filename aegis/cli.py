@@ -431,6 +431,29 @@ def _history_show(args: argparse.Namespace, env: _Env, run_id: str) -> int:
     return 0
 
 
+def cmd_tests(args: argparse.Namespace, env: _Env) -> int:
+    if args.limit < 1:
+        raise _usage("--limit must be at least 1")
+    from aegis.history import open_history
+
+    config = _load(args, env)
+    workflow = args.workflow
+    if workflow is not None and workflow not in config.workflows:
+        _unknown_workflow(config, workflow)
+    store = open_history(config.history, warn=env.warn, reading=True)
+    try:
+        tests = store.tests(workflow, flaky=args.flaky, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        _dump_json({"tests": [t.to_dict() for t in tests], "flaky": args.flaky}, env.stdout)
+    else:
+        from aegis.console import render_tests
+
+        render_tests(env.out(), tests, flaky=args.flaky)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, env: _Env) -> int:
     from aegis.api.app import serve
 
@@ -605,6 +628,19 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=20, metavar="N", help="at most N runs (20)")
     history.add_argument("--json", action="store_true", help="print JSON on stdout")
     history.set_defaults(handler=cmd_history)
+
+    tests = commands.add_parser(
+        "tests",
+        help="test history: runs, failures and flips per test id",
+        usage="aegis tests [WORKFLOW] [--flaky] [--limit N] [--json]",
+    )
+    tests.add_argument("workflow", nargs="?", metavar="WORKFLOW", help="only this workflow")
+    tests.add_argument(
+        "--flaky", action="store_true", help="only tests that flipped, most flaky first"
+    )
+    tests.add_argument("--limit", type=int, default=50, metavar="N", help="at most N tests (50)")
+    tests.add_argument("--json", action="store_true", help="print JSON on stdout")
+    tests.set_defaults(handler=cmd_tests)
 
     serve = commands.add_parser(
         "serve", help="serve the JSON API and the landing page until Ctrl-C or SIGTERM"

@@ -16,6 +16,7 @@ from aegis.records import Run, StepResult
 from aegis.text import printable
 
 if TYPE_CHECKING:
+    from aegis.history.test_history import TestRecord
     from aegis.services import Health
 
 __all__ = [
@@ -253,4 +254,27 @@ def render_runs(console: Console, runs: Sequence[Run]) -> None:
         for r in runs
     ]
     headers = ["RUN", "WORKFLOW", "STATUS", "VERDICT", "STARTED", "DURATION", "TRIGGER"]
+    _table(console, headers, rows)
+
+
+def render_tests(console: Console, tests: Sequence[TestRecord], *, flaky: bool) -> None:
+    """A table of test summaries, in the order given."""
+    if not tests:
+        console.line("No flaky tests seen." if flaky else "No failing tests recorded yet.")
+        return
+    rows = [
+        [
+            printable(t.test_id),
+            printable(t.workflow),
+            str(t.runs),
+            str(t.failures),
+            str(t.flips),
+            f"{t.flakiness:.2f}",
+            t.last_failure_at or "-",
+            t.last_pass_at or "-",
+        ]
+        for t in tests
+    ]
+    headers = ["TEST", "WORKFLOW", "RUNS", "FAILURES", "FLIPS", "FLAKY", "LAST FAILURE",
+               "LAST PASS"]  # fmt: skip
     _table(console, headers, rows)

@@ -230,6 +230,8 @@ class WebhookDispatcher:
         self._closed = False
         self._deadline: float | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._delivered_count = 0
+        self._failed_count = 0
 
     # ------------------------------------------------------------------ taking events
 
@@ -436,7 +438,12 @@ class WebhookDispatcher:
         deadline = self._deadline
         return deadline is None or self._monotonic() + delay <= deadline
 
+    def counts(self) -> tuple[int, int]:
+        """Deliveries made, and deliveries dropped after their attempts, so far."""
+        return self._delivered_count, self._failed_count
+
     def _delivered(self, hook: _Hook) -> None:
+        self._delivered_count += 1
         if hook.dropped > hook.reported:
             more = hook.dropped - hook.reported
             log.warning(
@@ -460,6 +467,7 @@ class WebhookDispatcher:
     ) -> None:
         if self._abandoned.is_set():
             return
+        self._failed_count += 1
         hook.dropped += 1
         hook.down = retryable
         if hook.failing:  # counted, and named in one line at close

@@ -637,12 +637,21 @@ def seed_history(path: Path, start: int, count: int) -> None:
         StepResult(name="discover", type="discover", service="qaagent",
                    status=StepStatus.SUCCEEDED, duration_ms=3.0,
                    data={"route_count": 3, "routes": [{"path": "/a"}]}, attempts=attempt),
-        StepResult(name="test", type="test", service="qaagent", status=StepStatus.SUCCEEDED,
-                   duration_ms=5.0, data={"total": 10, "passed": 8, "failed": 2,
-                   "failures": [{"test": "t1", "message": "boom"}]}, attempts=attempt),
         StepResult(name="report", type="report", service=None, status=StepStatus.SUCCEEDED,
                    duration_ms=0.1, data={"steps": 2}),
     )  # fmt: skip
+
+    def test_step(i: int) -> StepResult:
+        # t1 always fails (broken); one of 20 flaky tests fails in every third run
+        failures = [{"test": "t1", "message": "boom"}]
+        if i % 3 == 0:
+            failures.append({"test": f"flaky-{i % 20}", "message": "timeout"})
+        return StepResult(name="test", type="test", service="qaagent",
+                          status=StepStatus.SUCCEEDED, duration_ms=5.0,
+                          data={"total": 10, "passed": 10 - len(failures),
+                                "failed": len(failures), "failures": failures},
+                          attempts=attempt)  # fmt: skip
+
     store = SqliteHistory(path)
     try:
         for i in range(start, start + count):
@@ -656,7 +665,7 @@ def seed_history(path: Path, start: int, count: int) -> None:
                     status=RunStatus.SUCCEEDED,
                     started_at=stamp,
                     trigger="cli",
-                    steps=steps,
+                    steps=(steps[0], test_step(i), steps[1]),
                     verdict=Verdict.FAILED,
                     finished_at=stamp,
                     duration_ms=9.0,
@@ -784,13 +793,19 @@ def bench_history_scale(
         conn = http.client.HTTPConnection("127.0.0.1", server.port)
         latencies(conn, "/api/history?limit=20", 20)
         api = latencies(conn, "/api/history?limit=20", 50 * s.scale_reps)
+        latencies(conn, "/api/tests?flaky=true", 20)
+        tests = latencies(conn, "/api/tests?flaky=true", 50 * s.scale_reps)
         conn.close()
     p50s = [statistics.median(api[i :: s.scale_reps]) * 1000 for i in range(s.scale_reps)]
+    tests_p50s = [statistics.median(tests[i :: s.scale_reps]) * 1000 for i in range(s.scale_reps)]
     return [
         Figure("history_cli", f"aegis history, {s.scale_runs:,} runs stored", "s",
                cli_times, 0.3),
         Figure("history_api_p50", f"GET /api/history p50, {s.scale_runs:,} runs stored", "ms",
                p50s, 5.0, note=f"p99 {sorted(api)[int(len(api) * 0.99)] * 1000:.2f} ms"),
+        Figure("tests_api_p50", f"GET /api/tests?flaky=true p50, {s.scale_runs:,} runs stored",
+               "ms", tests_p50s, 20.0,
+               note=f"p99 {sorted(tests)[int(len(tests) * 0.99)] * 1000:.2f} ms"),
         Figure("history_bytes_per_run", "history database size per run (3 steps each)", "B",
                [size / s.scale_runs], note=f"{size / 1e6:.1f} MB for {s.scale_runs:,} runs"),
     ]  # fmt: skip

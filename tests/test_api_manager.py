@@ -435,6 +435,7 @@ async def test_cancel_a_queued_run_records_it_without_starting_it(
             "tests_total": None,
             "tests_failed": None,
             "reason": CANCELLED_REASON,
+            "trigger": "api",
         }
     ]
 

@@ -374,9 +374,12 @@ class FakeRuns:
         status: str | None = None,
         limit: int = 20,
         offset: int = 0,
+        *,
+        trigger: str | None = None,
     ) -> tuple[list[Run], int]:
         self.listed.append((workflow, status, limit, offset))
         runs = [r for r in self.runs.values() if workflow in (None, r.workflow)]
+        runs = [r for r in runs if trigger in (None, r.trigger)]
         return runs[offset : offset + limit], len(runs)
 
 

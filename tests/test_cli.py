@@ -658,3 +658,39 @@ def test_run_exit_codes_by_status() -> None:
     assert code(RunStatus.TIMED_OUT, Verdict.FAILED) == 3
     assert code(RunStatus.CANCELLED, Verdict.FAILED) == 130
     assert code(RunStatus.INTERRUPTED, Verdict.FAILED) == 130
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+def test_tests_ranks_the_flaky_test_first_in_a_seeded_history(tmp_path: Path) -> None:
+    from history_seed import BROKEN, FLAKY, ONCE, seed
+
+    seed(tmp_path / "history.db", runs=2000)
+    config = write(tmp_path, "workflows: {nightly: {steps: [{type: report}]}}\n"
+                   "history: {path: history.db}\n")  # fmt: skip
+
+    flaky = cli("--config", str(config), "tests", "--flaky", "--json").json()
+    every = cli("--config", str(config), "tests", "nightly", "--json").json()["tests"]
+    table = cli("--config", str(config), "tests", "--flaky")
+
+    assert [t["test_id"] for t in flaky["tests"]] == [FLAKY, ONCE]
+    assert flaky["tests"][0]["flips"] == 666 and flaky["tests"][0]["runs"] == 1998  # from run 3
+    assert [t["test_id"] for t in every][:1] == [BROKEN]
+    assert every[0]["failures"] == 2000 and every[0]["flips"] == 0
+    assert table.code == 0 and table.out.splitlines()[1].split()[0] == FLAKY
+    assert "FLAKY" in table.out and "0.33" in table.out
+
+
+def test_tests_errors_and_an_empty_history(good: Path) -> None:
+    empty = cli("--config", str(good), "tests")
+    assert empty.code == 0 and "No failing tests recorded yet" in empty.out
+    assert "No flaky tests seen" in cli("--config", str(good), "tests", "--flaky").out
+    assert cli("--config", str(good), "tests", "nope").code == 2
+    assert cli("--config", str(good), "tests", "--limit", "0").code == 2
+
+
+def test_tests_after_real_runs(good: Path) -> None:
+    cli("--config", str(good), "run", "pipeline", "--quiet")
+    found = cli("--config", str(good), "tests", "pipeline", "--limit", "1", "--json").json()
+    assert len(found["tests"]) == 1 and found["tests"][0]["workflow"] == "pipeline"

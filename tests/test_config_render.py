@@ -146,7 +146,7 @@ def test_steps_show_every_setting(config: Config) -> None:
 
 def test_secrets_are_redacted(config: Config) -> None:
     data = config_to_dict(config)
-    assert data["auth"] == {"api_key": REDACTED}
+    assert data["auth"] == {"api_key": REDACTED, "protect": "writes"}
     assert data["webhooks"][0] == {
         "url": "https://ci.example/hook",
         "events": ["workflow.completed"],

@@ -24,7 +24,7 @@ from aegis.events import EVENT_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "aegis.example.yaml"
-PAGE_FILES = ("index.html", "app.js", "styles.css")
+PAGE_FILES = ("index.html", "base.js", "insight.js", "app.js", "styles.css")
 MAX_BYTES = 40_000  # each file; no framework, no build step
 
 
@@ -143,7 +143,7 @@ def test_index_loads_its_own_files_relatively(page: _Elements) -> None:
     stylesheets = [a["href"] for a in elements(page, "link") if a.get("rel") == "stylesheet"]
     assert stylesheets == ["styles.css"]
     sources = [attrs["src"] for attrs, _ in page.scripts if "src" in attrs]
-    assert sources == ["app.js"]
+    assert sources == ["base.js", "insight.js", "app.js"]
 
 
 def test_index_runs_no_inline_code(page: _Elements) -> None:
@@ -233,15 +233,19 @@ def test_app_js_never_turns_strings_into_markup() -> None:
 
 def test_app_js_fetches_only_this_servers_api() -> None:
     code = read("app.js")
-    assert re.findall(r"\bfetch\(\s*(\w+)", code) == ["path"]  # through api() only
-    paths = set(re.findall(r"api\(\s*[`\"']([^`\"'$?]+)", code))
+    assert re.findall(r"\bfetch\(\s*(\w+)", read("base.js")) == ["path"]  # through api() only
+    assert "fetch(" not in code and "fetch(" not in read("insight.js")
+    paths = set(re.findall(r"api\(\s*[`\"']([^`\"'$?]+)", code + read("insight.js")))
     assert paths == {
         "api/portfolio",
         "api/workflows",
+        "api/workflows/",  # .../KEY/run and .../KEY/trends
         "api/services",
-        "api/history",
-        "api/runs/",
+        "api/runs",
+        "api/runs/",  # a run, its cancel and rerun
         "api/events",
+        "api/tests",
+        "api/tests/",
         "health",  # its uptime tells a restarted server, whose event ids start again
     }
     assert "15000" in code  # health and runs are polled every 15 s
@@ -278,7 +282,7 @@ def test_app_js_falls_back_to_polling_and_bounds_the_panel() -> None:
 def test_nothing_loads_from_other_hosts(name: str) -> None:
     text = read(name)
     urls = re.findall(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}[^\s\"'<>)]*", text)
-    assert urls == []
+    assert [url for url in urls if url != "http://www.w3.org/2000/svg"] == []  # a namespace
     assert "@import" not in text and "url(" not in text
     assert "fonts.googleapis" not in text and "cdn" not in text.lower()
 

@@ -306,9 +306,12 @@ def test_the_live_page_shows_what_the_api_serves(tab: Tab, live: LiveSite) -> No
     assert all("503" in a.text and "http" in a.text for a in attempts)
 
     # nothing from the API became markup
-    assert page.all("img") == [] and page.all("svg") == [] and page.all("b") == []
+    charts = [svg for svg in page.all("svg") if svg.attrs.get("class") != "trend-svg"]
+    assert page.all("img") == [] and charts == [] and page.all("b") == []
     assert [s.attrs.get("id") or s.attrs.get("src") for s in page.all("script")] == [
         "aegis-fallback",
+        "base.js",
+        "insight.js",
         "app.js",
     ]
 
@@ -547,6 +550,10 @@ def assert_shows_the_example(page: Node) -> None:
     assert state.text == "Not live: events come from a running Aegis server (aegis serve)."
     assert page.by_id("event-list").all("li") == []
     assert page.by_id("event-list-empty").text == "No events to show."
+    assert page.by_id("flaky-status").attrs["data-state"] == "offline"
+    for button in page.by_id("workflows").all(cls="start-run"):  # disabled, saying why
+        assert "disabled" in button.attrs and "aria-describedby" in button.attrs
+    assert {"disabled"} <= page.by_id("runs-older").attrs.keys()
 
 
 def open_offline(tab: Tab, url: str) -> Node:

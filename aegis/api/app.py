@@ -30,6 +30,7 @@ from aegis.config.model import Config
 from aegis.errors import UsageError
 from aegis.events import EventBus, EventLog
 from aegis.history import HistoryStore, open_recording_history
+from aegis.metrics import Metrics
 from aegis.steps.base import StepType
 
 from .handlers import DEFAULT_HEARTBEAT, ROUTES, ApiContext, load_landing
@@ -129,23 +130,27 @@ class ApiApp:
         from .manager import RunManager
 
         config = self.config
-        store = self.history or self._open_history()
+        step_types = self._step_types()
+        metrics = Metrics(config.workflows, step_types)
+        store = self.history or self._open_history(metrics)
         self._parts["history"] = store
         bus = EventBus()
         events = EventLog(config.event_log_size, max_age=config.history.max_age)
         bus.subscribe(events.append)
+        bus.subscribe(metrics)
         if self.progress is not None:
             bus.subscribe(self.progress)
         if config.webhooks:
             from aegis.webhooks import WebhookDispatcher
 
-            self._parts["webhooks"] = WebhookDispatcher(config.webhooks).attach(bus)
+            hooks = WebhookDispatcher(config.webhooks).attach(bus)
+            self._parts["webhooks"] = metrics.webhooks = hooks
         loop = LoopThread()
         loop.start()
         self._parts["loop"] = loop
         runs = RunManager(
             config,
-            self._step_types(),
+            step_types,
             store,
             bus=bus,
             max_concurrent=config.server.max_concurrent_runs,
@@ -156,6 +161,7 @@ class ApiApp:
         )
         self._parts["runs"] = runs
         self._start_schedules(loop, runs, store)
+        metrics.runs = runs
         health = HealthCache(config.services, environ=self.environ, ttl=self.health_ttl)
         self._parts["health"] = health
 
@@ -168,6 +174,7 @@ class ApiApp:
                 version=__version__,
                 description=config.identity.tagline,
                 workflows=config.workflows,
+                protect_all=config.auth.protect == "all",
             )
             return dump_json(built)
 
@@ -180,6 +187,8 @@ class ApiApp:
             landing=load_landing(),
             openapi=document,
             heartbeat=self.heartbeat,
+            history=store,
+            metrics=metrics,
         )
         self._parts["server"] = self._listen(ctx).start()
 
@@ -212,10 +221,16 @@ class ApiApp:
 
         self._parts["schedules"] = (loop.call(start()), lock)
 
-    def _open_history(self) -> HistoryStore:
+    def _open_history(self, metrics: Metrics) -> HistoryStore:
         """The history store, opened when first used unless a problem shows now (then it
-        is opened at once, so its warning comes at start-up); written by a thread."""
-        return open_recording_history(self.config.history, warn=self.warn)
+        is opened at once, so its warning comes at start-up); written by a thread. Each of
+        its warnings counts as a history error in the metrics."""
+
+        def warn(message: str) -> None:
+            metrics.history_error()
+            self.warn(message)
+
+        return open_recording_history(self.config.history, warn=warn)
 
     def _listen(self, ctx: ApiContext) -> ApiServer:
         try:
@@ -224,6 +239,7 @@ class ApiApp:
                 ctx,
                 Router(ROUTES),
                 api_key=self.config.auth.api_key,
+                protect_all=self.config.auth.protect == "all",
                 cors_origins=self.config.server.cors_origins,
                 idle_timeout=self.idle_timeout,
                 access_log=self.access_log,

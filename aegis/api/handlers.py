@@ -24,6 +24,9 @@ from aegis.config.model import Config
 from aegis.config.params import ParamError
 from aegis.errors import NotFound
 from aegis.events import EVENT_TYPES, Event, EventLog
+from aegis.history import HistoryStore
+from aegis.metrics import CONTENT_TYPE as METRICS_TYPE
+from aegis.metrics import Metrics
 from aegis.records import Run, RunStatus
 from aegis.services import Health
 
@@ -55,6 +58,8 @@ NEXT_FIRES = 3  # fire times a workflow's schedules show
 LANDING_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/base.js": ("base.js", "text/javascript; charset=utf-8"),
+    "/insight.js": ("insight.js", "text/javascript; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/styles.css": ("styles.css", "text/css; charset=utf-8"),
 }
@@ -95,6 +100,8 @@ class Runs(Protocol):
         status: str | None = None,
         limit: int = 20,
         offset: int = 0,
+        *,
+        trigger: str | None = None,
     ) -> tuple[list[Run], int]: ...
 
 
@@ -136,10 +143,15 @@ class ApiContext:
         heartbeat: float = DEFAULT_HEARTBEAT,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         stopping: threading.Event | None = None,
+        history: HistoryStore | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         from aegis.config.render import config_to_dict
+        from aegis.history.memory import MemoryHistory
 
         self.config = config
+        self.history = history if history is not None else MemoryHistory()
+        self.metrics = metrics if metrics is not None else Metrics(config.workflows, ())
         self.loop = loop
         self.runs = runs
         self.health = health
@@ -200,6 +212,10 @@ def health(ctx: ApiContext, request: Request) -> Response:
 
 def openapi(ctx: ApiContext, request: Request) -> Response:
     return _ok(ctx.openapi_document())
+
+
+def metrics(ctx: ApiContext, request: Request) -> Response:
+    return Response(200, ctx.metrics.render(), METRICS_TYPE)
 
 
 def landing_file(ctx: ApiContext, request: Request) -> Response:
@@ -322,7 +338,9 @@ def _run_params(body: dict[str, Any]) -> dict[str, Any]:
 
 def _run_page(ctx: ApiContext, request: Request, workflow: str | None) -> Response:
     p = request.params
-    runs, total = ctx.runs.list(workflow, p["status"], p["limit"], p["offset"])
+    runs, total = ctx.runs.list(
+        workflow, p["status"], p["limit"], p["offset"], trigger=p["trigger"]
+    )
     page = {
         "runs": [run.to_dict(summary=True) for run in runs],
         "total": total,
@@ -372,6 +390,51 @@ def rerun_run(ctx: ApiContext, request: Request) -> Response:
     url = f"/api/runs/{run.run_id}"
     accepted = {"run_id": run.run_id, "status": run.status.value, "url": url}
     return _json(202, accepted, {"Location": url})
+def workflow_trends(ctx: ApiContext, request: Request) -> Response:
+    """The last ``limit`` finished runs of a workflow, oldest first: what the charts draw."""
+    key = request.params["key"]
+    _workflow(ctx, key)
+    limit = request.params["limit"]
+    runs = [run for run in ctx.history.list(key, limit=limit) if run.status.finished]
+    failing = ctx.history.failing_counts([run.run_id for run in runs])
+    points = [
+        {
+            "run_id": run.run_id,
+            "started_at": run.started_at,
+            "status": run.status.value,
+            "verdict": run.verdict.value if run.verdict else None,
+            "duration_ms": run.duration_ms,
+            "failing_tests": failing.get(run.run_id),
+        }
+        for run in reversed(runs)
+    ]
+    return _json(200, {"workflow": key, "limit": limit, "runs": points})
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+def list_tests(ctx: ApiContext, request: Request) -> Response:
+    p = request.params
+    flaky = p["flaky"] == "true"
+    found = ctx.history.tests(p["workflow"], flaky=flaky, limit=p["limit"])
+    return _json(200, {"tests": [t.to_dict() for t in found], "flaky": flaky})
+
+
+def get_test(ctx: ApiContext, request: Request) -> Response:
+    test_id = request.params["test_id"]
+    summaries = ctx.history.test(test_id)
+    if not summaries:
+        raise NotFound(f"no test '{test_id}' in history")
+    outcomes = ctx.history.test_outcomes(test_id, request.params["limit"])
+    return _json(
+        200,
+        {
+            "test_id": test_id,
+            "workflows": [t.to_dict() for t in summaries],
+            "outcomes": [{**o.to_dict(), "run_url": f"/api/runs/{o.run_id}"} for o in outcomes],
+        },
+    )
 
 
 # --------------------------------------------------------------------------- events
@@ -434,6 +497,7 @@ RUN_FILTERS = (
     Param("status", enum=tuple(s.value for s in RunStatus), description="only runs in this status"),
     Param("limit", type="integer", minimum=1, maximum=1000, default=20, description="page size"),
     Param("offset", type="integer", minimum=0, default=0, description="runs to skip"),
+    Param("trigger", max_length=100, description="only runs started by this trigger (api, cli…)"),
 )
 WORKFLOW_FILTER = Param("workflow", description="only runs of this workflow")
 JSON_ERRORS = (400,)
@@ -445,6 +509,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/index.html", landing_file, "The landing page",
           (Answer(200, "index.html", media="text/html"),), errors=(404,), tag="landing",
           operation="landing_index"),
+    Route("GET", "/base.js", landing_file, "The landing page's shared script",
+          (Answer(200, "base.js", media="text/javascript"),), errors=(404,), tag="landing",
+          operation="landing_base_script"),
+    Route("GET", "/insight.js", landing_file, "The landing page's charts, actions and tests",
+          (Answer(200, "insight.js", media="text/javascript"),), errors=(404,), tag="landing",
+          operation="landing_insight_script"),
     Route("GET", "/app.js", landing_file, "The landing page's script",
           (Answer(200, "app.js", media="text/javascript"),), errors=(404,), tag="landing",
           operation="landing_script"),
@@ -455,6 +525,9 @@ ROUTES: tuple[Route, ...] = (
           (Answer(200, "the server is up", "ServerHealth"),), tag="server"),
     Route("GET", "/api/openapi.json", openapi, "This document",
           (Answer(200, "the OpenAPI 3.1 description of every route", "OpenApi"),), tag="server"),
+    Route("GET", "/metrics", metrics, "Metrics in the Prometheus text format",
+          (Answer(200, "counters, gauges and histograms (text format 0.0.4)",
+                  media="text/plain"),), tag="server"),
     Route("GET", "/api/services", list_services, "Services with their (cached) health",
           (Answer(200, "every configured service", "ServiceList"),), tag="services"),
     Route("GET", "/api/services/{key}/health", service_health, "A live health check",
@@ -506,6 +579,32 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/workflows/{key}/history", workflow_history, "Runs of one workflow",
           (Answer(200, "a page of run summaries", "RunList"),),
           params=(_key("workflow"), *RUN_FILTERS), errors=(400, 404), tag="runs"),
+    Route("GET", "/api/workflows/{key}/trends", workflow_trends, "Trends of one workflow",
+          (Answer(200, "its last finished runs, oldest first: verdict, duration, failing "
+                  "tests", "Trends"),),
+          params=(_key("workflow"),
+                  Param("limit", type="integer", minimum=1, maximum=1000, default=50,
+                        description="how many of the latest runs")),
+          errors=(400, 404), tag="runs"),
+    Route("GET", "/api/tests", list_tests, "Test history",
+          (Answer(200, "tests seen failing, with runs, failures, flips and flakiness",
+                  "TestList"),),
+          params=(
+              Param("workflow", description="only tests of this workflow"),
+              Param("flaky", enum=("true", "false"), default="false",
+                    description="only tests that flipped, most flaky first"),
+              Param("limit", type="integer", minimum=1, maximum=1000, default=50,
+                    description="at most this many"),
+          ),
+          errors=JSON_ERRORS, tag="tests"),
+    Route("GET", "/api/tests/{test_id}", get_test, "One test's history",
+          (Answer(200, "its summary per workflow and its recent outcomes", "TestDetail"),),
+          params=(
+              Param("test_id", "path", description="a test id (URL-encoded)", required=True),
+              Param("limit", type="integer", minimum=1, maximum=1000, default=50,
+                    description="at most this many outcomes"),
+          ),
+          errors=(400, 404), tag="tests"),
     Route("GET", "/api/events", list_events, "Recent events, oldest first",
           (Answer(200, "events from the server's ring buffer", "EventList"),),
           params=(

@@ -330,10 +330,12 @@ class RunManager:
         status: str | None = None,
         limit: int = 20,
         offset: int = 0,
+        *,
+        trigger: str | None = None,
     ) -> tuple[builtins.list[Run], int]:
         """A page of runs from history, newest first, and how many match in all."""
-        page = self.history.list(workflow, status, limit, offset)
-        return page, self.history.count(workflow, status)
+        page = self.history.list(workflow, status, limit, offset, trigger=trigger)
+        return page, self.history.count(workflow, status, trigger=trigger)
 
     def active(self) -> int:
         """How many runs are running now."""
@@ -541,6 +543,7 @@ class RunManager:
             tests_total=None,
             tests_failed=None,
             reason=reason,
+            trigger=run.trigger,
         )
 
     async def _resolve(self, run_id: str) -> tuple[Run, _Entry | None]:

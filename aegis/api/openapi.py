@@ -57,6 +57,7 @@ TIMESTAMP = {"type": "string", "format": "date-time"}
 RUN_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "interrupted"]
 STEP_STATUSES = ["succeeded", "failed", "skipped", "cancelled"]
 OVERLAP = OVERLAP_MODES
+TEST_OUTCOMES = ["failed", "passed_on_rerun", "passed"]
 ERROR_KINDS = ["timeout", "connection", "http", "protocol", "error"]
 
 _STEP_RESULT: dict[str, Any] = {
@@ -228,6 +229,51 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     "EventList": _obj(events=_array(_ref("Event"))),
     "EventStream": {"type": "string", "description": "text/event-stream"},
+    "Trends": _obj(
+        workflow=STRING,
+        limit=INTEGER,
+        runs=_array(
+            _obj(
+                run_id=STRING,
+                started_at=TIMESTAMP,
+                status={"type": "string", "enum": RUN_STATUSES},
+                verdict={"type": ["string", "null"], "enum": ["passed", "failed", None]},
+                duration_ms=_maybe("number"),
+                failing_tests=_maybe("integer", description="null: the run reported no tests"),
+            )
+        ),
+    ),
+    "TestSummary": _obj(
+        test_id=STRING,
+        workflow=STRING,
+        runs={"type": "integer", "description": "runs of the workflow since first seen"},
+        failures=INTEGER,
+        flips={"type": "integer", "description": "failures followed by a pass"},
+        flakiness={"type": "number", "description": "flips per run, 0 to 1"},
+        last_outcome={"type": "string", "enum": TEST_OUTCOMES},
+        last_run=STRING,
+        last_seen_at=TIMESTAMP,
+        last_failure={"anyOf": [_ref("RunMoment"), {"type": "null"}]},
+        last_pass={"anyOf": [_ref("RunMoment"), {"type": "null"}]},
+        last_message=_maybe("string"),
+    ),
+    "RunMoment": _obj(at=TIMESTAMP, run_id=STRING),
+    "TestList": _obj(tests=_array(_ref("TestSummary")), flaky=BOOLEAN),
+    "TestOutcome": _obj(
+        test_id=STRING,
+        workflow=STRING,
+        run_id=STRING,
+        run_url=STRING,
+        started_at=TIMESTAMP,
+        outcome={"type": "string", "enum": TEST_OUTCOMES},
+        message=_maybe("string"),
+        bug_report=_maybe("string", description="the id of the bug report filed for it"),
+    ),
+    "TestDetail": _obj(
+        test_id=STRING,
+        workflows=_array(_ref("TestSummary")),
+        outcomes=_array(_ref("TestOutcome")),
+    ),
     "OpenApi": {"type": "object", "description": "an OpenAPI 3.1 document"},
 }
 
@@ -245,12 +291,15 @@ def build_openapi(
     version: str,
     description: str = "",
     workflows: Mapping[str, WorkflowSpec] | None = None,
+    protect_all: bool = False,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document for ``routes``; ``workflows`` adds a ``Params.KEY``
-    schema per workflow and limits a run request's ``params`` to theirs."""
+    schema per workflow and limits a run request's ``params`` to theirs; with
+    ``protect_all`` reads need the key too."""
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+        keyed = route.auth or (protect_all and not route.public)
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, keyed)
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},
@@ -274,12 +323,12 @@ def _workflow_params(workflows: Mapping[str, WorkflowSpec]) -> dict[str, Any]:
     return {**found, "RunRequest": request}
 
 
-def _operation(route: Route) -> dict[str, Any]:
+def _operation(route: Route, keyed: bool) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": route.name,
         "summary": route.summary,
         "tags": [route.tag],
-        "responses": _responses(route),
+        "responses": _responses(route, keyed),
     }
     if route.description:
         operation["description"] = route.description
@@ -290,7 +339,7 @@ def _operation(route: Route) -> dict[str, Any]:
             "required": False,
             "content": {JSON_TYPE: {"schema": _ref(route.body)}},
         }
-    if route.auth:
+    if keyed:
         # Only enforced when auth.api_key is set; either scheme will do.
         operation["security"] = [{"apiKey": []}, {"bearer": []}]
     return operation
@@ -308,10 +357,10 @@ def _parameter(param: Any) -> dict[str, Any]:
     return spec
 
 
-def _responses(route: Route) -> dict[str, Any]:
+def _responses(route: Route, keyed: bool) -> dict[str, Any]:
     responses = {str(answer.status): _answer(answer) for answer in route.answers}
     errors = {*route.errors, *COMMON_ERRORS}
-    if route.auth:
+    if keyed:
         errors.add(401)
     for status in sorted(errors):
         responses[str(status)] = _error(status)

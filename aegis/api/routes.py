@@ -296,7 +296,8 @@ class Route:
     """One method on one path template, with what the API documentation says about it.
 
     ``errors`` lists the error statuses this route answers besides the ones every route
-    may give (500, 503). ``auth`` is true for routes that need the API key when one is set.
+    may give (500, 503). ``auth`` is true for routes that need the API key when one is set;
+    with ``auth.protect: all`` every route but the ``public`` ones does.
     """
 
     method: str
@@ -314,6 +315,12 @@ class Route:
     @property
     def auth(self) -> bool:
         return self.method == "POST"
+
+    @property
+    def public(self) -> bool:
+        """Never needs the key, even with ``auth.protect: all``: the page's own files
+        (it asks for the key itself) and the liveness check."""
+        return self.tag == "landing" or self.path == "/health"
 
     @property
     def name(self) -> str:

@@ -14,7 +14,8 @@ that. What the server checks before a handler runs, in order::
     Content-Length                   400, 411 (chunked), 413 (over 1 MiB, nothing read),
                                      408 or 400 for a body that comes too slowly or short
     the route table                  404, 405 with Allow
-    the API key, for POST            401 with WWW-Authenticate
+    the API key, for POST (every route but the page and /health with auth.protect: all)
+                                     401 with WWW-Authenticate
     the route's parameters           400
 
 Every answer is JSON (the error body for errors) with a ``Content-Length``, except the
@@ -192,6 +193,7 @@ class ApiServer(ThreadingHTTPServer):
         router: Router,
         *,
         api_key: str = "",
+        protect_all: bool = False,
         cors_origins: Iterable[str] = (),
         idle_timeout: float = IDLE_TIMEOUT,
         request_timeout: float | None = None,
@@ -200,6 +202,7 @@ class ApiServer(ThreadingHTTPServer):
         self.ctx = ctx
         self.router = router
         self.api_key = api_key.encode()
+        self.protect_all = protect_all  # auth.protect: all (reads need the key too)
         self.cors_origins = frozenset(cors_origins)
         self.idle_timeout = idle_timeout
         # A request must arrive in full (head and body) this long after its first byte.
@@ -420,7 +423,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             return self._preflight(path)
         match = server.router.match(self.command, path)
         route = match.route
-        if route.auth:
+        if route.auth or (server.protect_all and not route.public):
             self._authorize()
         request = Request(
             self.command, path, _query(query), self.headers, self._body(length), match.path_params

@@ -159,9 +159,13 @@ class ServerSpec:
 
 @dataclass(frozen=True)
 class AuthSpec:
-    """The `auth:` section. An empty ``api_key`` means no authentication."""
+    """The `auth:` section. An empty ``api_key`` means no authentication.
+
+    ``protect`` says what needs the key: ``writes`` (the POST routes) or ``all`` (every
+    route but the landing page's files and ``/health``)."""
 
     api_key: str = ""
+    protect: str = "writes"
 
 
 @dataclass(frozen=True)

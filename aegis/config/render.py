@@ -49,7 +49,10 @@ def config_to_dict(config: Config, *, redact: bool = True) -> dict[str, Any]:
             "max_queued_runs": config.server.max_queued_runs,
             "cors_origins": list(config.server.cors_origins),
         },
-        "auth": {"api_key": _secret(config.auth.api_key, redact)},
+        "auth": {
+            "api_key": _secret(config.auth.api_key, redact),
+            "protect": config.auth.protect,
+        },
         "webhooks": [_webhook(spec, redact) for spec in config.webhooks],
         "event_log_size": config.event_log_size,
     }

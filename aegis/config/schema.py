@@ -127,7 +127,8 @@ STEP_KEYS = (
 )
 HISTORY_KEYS = ("path", "max_runs", "max_age")
 SERVER_KEYS = ("host", "port", "max_concurrent_runs", "max_queued_runs", "cors_origins")
-AUTH_KEYS = ("api_key",)
+AUTH_KEYS = ("api_key", "protect")
+PROTECT_CHOICES = ("writes", "all")
 WEBHOOK_KEYS = ("url", "events", "secret")
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
@@ -1057,7 +1058,11 @@ def _server(reader: _Reader, raw: object) -> ServerSpec:
 
 def _auth(reader: _Reader, raw: object) -> AuthSpec:
     section = reader.section(raw, "auth", AUTH_KEYS)
-    return AuthSpec(api_key=reader.get(section, "api_key", "auth", _secret, ""))
+    api_key = reader.get(section, "api_key", "auth", _secret, "")
+    protect = reader.get(section, "protect", "auth", _choice("value", PROTECT_CHOICES), "writes")
+    if protect == "all" and not api_key and section.get("api_key") is not UNRESOLVED:
+        reader.report("auth.protect", "'all' needs auth.api_key: there is no key to ask for")
+    return AuthSpec(api_key=api_key, protect=protect)
 
 
 def _webhooks(reader: _Reader, raw: object) -> tuple[WebhookSpec, ...]:

@@ -273,6 +273,7 @@ class Engine:
             tests_total=tests.total,
             tests_failed=tests.open_count if tests.total is not None else None,
             reason=reason,
+            trigger=run.trigger,
         )
         return finished
 

@@ -19,6 +19,10 @@ only when a file is), so CLI commands that keep no history do not pay for it.
 Run ids may be shortened and typed in any case: ``get`` accepts any prefix that matches
 one run (an id matching exactly wins), and raises ``NotFound`` listing the matches when a
 prefix matches several.
+
+Each store also keeps the test history (``aegis.history.test_history``): a summary per
+test id, updated by ``finish``, that ``tests``, ``test``, ``test_outcomes`` and
+``failing_counts`` read without touching step data.
 """
 
 from __future__ import annotations
@@ -33,13 +37,16 @@ from aegis.errors import AegisError, NotFound
 
 if TYPE_CHECKING:
     from aegis.config.model import HistorySpec
+    from aegis.history.test_history import TestOutcome, TestRecord
     from aegis.records import Run, StepResult
 
 __all__ = [
     "SHOWN_MATCHES",
     "HistoryStore",
     "HistoryUnavailable",
+    "OutcomeList",
     "RunList",
+    "TestList",
     "Warn",
     "Write",
     "ambiguous_prefix",
@@ -53,6 +60,8 @@ log = logging.getLogger(__name__)
 Warn = Callable[[str], None]
 # `list` is a method name below, so the builtin is spelled through an alias in signatures.
 RunList = list["Run"]
+TestList = list["TestRecord"]
+OutcomeList = list["TestOutcome"]
 
 # How many runs the error for an ambiguous prefix names.
 SHOWN_MATCHES = 10
@@ -168,6 +177,8 @@ class HistoryStore(abc.ABC):
         status: str | None = None,
         limit: int = 20,
         offset: int = 0,
+        *,
+        trigger: str | None = None,
     ) -> RunList:
         """Runs newest first (by ``started_at``, then order of recording), filtered.
 
@@ -176,7 +187,9 @@ class HistoryStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def count(self, workflow: str | None = None, status: str | None = None) -> int:
+    def count(
+        self, workflow: str | None = None, status: str | None = None, *, trigger: str | None = None
+    ) -> int:
         """How many runs ``list`` would return without a limit."""
 
     def prune_aged(self, limit: int) -> int:
@@ -196,6 +209,28 @@ class HistoryStore(abc.ABC):
         claimed already, by any process sharing the store. Stores that keep no ticks
         grant every claim."""
         return True
+    # Test history (aegis/history/test_history.py): filled by ``finish``, read without
+    # touching step data.
+
+    @abc.abstractmethod
+    def tests(
+        self, workflow: str | None = None, *, flaky: bool = False, limit: int = 50
+    ) -> TestList:
+        """Test summaries: with ``flaky``, only tests that flipped, most flaky first;
+        else every test, most failures first."""
+
+    @abc.abstractmethod
+    def test(self, test_id: str) -> TestList:
+        """The summaries of ``test_id``, one per workflow that reported it."""
+
+    @abc.abstractmethod
+    def test_outcomes(self, test_id: str, limit: int = 50) -> OutcomeList:
+        """The newest outcomes kept for ``test_id`` (failures, passes on re-run, first
+        passes after a failure), newest first."""
+
+    @abc.abstractmethod
+    def failing_counts(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """Failing tests per run, for the runs of ``run_ids`` that reported tests."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from aegis.history import HistoryStore, RunList, Write
+from aegis.history import HistoryStore, OutcomeList, RunList, TestList, Write
 from aegis.records import Run, StepResult
 
 __all__ = ["MAX_BATCH", "BackgroundWrites"]
@@ -140,13 +140,37 @@ class BackgroundWrites(HistoryStore):
         status: str | None = None,
         limit: int = 20,
         offset: int = 0,
+        *,
+        trigger: str | None = None,
     ) -> RunList:
         self.flush()
-        return self.store.list(workflow, status, limit, offset)
+        return self.store.list(workflow, status, limit, offset, trigger=trigger)
 
-    def count(self, workflow: str | None = None, status: str | None = None) -> int:
+    def count(
+        self, workflow: str | None = None, status: str | None = None, *, trigger: str | None = None
+    ) -> int:
         self.flush()
-        return self.store.count(workflow, status)
+        return self.store.count(workflow, status, trigger=trigger)
+
+    # The test history is filled as runs finish: a reader waits for the finishes queued.
+
+    def tests(
+        self, workflow: str | None = None, *, flaky: bool = False, limit: int = 50
+    ) -> TestList:
+        self.flush()
+        return self.store.tests(workflow, flaky=flaky, limit=limit)
+
+    def test(self, test_id: str) -> TestList:
+        self.flush()
+        return self.store.test(test_id)
+
+    def test_outcomes(self, test_id: str, limit: int = 50) -> OutcomeList:
+        self.flush()
+        return self.store.test_outcomes(test_id, limit)
+
+    def failing_counts(self, run_ids: Sequence[str]) -> dict[str, int]:
+        self.flush()
+        return self.store.failing_counts(run_ids)
 
     # ------------------------------------------------------------------ the rest
     # Neither is a run's write: they go to the store at once (from a thread, never a loop).

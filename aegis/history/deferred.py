@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 
-from aegis.history import HistoryStore, RunList, Write
+from aegis.history import HistoryStore, OutcomeList, RunList, TestList, Write
 from aegis.records import Run, StepResult
 
 __all__ = ["SQLITE_HEADER", "DeferredHistory", "history_problem"]
@@ -95,11 +95,29 @@ class DeferredHistory(HistoryStore):
         status: str | None = None,
         limit: int = 20,
         offset: int = 0,
+        *,
+        trigger: str | None = None,
     ) -> RunList:
-        return self._get().list(workflow, status, limit, offset)
+        return self._get().list(workflow, status, limit, offset, trigger=trigger)
 
-    def count(self, workflow: str | None = None, status: str | None = None) -> int:
-        return self._get().count(workflow, status)
+    def count(
+        self, workflow: str | None = None, status: str | None = None, *, trigger: str | None = None
+    ) -> int:
+        return self._get().count(workflow, status, trigger=trigger)
+
+    def tests(
+        self, workflow: str | None = None, *, flaky: bool = False, limit: int = 50
+    ) -> TestList:
+        return self._get().tests(workflow, flaky=flaky, limit=limit)
+
+    def test(self, test_id: str) -> TestList:
+        return self._get().test(test_id)
+
+    def test_outcomes(self, test_id: str, limit: int = 50) -> OutcomeList:
+        return self._get().test_outcomes(test_id, limit)
+
+    def failing_counts(self, run_ids: Sequence[str]) -> dict[str, int]:
+        return self._get().failing_counts(run_ids)
 
     def prune_aged(self, limit: int) -> int:
         return self._get().prune_aged(limit) if self.opened else 0

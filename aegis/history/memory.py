@@ -11,10 +11,18 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from aegis.history import HistoryStore, RunList, Warn, matching_run_id
+from aegis.history import (
+    HistoryStore,
+    OutcomeList,
+    RunList,
+    TestList,
+    Warn,
+    matching_run_id,
+)
+from aegis.history.test_history import TestTally
 from aegis.records import Run, StepResult, age_cutoff
 
 __all__ = ["PRUNE_BATCH", "MemoryHistory"]
@@ -63,6 +71,7 @@ class MemoryHistory(HistoryStore):
         # (started_at, seq, run_id) ascending, so newest-first listing walks it backwards.
         self._order: list[tuple[str, int, str]] = []
         self._seqs = itertools.count()
+        self._tests = TestTally()
 
     def start(self, run: Run) -> None:
         with self._lock:
@@ -80,6 +89,8 @@ class MemoryHistory(HistoryStore):
     def finish(self, run: Run) -> None:
         with self._lock:
             self._put(run, None)
+            if run.status.finished:
+                self._tests.record(run)
             self._prune(run.workflow)
         self.prune_aged(PRUNE_BATCH)
 
@@ -124,18 +135,40 @@ class MemoryHistory(HistoryStore):
         status: str | None = None,
         limit: int = 20,
         offset: int = 0,
+        *,
+        trigger: str | None = None,
     ) -> RunList:
         limit, offset = max(limit, 0), max(offset, 0)
         found: RunList = []
         with self._lock:
-            matching = self._matching(workflow, status)
+            matching = self._matching(workflow, status, trigger)
             for entry in itertools.islice(matching, offset, offset + limit):
                 found.append(entry.record())
         return found
 
-    def count(self, workflow: str | None = None, status: str | None = None) -> int:
+    def count(
+        self, workflow: str | None = None, status: str | None = None, *, trigger: str | None = None
+    ) -> int:
         with self._lock:
-            return sum(1 for _ in self._matching(workflow, status))
+            return sum(1 for _ in self._matching(workflow, status, trigger))
+
+    def tests(
+        self, workflow: str | None = None, *, flaky: bool = False, limit: int = 50
+    ) -> TestList:
+        with self._lock:
+            return self._tests.tests(workflow, flaky, limit)
+
+    def test(self, test_id: str) -> TestList:
+        with self._lock:
+            return self._tests.test(test_id)
+
+    def test_outcomes(self, test_id: str, limit: int = 50) -> OutcomeList:
+        with self._lock:
+            return self._tests.outcomes(test_id, limit)
+
+    def failing_counts(self, run_ids: Sequence[str]) -> dict[str, int]:
+        with self._lock:
+            return self._tests.failing_counts(list(run_ids))
 
     def close(self) -> None:
         """Nothing to release: the runs stay readable until the store is dropped."""
@@ -154,12 +187,16 @@ class MemoryHistory(HistoryStore):
         del self._order[bisect.bisect_left(self._order, (*entry.key, entry.run.run_id))]
         del self._entries[entry.run.run_id]
 
-    def _matching(self, workflow: str | None, status: str | None) -> Iterator[_Entry]:
+    def _matching(
+        self, workflow: str | None, status: str | None, trigger: str | None = None
+    ) -> Iterator[_Entry]:
         for _, _, run_id in reversed(self._order):
             entry = self._entries[run_id]
             if workflow is not None and entry.run.workflow != workflow:
                 continue
             if status is not None and entry.run.status.value != status:
+                continue
+            if trigger is not None and entry.run.trigger != trigger:
                 continue
             yield entry
 
@@ -167,5 +204,8 @@ class MemoryHistory(HistoryStore):
         if self.max_runs <= 0:
             return
         finished = [e for e in self._matching(workflow, None) if e.run.status.finished]
-        for entry in finished[self.max_runs :]:
+        doomed = finished[self.max_runs :]
+        for entry in doomed:
             self._unlink(entry)
+        if doomed:
+            self._tests.forget({entry.run.run_id for entry in doomed})

@@ -42,6 +42,10 @@ Schema, version 1 (``PRAGMA user_version``)::
 A file written before ``rerun_of`` and ``reused`` existed and opened read-only is read
 with ``NULL`` and ``0`` in their place.
 
+Added later without a version change (``IF NOT EXISTS`` on every open; a read-only
+store of an older file reads no test history): the index ``runs_by_trigger`` and the
+test history tables of ``aegis.history.sqlite_tests``.
+
 * **Age.** With ``max_age``, a thread removes runs older than it in batches of
   ``PRUNE_BATCH``, each its own short transaction, oldest first through the
   ``started_at`` index: writers of new runs wait for one batch at most.
@@ -69,10 +73,13 @@ from aegis.history import (
     SHOWN_MATCHES,
     HistoryStore,
     HistoryUnavailable,
+    OutcomeList,
     RunList,
+    TestList,
     Warn,
     Write,
     matching_run_id,
+    sqlite_tests,
 )
 from aegis.history.memory import PRUNE_BATCH, MemoryHistory
 from aegis.history.owners import Owner, current_owner, owner_gone, process_state
@@ -164,6 +171,10 @@ _SCHEMA = (
     _FIRES_TABLE,
 )
 
+_ADDED = (
+    "CREATE INDEX IF NOT EXISTS runs_by_trigger ON runs (trigger, started_at DESC, seq DESC)",
+)
+
 _RUN_COLUMNS = (
     "seq, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger,"
     " params, rerun_of"
@@ -227,13 +238,17 @@ _HEARTBEAT = (
     "UPDATE runs SET heartbeat_at = ?, status = ?, verdict = NULL, finished_at = NULL WHERE seq = ?"
 )
 
-# One statement per combination of filters, so each is prepared once and uses its index.
-_WHERE = {
-    (False, False): "",
-    (True, False): " WHERE workflow = ?",
-    (False, True): " WHERE status = ?",
-    (True, True): " WHERE workflow = ? AND status = ?",
-}
+
+# One statement per combination of filters (workflow, status, trigger), so each is
+# prepared once and uses its index (trigger has none: it narrows what an index found).
+def _where(*used: bool) -> str:
+    names = ("workflow = ?", "status = ?", "trigger = ?")
+    found = [name for name, on in zip(names, used, strict=True) if on]
+    return f" WHERE {' AND '.join(found)}" if found else ""
+
+
+_BOTH = (False, True)
+_WHERE = {(w, s, t): _where(w, s, t) for w in _BOTH for s in _BOTH for t in _BOTH}
 _LIST = {
     key: f"SELECT {_RUN_COLUMNS} FROM runs{where}"
     " ORDER BY started_at DESC, seq DESC LIMIT ? OFFSET ?"
@@ -467,6 +482,7 @@ class SqliteHistory(HistoryStore):
         self._pages_version: tuple[int, int] = (-1, -1)
         self._own_writes = 0
         self._identity: tuple[int, int] = (-1, -1)  # (device, inode) of the file opened
+        self._has_tests = True
         if read_only:
             self._db = self._open_read_only()
             return
@@ -543,28 +559,80 @@ class SqliteHistory(HistoryStore):
         status: str | None = None,
         limit: int = 20,
         offset: int = 0,
+        *,
+        trigger: str | None = None,
     ) -> RunList:
         limit, offset = max(limit, 0), max(offset, 0)
         page = self._cached(
-            ("list", workflow, status, limit, offset),
+            ("list", workflow, status, limit, offset, trigger),
             lambda: self._read(
                 self._page,
                 workflow,
                 status,
                 limit,
                 offset,
-                fallback=lambda m: m.list(workflow, status, limit, offset),
+                trigger,
+                fallback=lambda m: m.list(workflow, status, limit, offset, trigger=trigger),
             ),
         )
         return builtins.list(page)  # the cached list stays the store's own
 
-    def count(self, workflow: str | None = None, status: str | None = None) -> int:
+    def count(
+        self, workflow: str | None = None, status: str | None = None, *, trigger: str | None = None
+    ) -> int:
         return self._cached(
-            ("count", workflow, status),
+            ("count", workflow, status, trigger),
             lambda: self._read(
-                self._count, workflow, status, fallback=lambda m: m.count(workflow, status)
+                self._count,
+                workflow,
+                status,
+                trigger,
+                fallback=lambda m: m.count(workflow, status, trigger=trigger),
             ),
         )
+
+    def tests(
+        self, workflow: str | None = None, *, flaky: bool = False, limit: int = 50
+    ) -> TestList:
+        return self._cached(
+            ("tests", workflow, flaky, limit),
+            lambda: self._test_read(
+                sqlite_tests.tests,
+                workflow,
+                flaky,
+                limit,
+                fallback=lambda m: m.tests(workflow, flaky=flaky, limit=limit),
+            ),
+        )
+
+    def test(self, test_id: str) -> TestList:
+        return self._test_read(
+            sqlite_tests.test_records, test_id, fallback=lambda m: m.test(test_id)
+        )
+
+    def test_outcomes(self, test_id: str, limit: int = 50) -> OutcomeList:
+        return self._test_read(
+            sqlite_tests.outcomes,
+            test_id,
+            limit,
+            fallback=lambda m: m.test_outcomes(test_id, limit),
+        )
+
+    def failing_counts(self, run_ids: Sequence[str]) -> dict[str, int]:
+        return self._test_read(
+            sqlite_tests.failing_counts,
+            builtins.list(run_ids),
+            fallback=lambda m: m.failing_counts(run_ids),
+        )
+
+    def _test_read(
+        self, query: Callable[..., _T], *args: Any, fallback: Callable[[MemoryHistory], _T]
+    ) -> _T:
+        """A test history read; a file opened read-only from before test history has
+        none, and reads as empty (from a memory store)."""
+        if not self._has_tests:
+            return fallback(MemoryHistory())
+        return self._read(query, *args, fallback=fallback)
 
     def _cached(self, key: tuple[Any, ...], read: Callable[[], _T]) -> _T:
         """``read()``, or what it gave last time if the file has not changed since.
@@ -905,6 +973,8 @@ class SqliteHistory(HistoryStore):
         for table, column, _, literal in _ADDED_COLUMNS:
             if column not in _columns(db, table):
                 self._old_columns[column] = literal
+        tables = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'test_runs'"
+        self._has_tests = db.execute(tables).fetchone() is not None
 
     @staticmethod
     def _newer(version: int) -> str:
@@ -953,6 +1023,7 @@ class SqliteHistory(HistoryStore):
                 if column not in _columns(db, table):
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
             db.execute(_FIRES_TABLE)
+            self._migrate_added(db)
             return
         if version > SCHEMA_VERSION:
             raise HistoryUnavailable(self.path, self._newer(version))
@@ -961,6 +1032,14 @@ class SqliteHistory(HistoryStore):
         for statement in _SCHEMA:
             db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # PRAGMA takes no parameters
+        self._migrate_added(db)
+
+    @staticmethod
+    def _migrate_added(db: sqlite3.Connection) -> None:
+        """What later versions added (the trigger index, the test history tables),
+        added to a file made before them; older versions of aegis ignore them."""
+        for statement in (*_ADDED, *sqlite_tests.SCHEMA):
+            db.execute(statement)
 
     # ---------------------------------------------------------------- writes
 
@@ -1003,6 +1082,8 @@ class SqliteHistory(HistoryStore):
     def _save_finish(self, db: sqlite3.Connection, run: Run) -> None:
         self._save_run(db, run)
         self._live.pop(run.run_id, None)
+        if run.status.finished:
+            sqlite_tests.record(db, run, _text)
 
     def _save_all(self, db: sqlite3.Connection, writes: Sequence[Write]) -> None:
         finished: builtins.list[Run] = []  # consecutive finishes, saved together
@@ -1053,6 +1134,8 @@ class SqliteHistory(HistoryStore):
             )
             for run in known:
                 del self._live[run.run_id]
+                if run.status.finished:
+                    sqlite_tests.record(db, run, _text)
         else:  # rows pruned by another process meanwhile: each is saved on its own
             known = []
         done = {run.run_id for run in known}
@@ -1063,6 +1146,7 @@ class SqliteHistory(HistoryStore):
     def _prune(self, db: sqlite3.Connection, workflow: str) -> None:
         params = (_text(workflow), *_UNFINISHED, self.max_runs)
         doomed = db.execute(_PRUNABLE, params).fetchall()
+        sqlite_tests.forget(db, doomed)
         db.executemany("DELETE FROM steps WHERE run_seq = ?", doomed)
         db.executemany("DELETE FROM runs WHERE seq = ?", doomed)
 
@@ -1070,6 +1154,7 @@ class SqliteHistory(HistoryStore):
         self, db: sqlite3.Connection, cutoff: str, limit: int, removed: builtins.list[int]
     ) -> None:
         doomed = db.execute(_AGED, (cutoff, *_UNFINISHED, limit)).fetchall()
+        sqlite_tests.forget(db, doomed)
         db.executemany("DELETE FROM steps WHERE run_seq = ?", doomed)
         db.executemany("DELETE FROM runs WHERE seq = ?", doomed)
         removed.append(len(doomed))
@@ -1122,9 +1207,10 @@ class SqliteHistory(HistoryStore):
         status: str | None,
         limit: int,
         offset: int,
+        trigger: str | None = None,
     ) -> RunList:
-        filters = self._filters(workflow, status)
-        sql = self._sql(_LIST[workflow is not None, status is not None])
+        filters = self._filters(workflow, status, trigger)
+        sql = self._sql(_LIST[workflow is not None, status is not None, trigger is not None])
         rows = db.execute(sql, (*filters, limit, offset)).fetchall()
         steps = self._summaries(db, [row[0] for row in rows])
         runs = (self._decoded(_run, row, steps.get(row[0], ())) for row in rows)
@@ -1146,17 +1232,26 @@ class SqliteHistory(HistoryStore):
                     steps.setdefault(row[0], []).append(step)
         return steps
 
-    def _count(self, db: sqlite3.Connection, workflow: str | None, status: str | None) -> int:
-        filters = self._filters(workflow, status)
-        return int(
-            db.execute(_COUNT[workflow is not None, status is not None], filters).fetchone()[0]
-        )
+    def _count(
+        self,
+        db: sqlite3.Connection,
+        workflow: str | None,
+        status: str | None,
+        trigger: str | None = None,
+    ) -> int:
+        filters = self._filters(workflow, status, trigger)
+        sql = _COUNT[workflow is not None, status is not None, trigger is not None]
+        return int(db.execute(sql, filters).fetchone()[0])
 
     @staticmethod
-    def _filters(workflow: str | None, status: str | None) -> tuple[str, ...]:
+    def _filters(
+        workflow: str | None, status: str | None, trigger: str | None = None
+    ) -> tuple[str, ...]:
         found = [] if workflow is None else [_text(workflow)]
         if status is not None:
             found.append(_text(status.value if isinstance(status, RunStatus) else status))
+        if trigger is not None:
+            found.append(_text(trigger))
         return tuple(found)
 
     def _decoded(self, build: Callable[..., _T], *args: Any) -> _T | None:

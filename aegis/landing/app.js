@@ -31,14 +31,22 @@
   ];
   const ACTIVE = new Set(["queued", "running"]); // run statuses that can still change
   const STEP_ACTIVE = new Set(["running", "retrying"]);
-  const NBSP = "\u00a0"; // keeps a number and its unit on one line
-  const $ = (id) => document.getElementById(id);
+  const A = window.Aegis;
+  const { NBSP, $, el, append, fill, list, text, plural, shortId, seconds, duration, when, safeUrl, badge, api } = A;
+  const { saveKey, startForm, refreshTrends, runActions, runTests, outputTail, refreshFlaky, showTest } = A;
+  const { setPager, setupRunFilters } = A;
 
-  const page = {
+  const page = Object.assign(A.page, {
     live: false, // the API answered /api/portfolio and /api/workflows
     serviceKeys: "", // keys of the rendered service cards, to notice a changed config
     workflowNames: new Map(), // workflow key -> display name
     workflowSteps: new Map(), // workflow key -> its step definitions
+    services: [], // the service cards' data (bugalizer's public_url links bug reports)
+    insightDue: false, // trends and the flaky panel need a refetch
+    filters: { workflow: "", status: "", trigger: "" },
+    offset: 0, // paging the run list
+    total: 0,
+    selectedTest: null,
     selectedRun: null, // run_id whose detail is shown
     detailRun: null, // the run JSON last fetched for the detail
     progress: new Map(), // run_id -> what its events said: {workflow, status, total, steps}
@@ -55,105 +63,24 @@
       reason: "", // why it polls
       timer: null,
     },
-  };
+  });
 
-  // -- DOM helpers: strings always become text nodes ----------------------------------------
-
-  function el(tag, props, ...children) {
-    const node = document.createElement(tag);
-    for (const [name, value] of Object.entries(props || {})) {
-      if (value === null || value === undefined || value === false) continue;
-      if (name === "className") node.className = value;
-      else if (name === "dataset") {
-        for (const [key, item] of Object.entries(value)) {
-          if (item !== null && item !== undefined) node.dataset[key] = String(item);
-        }
-      } else if (name === "onclick") node.addEventListener("click", value);
-      else node.setAttribute(name, value === true ? "" : String(value));
-    }
-    return append(node, children);
-  }
-
-  function append(node, children) {
-    for (const child of children.flat(Infinity)) {
-      if (child === null || child === undefined || child === false) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-    return node;
-  }
-
-  function fill(node, ...children) {
-    node.replaceChildren();
-    return append(node, children);
-  }
-
-  const list = (value) => (Array.isArray(value) ? value : []);
-  const text = (value, empty = "—") =>
-    value === null || value === undefined || value === "" ? empty : String(value);
-  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
-  const shortId = (runId) => String(runId || "").slice(0, 8);
-
-  function seconds(value) {
-    return typeof value === "number" && Number.isFinite(value) ? `${value}${NBSP}s` : text(value);
-  }
-
-  function duration(ms) {
-    if (typeof ms !== "number" || !Number.isFinite(ms)) return "—";
-    if (ms < 1000) return `${Math.round(ms)}${NBSP}ms`;
-    const s = ms / 1000;
-    if (s < 60) return `${s.toFixed(s < 10 ? 2 : 1)}${NBSP}s`;
-    const m = Math.floor(s / 60);
-    return `${m}${NBSP}min ${Math.round(s - m * 60)}${NBSP}s`;
-  }
-
-  function when(iso) {
-    const date = new Date(iso);
-    if (!iso || Number.isNaN(date.getTime())) return el("span", {}, text(iso));
-    const shown = date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
-    return el("time", { datetime: iso, title: iso }, shown);
-  }
-
-  /** The URL if it is an absolute http(s) one, else null: nothing else becomes a link. */
-  function safeUrl(value) {
-    if (typeof value !== "string" || !value) return null;
-    try {
-      const url = new URL(value);
-      return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
-    } catch {
-      return null;
-    }
-  }
-
-  function badge(kind, status, ...label) {
-    return el(
-      "span",
-      { className: `badge ${kind}`, dataset: { status: status || "none" } },
-      label.length ? label : text(status),
-    );
-  }
-
-  // -- the API ------------------------------------------------------------------------------
-
-  /** GET a JSON object from this server's API; throws an Error with a readable message. */
-  async function api(path) {
-    let response;
-    try {
-      response = await fetch(path, { headers: { Accept: "application/json" }, cache: "no-store" });
-    } catch (err) {
-      throw new Error(`the API cannot be reached (${err.message})`);
-    }
-    let body = null;
-    try {
-      body = await response.json();
-    } catch {
-      // not JSON: reported below
-    }
-    if (!response.ok) {
-      const message = body && body.error && body.error.message;
-      throw new Error(`/${path}: HTTP ${response.status}${message ? ` — ${message}` : ""}`);
-    }
-    if (!body || typeof body !== "object") throw new Error(`/${path}: the answer is not JSON`);
-    return body;
+  function setupAuth() {
+    $("auth-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const key = $("api-key").value.trim();
+      if (!key) return;
+      saveKey(key);
+      $("auth-panel").hidden = true;
+      const next = page.pendingAction;
+      page.pendingAction = null;
+      if (!page.live) {
+        goLive().catch((err) => showUnreachable(err));
+      } else {
+        refreshEverything();
+      }
+      if (next) next();
+    });
   }
 
   // -- identity and notice ------------------------------------------------------------------
@@ -177,6 +104,7 @@
   // -- tools (services) ---------------------------------------------------------------------
 
   function renderServices(services) {
+    page.services = services;
     page.serviceKeys = services.map((s) => s.key).join("\n");
     if (!services.length) {
       fill($("service-list"), el("p", { className: "placeholder" }, "No services configured."));
@@ -267,6 +195,12 @@
   function renderWorkflows(workflows) {
     page.workflowNames = new Map(workflows.map((w) => [w.key, text(w.name, w.key)]));
     page.workflowSteps = new Map(workflows.map((w) => [w.key, list(w.steps)]));
+    const chosen = page.filters.workflow;
+    fill(
+      $("filter-workflow"),
+      el("option", { value: "" }, "all"),
+      workflows.map((w) => el("option", { value: w.key, selected: w.key === chosen }, text(w.name, w.key))),
+    );
     if (!workflows.length) {
       fill($("workflow-list"), el("p", { className: "placeholder" }, "No workflows configured."));
       return;
@@ -297,6 +231,13 @@
       el("h3", {}, text(workflow.name, workflow.key)),
       el("p", { className: "meta" }, el("code", {}, workflow.key), ` · ${meta.join(" · ")}`),
       workflow.description ? el("p", { className: "description" }, workflow.description) : null,
+      startForm(workflow),
+      el(
+        "figure",
+        { className: "trend", dataset: { key: workflow.key } },
+        el("div", { className: "trend-chart" }),
+        el("figcaption", { className: "trend-caption" }, page.live ? "Loading the trend…" : "Trends come from a running server."),
+      ),
       el(
         "ol",
         { className: "steps" },
@@ -341,11 +282,13 @@
 
   // -- recent runs --------------------------------------------------------------------------
 
-  /** Fetch /api/history and redraw the list; true if it answered. */
+  /** Fetch a page of /api/runs (filtered) and redraw the list; true if it answered. */
   async function refreshRuns() {
     let answer;
+    const query = new URLSearchParams({ limit: String(RUNS_LIMIT), offset: String(page.offset) });
+    for (const [name, value] of Object.entries(page.filters)) if (value) query.set(name, value);
     try {
-      answer = await api(`api/history?limit=${RUNS_LIMIT}`);
+      answer = await api(`api/runs?${query}`);
     } catch (err) {
       const status = $("run-list-status");
       status.dataset.state = "error";
@@ -362,6 +305,11 @@
     page.refreshTimer = setTimeout(() => {
       refreshRuns();
       if (page.selectedRun !== null) refreshDetail(page.selectedRun);
+      if (page.insightDue) {
+        page.insightDue = false;
+        refreshTrends();
+        refreshFlaky();
+      }
     }, REFRESH_DELAY_MS);
   }
 
@@ -369,13 +317,18 @@
     const status = $("run-list-status");
     const active = document.activeElement;
     const focused = active && active.classList.contains("run-row") ? active.dataset.runId : null;
+    const filtered = Object.values(page.filters).some(Boolean);
+    page.total = Number(total) || 0;
     status.dataset.state = runs.length ? "ok" : "empty";
     fill(
       status,
       runs.length
-        ? `Latest ${plural(runs.length, "run")}${total > runs.length ? ` of ${total}` : ""}. Select one for its steps.`
-        : "No runs yet: start one with “aegis run WORKFLOW” or POST /api/workflows/KEY/run.",
+        ? `${page.offset ? "Runs" : "Latest"} ${page.offset + 1}–${page.offset + runs.length} of ${page.total}${filtered ? " matching" : ""}. Select one for its steps.`
+        : filtered || page.offset
+          ? "No runs match these filters."
+          : "No runs yet: start one with “aegis run WORKFLOW” or POST /api/workflows/KEY/run.",
     );
+    setPager(runs.length);
     fill($("run-list"), runs.map((run) => el("li", {}, runRow(run))));
     if (focused) {
       const row = Array.from(document.querySelectorAll("#run-list .run-row")).find(
@@ -506,9 +459,11 @@
         run.rerun_of ? fact("Rerun of", el("code", {}, text(run.rerun_of))) : null,
         fact("Run id", el("code", {}, text(run.run_id))),
       ),
+      runActions(run, status),
       steps.length
         ? el("ol", { className: "step-results" }, steps.map(stepResult))
         : el("p", { className: "placeholder" }, "No steps recorded."),
+      runTests(run),
     ];
     detail.hidden = false;
     if (detail.dataset.runId === run.run_id && detail.children.length === fresh.length) {
@@ -602,6 +557,7 @@
       step.error
         ? el("p", { className: "error" }, step.error_kind ? el("code", {}, step.error_kind) : null, " ", step.error)
         : null,
+      outputTail(step.data),
       attempts.length ? attemptsTable(attempts) : null,
     );
   }
@@ -675,6 +631,10 @@
       startPolling("this browser cannot stream events");
       return;
     }
+    if (page.readsNeedKey) {
+      startPolling("the event stream cannot send the API key");
+      return;
+    }
     setEventsState("connecting", "Connecting to the event stream…");
     // Reconnecting, the browser sends Last-Event-ID, which the server prefers to ?after=.
     const source = new window.EventSource(`api/events/stream?after=${events.lastId}`);
@@ -728,7 +688,7 @@
       setEventsState("offline", `Not live: ${err.message}. Trying again every ${every}.`);
     }
     events.polls += 1;
-    if (events.polls % STREAM_RETRY_POLLS === 0 && typeof window.EventSource === "function") {
+    if (events.polls % STREAM_RETRY_POLLS === 0 && typeof window.EventSource === "function" && !page.readsNeedKey) {
       connectStream();
     } else {
       events.timer = setTimeout(pollEvents, EVENTS_POLL_MS);
@@ -766,6 +726,7 @@
     addEventItem(event);
     const shown = patchRunRow(event.run_id);
     if (event.run_id === page.selectedRun && page.detailRun) renderRunDetail(page.detailRun);
+    if (event.type === "workflow.completed") page.insightDue = true;
     if (!shown || event.type === "step.completed" || event.type === "workflow.completed") {
       scheduleRefresh(); // new runs, and the attempts and verdicts events do not carry
     }
@@ -893,6 +854,15 @@
     return el("time", { datetime: iso, title: iso }, date.toLocaleTimeString(undefined, { timeStyle: "medium" }));
   }
 
+  /** Everything the page shows from the API, fetched again (after a key was entered). */
+  function refreshEverything() {
+    refreshHealth();
+    refreshRuns();
+    refreshTrends();
+    refreshFlaky();
+    if (page.selectedRun !== null) refreshDetail(page.selectedRun);
+  }
+
   // -- offline: the example data embedded in index.html --------------------------------------
 
   function fallbackData() {
@@ -915,6 +885,10 @@
     status.dataset.state = "offline";
     fill(status, "Run history comes from a running Aegis server (aegis serve).");
     fill($("run-list"));
+    setPager(0);
+    $("flaky-status").dataset.state = "offline";
+    fill($("flaky-status"), "Test history comes from a running Aegis server.");
+    $("flaky-table").hidden = true;
     $("run-detail").hidden = true;
     setEventsState("offline", "Not live: events come from a running Aegis server (aegis serve).");
     fill($("event-list"));
@@ -933,9 +907,16 @@
     renderIdentity(portfolio.aegis, portfolio.version);
     renderWorkflows(list(workflows.workflows));
     renderServices(list(portfolio.services));
-    await Promise.all([refreshHealth(), refreshRuns()]);
+    await Promise.all([refreshHealth(), refreshRuns(), refreshTrends(), refreshFlaky()]);
     const linked = linkedRun();
     if (linked && page.selectedRun === null) await showRun(linked);
+    if (A.apiKey() && !page.readsNeedKey) {
+      // a key kept from before: do reads need it (then EventSource, which cannot send it, is no use)?
+      page.readsNeedKey = await api("api/portfolio", { anonymous: true }).then(
+        () => false,
+        (err) => err.status === 401,
+      );
+    }
     startEvents();
   }
 
@@ -949,12 +930,26 @@
     }
   }
 
+  /** The API refused us (a key is needed: asked for) or did not answer (example data). */
+  function showUnreachable(err) {
+    if (err.status === 401) {
+      document.body.dataset.mode = "locked";
+      setNotice("locked", "This server needs its API key before it shows anything: enter it above.");
+      return;
+    }
+    showOffline(`The API did not answer (${err.message}); retrying every 15 s.`);
+  }
+
   async function tick() {
     if (!document.hidden) {
-      if (!page.live) {
+      if (!page.live && document.body.dataset.mode === "locked") {
+        // waiting for the key: entering it goes live
+      } else if (!page.live) {
         await goLive().catch(() => {}); // still offline: keep the example data
       } else {
-        const answered = await Promise.all([refreshHealth(), refreshRuns()]);
+        const total = page.total;
+        const answered = await Promise.all([refreshHealth(), refreshRuns(), refreshFlaky()]);
+        if (page.total !== total) refreshTrends(); // runs of other processes send no events
         setNotice(
           answered.every(Boolean) ? "" : "stale",
           answered.every(Boolean) ? "" : "Some data could not be refreshed; retrying every 15 s.",
@@ -974,10 +969,12 @@
       showOffline("This page was opened from disk; run “aegis serve” and open its address for live data.");
       return;
     }
+    setupAuth();
+    setupRunFilters();
     try {
       await goLive();
     } catch (err) {
-      showOffline(`The API did not answer (${err.message}); retrying every 15 s.`);
+      showUnreachable(err);
     }
     schedule();
     document.addEventListener("visibilitychange", () => {
@@ -985,5 +982,6 @@
     });
   }
 
+  Object.assign(A, { showRun, scheduleRefresh, workflowName, refreshRuns, RUNS_LIMIT });
   start();
 })();

@@ -29,6 +29,8 @@ from aegis.api.app import ApiApp
 from aegis.config.load import load_config
 from aegis.demo import DemoServices, Fault
 from aegis.errors import ConfigError
+from aegis.history.sqlite import SqliteHistory
+from aegis.records import Run, RunStatus, StepResult, StepStatus, Verdict
 
 AREA = "Hostile HTTP input"
 
@@ -65,9 +67,10 @@ history:
 
 # Anything a payload could have put into the page.
 INJECTED = """Array.from(document.querySelectorAll(
-  'img, svg, iframe, object, embed, a[href^="javascript:" i], [onerror], [onload], [onclick]'
+  'img, svg:not(.trend-svg), iframe, object, embed, a[href^="javascript:" i], [onerror],'
+  + ' [onload], [onclick]'
 )).length + Array.from(document.scripts).filter(
-  (s) => s.id !== 'aegis-fallback' && !s.src.endsWith('/app.js')).length"""
+  (s) => s.id !== 'aegis-fallback' && !/\\/(base|insight|app)\\.js$/.test(s.src)).length"""
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostilePage]:
             )
         )
         config = load_config(config_path, environ={})
+        seed_hostile_tests(tmp / "history.db")
         # What validation refuses (see test_javascript_urls_never_become_links), served anyway.
         qaagent = dataclasses.replace(config.services["qaagent"], docs_url=JS_URL, repo_url=JS_URL)
         config = dataclasses.replace(config, services={**config.services, "qaagent": qaagent})
@@ -120,6 +124,31 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostilePage]:
             tab.evaluate(f"document.querySelector({json.dumps(row)}).click()")
             tab.wait_for("document.querySelectorAll('#run-detail .step-result').length === 2")
             yield HostilePage(tab, run_id)
+
+
+def seed_hostile_tests(path: Path) -> None:
+    """Two earlier runs of the hostile workflow: a test named with markup fails, a bug
+    named with markup is filed for it, then it passes (so it is flaky)."""
+    with SqliteHistory(path) as store:
+        for n, failing in ((1, [IMG]), (2, [])):
+            data = {"total": 2, "passed": 2 - len(failing), "failed": len(failing),
+                    "failures": [{"test": t, "message": SCRIPT} for t in failing]}  # fmt: skip
+            steps = [StepResult("test", "test", "qaagent", StepStatus.SUCCEEDED, 5.0, data)]
+            if failing:
+                filed = {"submitted": 1, "report_ids": [SVG], "bug_reports": {IMG: SVG}}
+                steps.append(
+                    StepResult("bugs", "submit_bugs", "qaagent", StepStatus.SUCCEEDED, 1.0, filed)
+                )
+            store.finish(
+                Run(
+                    f"seeded-{n}",
+                    "hostile",
+                    RunStatus.SUCCEEDED,
+                    f"2026-01-01T10:0{n}:00.000Z",
+                    steps=tuple(steps),
+                    verdict=Verdict.PASSED,
+                )
+            )
 
 
 def texts(tab: Tab, selector: str) -> list[str]:
@@ -254,6 +283,31 @@ def test_names_in_the_events_panel(page: HostilePage, reliability: Reliability) 
     )
     reliability.record(
         "workflow and step names in streamed events (Recent events panel)",
+        expected=EXPECTED,
+        observed=observed,
+    )
+
+
+def test_test_ids_and_bug_ids_in_the_flaky_panel_and_a_runs_detail(
+    page: HostilePage, reliability: Reliability
+) -> None:
+    tab = page.tab
+    tab.wait_for("document.querySelectorAll('#flaky-list .test-link').length === 1")
+    assert texts(tab, "#flaky-list .test-link") == [IMG]
+    tab.evaluate("document.querySelector('#flaky-list .test-link').click()")
+    tab.wait_for("document.querySelectorAll('#test-detail .test-outcomes li').length === 2")
+    assert texts(tab, "#test-detail h3") == [IMG]
+    assert SCRIPT in texts(tab, "#test-detail .test-message")
+    tab.evaluate("location.hash = '#run=seeded-1'; location.reload()")
+    tab.wait_for("document.querySelectorAll('#run-detail .reported-tests li').length === 1")
+    assert texts(tab, "#run-detail .reported-tests .test-link") == [IMG]
+    assert SVG in texts(tab, "#run-detail .bug-reports")[0]
+    observed = (
+        f"panel, test history and run detail read `{IMG}`, the bug `{SVG}`; "
+        f"{assert_nothing_ran(tab)}"
+    )
+    reliability.record(
+        '`<img onerror>` as a test id, `<script>` as its message, `"><svg onload>` as a bug id',
         expected=EXPECTED,
         observed=observed,
     )

@@ -260,6 +260,7 @@ def get_paths(client: Client, run_id: str) -> list[str]:
         "/api/services/{key}": ["qaagent", "echo", "gone"],
         "/api/workflows/{key}": ["pipeline", "leaky", "unreachable"],
         "/api/runs/{run_id}": [run_id],
+        "/api/tests/{test_id}": ["test_checkout_applies_discount", "test_api_login_rate_limit"],
     }
     paths = []
     for template, operations in document["paths"].items():
