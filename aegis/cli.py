@@ -121,14 +121,19 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
 def _check_writable(path: str) -> None:
     """Fail before the run, not after it, when the JUnit file cannot be written."""
     import tempfile
-    from pathlib import Path
 
-    directory = Path(path).parent
+    from aegis.ci.junit import junit_target
+
     try:
-        if Path(path).is_dir():
+        target, direct = junit_target(path)
+        if target.is_dir():
             raise IsADirectoryError(f"'{path}' is a directory")
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
+        if direct:
+            if not os.access(target, os.W_OK):
+                raise PermissionError("not writable")
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target.parent):
             pass
     except OSError as exc:
         raise _usage(f"--junit: cannot write '{path}': {exc.strerror or exc}") from None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -242,3 +245,49 @@ def test_the_host_name_falls_back_to_localhost(
     root = ET.fromstring(write_junit(run_of(step("s")), tmp_path / "a.xml").read_bytes())
     suite = root.find("testsuite")
     assert suite is not None and suite.get("hostname") == "localhost"
+
+
+def test_a_symlink_is_written_through_to_its_target(tmp_path: Path) -> None:
+    real = tmp_path / "reports" / "aegis.xml"
+    real.parent.mkdir()
+    real.write_text("old")
+    link = tmp_path / "latest.xml"
+    link.symlink_to(real)
+    assert write_junit(run_of(step("s")), link) == real
+    assert link.is_symlink() and link.resolve() == real
+    check_schema(real.read_bytes())
+    dangling = tmp_path / "next.xml"
+    dangling.symlink_to(tmp_path / "reports" / "new.xml")
+    write_junit(run_of(step("s")), dangling)
+    assert dangling.is_symlink()
+    check_schema((tmp_path / "reports" / "new.xml").read_bytes())
+
+
+def test_a_fifo_is_written_into_not_replaced(tmp_path: Path) -> None:
+    fifo = tmp_path / "junit.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a writer may open it now
+    try:
+        write_junit(run_of(step("s")), fifo)
+        document = os.read(reader, 1 << 20)
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    check_schema(document)
+
+
+def test_dev_stdout_style_links_reach_the_pipe_behind_them(tmp_path: Path) -> None:
+    # /dev/stdout -> /proc/self/fd/1 -> "pipe:[…]": in a container it was replaced by a file
+    read_end, write_end = os.pipe()
+    link = tmp_path / "stdout"
+    link.symlink_to(f"/proc/self/fd/{write_end}")
+    try:
+        write_junit(run_of(step("s")), link)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as stream:
+            document = stream.read()
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(write_end)
+    assert link.is_symlink()
+    check_schema(document)

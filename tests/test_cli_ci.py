@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -159,3 +160,19 @@ def test_an_unwritable_step_summary_only_warns(config: Path, tmp_path: Path) -> 
     assert code == 3
     assert "warning: cannot append to GITHUB_STEP_SUMMARY" in err
     assert not os.path.exists(tmp_path / "missing")
+
+
+def test_junit_to_a_pipe_through_proc_is_written_not_refused(config: Path) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        code, _, err = aegis(
+            "--config", str(config), "run", "down", "--junit", f"/proc/self/fd/{write_end}"
+        )
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as stream:
+            document = stream.read()
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(write_end)
+    assert code == 3, err
+    assert check_schema(document).find("testsuite") is not None
