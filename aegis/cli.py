@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -34,8 +35,14 @@ EXIT = {
     "usage": 2,
     "step_failed": 3,
     "internal": 70,
+    "output": 74,  # the output could not be written (a full disk); sysexits' EX_IOERR
     "interrupted": 130,
+    "pipe_closed": 141,  # the reader of the output left, as 128 + SIGPIPE for other tools
 }
+# Write failures that are the output's destination, not Aegis: said in one line.
+_OUTPUT_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EIO") if hasattr(errno, name)
+)
 
 
 class _Env:
@@ -108,13 +115,18 @@ def cmd_run(args: argparse.Namespace, env: _Env) -> int:
         environ=env.environ,
         warn=env.warn,
     )
-    if args.json:
-        _dump_json(run.to_dict(), env.stdout)
-    else:
-        from aegis.console import render_run
-
-        render_run(env.out(), run)
     code = run_exit_code(run)
+    try:
+        if args.json:
+            _dump_json(run.to_dict(), env.stdout)
+        else:
+            from aegis.console import render_run
+
+            render_run(env.out(), run)
+        env.stdout.flush()
+    except OSError:  # a closed pipe or a full disk: the run is recorded, the JUnit file
+        _ci_outputs(args, env, run, code)  # and the CI outputs are still written
+        raise
     return _ci_outputs(args, env, run, code)
 
 
@@ -485,26 +497,61 @@ def main(
     debug = env.environ.get("AEGIS_DEBUG", "") not in ("", "0")
     teardown = _setup_logging(env.stderr, debug)
     try:
-        return int(args.handler(args, env))
+        code = int(args.handler(args, env))
+        env.stdout.flush()  # a full disk or a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        _discard(env.stdout)  # the reader has gone, as `| head` does: nothing to say
+        return EXIT["pipe_closed"]
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRNOS:
+            return _internal_error(exc, env, debug)
+        _discard(env.stdout)
+        _say(env, f"aegis: error: cannot write the output: {exc.strerror}")
+        return EXIT["output"]
     except ConfigError as exc:
-        print(exc, file=env.stderr)
+        _say(env, str(exc))
         return EXIT["usage"]
     except AegisError as exc:
-        print(f"aegis: {exc}", file=env.stderr)
+        _say(env, f"aegis: {exc}")
         return EXIT["usage"]
     except KeyboardInterrupt:
-        print("aegis: interrupted", file=env.stderr)
+        _say(env, "aegis: interrupted")
         return EXIT["interrupted"]
     except Exception as exc:
-        if debug:
-            import traceback
-
-            traceback.print_exc(file=env.stderr)
-        print(
-            f"aegis: internal error: {type(exc).__name__}: {exc} "
-            "(set AEGIS_DEBUG=1 to see the traceback)",
-            file=env.stderr,
-        )
-        return EXIT["internal"]
+        return _internal_error(exc, env, debug)
     finally:
         teardown()
+
+
+def _internal_error(exc: Exception, env: _Env, debug: bool) -> int:
+    if debug:
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=env.stderr)
+    _say(
+        env,
+        f"aegis: internal error: {type(exc).__name__}: {exc} "
+        "(set AEGIS_DEBUG=1 to see the traceback)",
+    )
+    return EXIT["internal"]
+
+
+def _say(env: _Env, line: str) -> None:
+    """A last line on stderr; a stderr that cannot take it (closed, full) changes nothing."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=env.stderr, flush=True)
+
+
+def _discard(stream: TextIO) -> None:
+    """Send what is left for ``stream`` (and the flush at exit) to the null device, so
+    the interpreter does not fail on it again when it exits."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a file (a test's StringIO): nothing is flushed at exit
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import json
 import textwrap
 from pathlib import Path
@@ -459,3 +462,59 @@ def test_run_exit_codes_by_status() -> None:
     assert code(RunStatus.TIMED_OUT, Verdict.FAILED) == 3
     assert code(RunStatus.CANCELLED, Verdict.FAILED) == 130
     assert code(RunStatus.INTERRUPTED, Verdict.FAILED) == 130
+
+
+# ------------------------------------------------------------- output that cannot go out
+
+
+def test_a_full_disk_is_a_one_line_error_and_the_run_is_still_recorded(
+    good: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "junit.xml"
+    err = io.StringIO()
+    with open("/dev/full", "w") as full:  # every write fails with ENOSPC
+        code = main(
+            ["--config", str(good), "run", "smoke", "--json", "--junit", str(report)],
+            stdout=full,
+            stderr=err,
+            environ={},
+        )
+        assert code == 74
+        assert err.getvalue().splitlines()[-1] == (
+            "aegis: error: cannot write the output: No space left on device"
+        )
+    with open("/dev/full", "w") as full:
+        assert main(["--config", str(good), "history"], stdout=full, stderr=err, environ={}) == 74
+    runs = cli("--config", str(good), "history", "--json").json()["runs"]
+    assert [run["status"] for run in runs] == ["succeeded"]
+    assert report.read_bytes().startswith(b"<?xml")  # the CI outputs are still written
+
+
+def test_a_closed_pipe_ends_quietly(good: Path) -> None:
+    cli("--config", str(good), "run", "smoke")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone, as `aegis history | head` leaves it
+    err = io.StringIO()
+    with os.fdopen(write_end, "w") as closed:
+        code = main(["--config", str(good), "history"], stdout=closed, stderr=err, environ={})
+        assert code == 141 and err.getvalue() == ""
+        # the descriptor now leads nowhere: the flush at exit has nothing left to fail on
+        closed.write("more")
+        closed.flush()
+
+
+def test_a_reader_that_leaves_early_sees_no_error_from_the_process(tmp_path: Path) -> None:
+    workflows = "".join(f"  w{i}: {{steps: [{{type: report}}]}}\n" for i in range(3000))
+    config = write(tmp_path, f"workflows:\n{workflows}history: {{path: ':memory:'}}\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aegis", "--config", str(config), "config", "show", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline().strip() == b"{"  # `| head -1`
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 141
+    assert err == b""
