@@ -15,11 +15,12 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from aegis import __version__
 from aegis.errors import AegisError, ConfigError
+from aegis.logs import setup_logging
 
 if TYPE_CHECKING:
     from aegis.config.model import Config
@@ -64,7 +65,8 @@ class _Env:
         return Console(self.stderr, self.environ)
 
     def warn(self, message: str) -> None:
-        print(f"aegis: warning: {message}", file=self.stderr, flush=True)
+        # through the log, whose handler shows each warning once however often it comes
+        logging.getLogger("aegis.cli").warning("%s", message)
 
 
 def run_exit_code(run: Run) -> int:
@@ -444,38 +446,6 @@ def _add_listen_options(parser: argparse.ArgumentParser, prefix: str = "") -> No
 # -------------------------------------------------------------------------------- main
 
 
-class _PlainFormatter(logging.Formatter):
-    """Log lines without tracebacks, unless debugging was asked for."""
-
-    def __init__(self, debug: bool) -> None:
-        super().__init__("aegis: %(levelname)s: %(message)s")
-        self.debug = debug
-
-    def format(self, record: logging.LogRecord) -> str:
-        record.levelname = record.levelname.lower()
-        if not self.debug:
-            record.exc_info = None
-            record.exc_text = None
-        return super().format(record)
-
-
-def _setup_logging(stream: TextIO, debug: bool) -> Callable[[], None]:
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(_PlainFormatter(debug))
-    logger = logging.getLogger("aegis")
-    saved = (logger.level, logger.propagate)
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
-    logger.propagate = False
-
-    def teardown() -> None:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-
-    return teardown
-
-
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -495,7 +465,7 @@ def main(
     except SystemExit as exc:  # argparse has printed usage, help or the version
         return exc.code if isinstance(exc.code, int) else EXIT["usage"]
     debug = env.environ.get("AEGIS_DEBUG", "") not in ("", "0")
-    teardown = _setup_logging(env.stderr, debug)
+    teardown = setup_logging(env.stderr, debug)
     try:
         code = int(args.handler(args, env))
         env.stdout.flush()  # a full disk or a closed pipe shows here, not at exit

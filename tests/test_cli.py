@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
-import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -410,11 +410,11 @@ def test_a_crashing_step_is_logged_without_traceback_unless_debugging(good: Path
         err = io.StringIO()
         import logging
 
-        from aegis.cli import _setup_logging
+        from aegis.logs import setup_logging
 
         logger = logging.getLogger("aegis")
         before = (list(logger.handlers), logger.level, logger.propagate)
-        teardown = _setup_logging(err, debug=bool(environ))
+        teardown = setup_logging(err, debug=bool(environ))
         try:
             run = run_workflow(
                 config, "smoke", record=False, environ=environ, warn=print, step_types=types

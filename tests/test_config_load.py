@@ -20,7 +20,6 @@ from aegis.config import (
     load_config,
     parse_config,
 )
-
 from aegis.steps import registry
 from aegis.steps.base import StepContext, StepType
 
