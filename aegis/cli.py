@@ -15,7 +15,7 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from aegis import __version__
@@ -457,6 +457,37 @@ def main(
     env = _Env(
         stdout or sys.stdout, stderr or sys.stderr, os.environ if environ is None else environ
     )
+    try:
+        with _interruptible():
+            return _command(argv, env)
+    except KeyboardInterrupt:  # before the command began, or as it ended
+        _say(env, "aegis: interrupted")
+        return EXIT["interrupted"]
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C raises ``KeyboardInterrupt`` inside, so the command can record and say what
+    it stopped. The entry points (``python -m aegis``, the built file) make Ctrl-C end
+    the process quietly until then (``SIG_DFL``); it does that again afterwards, so no
+    moment of a start or an exit shows a traceback."""
+    import signal
+    import threading
+
+    quiet = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+    )
+    if quiet:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if quiet:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _command(argv: Sequence[str] | None, env: _Env) -> int:
     parser = build_parser()
     try:
         # argparse prints help, version and usage errors to sys.stdout/sys.stderr

@@ -1,8 +1,8 @@
 """Running one workflow from a synchronous caller (the CLI): loop, signals, history.
 
-``run_workflow`` owns an asyncio loop for the length of one run. SIGINT and SIGTERM
-cancel the run; the engine records it as ``cancelled`` and the record comes back, so the
-caller can report it and exit 130. Webhook deliveries still pending at the end (also of a
+``run_workflow`` owns an asyncio loop for the length of one run. SIGINT, SIGTERM and
+SIGHUP cancel the run; the engine records it as ``cancelled`` and the record comes back,
+so the caller can report it and exit 130. Webhook deliveries still pending at the end (also of a
 cancelled run) get up to ``aegis.webhooks.EXIT_WAIT`` seconds before it returns.
 """
 
@@ -24,7 +24,13 @@ from aegis.steps.base import StepType
 if TYPE_CHECKING:
     from aegis.webhooks import WebhookDispatcher
 
-__all__ = ["run_workflow"]
+__all__ = ["STOP_SIGNALS", "run_workflow"]
+
+# Signals that stop a run (and `aegis serve`), which is then recorded `cancelled`: Ctrl-C,
+# a service manager's stop, and a closed terminal or SSH session.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 def run_workflow(
@@ -92,7 +98,7 @@ async def _run_until_signalled(engine: Engine, key: str, run_id: str, trigger: s
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(engine.run(key, run_id=run_id, trigger=trigger))
     installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         try:
             loop.add_signal_handler(signum, task.cancel)
             installed.append(signum)

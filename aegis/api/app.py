@@ -2,8 +2,8 @@
 
 ``ApiApp`` assembles one config's server: the history store (the CLI's file, so both see
 the same runs), the event bus and its log, the loop thread with the run manager and the
-health cache on it, and the HTTP server in front. ``serve`` runs one until SIGTERM or
-Ctrl-C; ``serve_demo`` does the same in front of the built-in reference services.
+health cache on it, and the HTTP server in front. ``serve`` runs one until SIGTERM,
+SIGHUP or Ctrl-C; ``serve_demo`` does the same in front of the built-in reference services.
 
 Stopping goes in the order that loses nothing: refuse new connections (requests on open
 ones get 503), cancel queued and running runs (recorded ``cancelled``; a ``?wait=``
@@ -249,8 +249,9 @@ class ApiApp:
 
 @contextmanager
 def _stop_signals() -> Iterator[None]:
-    """SIGTERM and SIGINT raise ``KeyboardInterrupt`` once; later ones (while stopping)
-    are ignored. Outside the main thread, where signals cannot be caught, nothing changes."""
+    """SIGTERM, SIGINT and SIGHUP raise ``KeyboardInterrupt`` once; later ones (while
+    stopping) are ignored. Outside the main thread, where signals cannot be caught,
+    nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -261,7 +262,9 @@ def _stop_signals() -> Iterator[None]:
             received.append(signum)
             raise KeyboardInterrupt
 
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    from aegis.runs import STOP_SIGNALS
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
