@@ -90,6 +90,7 @@ def test_sections_keep_the_file_s_keys(config: Config) -> None:
         "host": "127.0.0.1",
         "port": 9000,
         "max_concurrent_runs": 4,
+        "max_connections": 1000,
         "cors_origins": ["https://ui.example"],
     }
 

@@ -184,6 +184,9 @@ class ApiApp:
         return DeferredHistory(lambda: open_history(spec, warn=warn))
 
     def _listen(self, ctx: ApiContext) -> ApiServer:
+        from .connections import connection_budget, raise_file_limit
+
+        descriptors = raise_file_limit()
         try:
             return ApiServer(
                 (self.host, self.port),
@@ -193,6 +196,7 @@ class ApiApp:
                 cors_origins=self.config.server.cors_origins,
                 idle_timeout=self.idle_timeout,
                 access_log=self.access_log,
+                max_connections=connection_budget(self.config.server.max_connections, descriptors),
             )
         except OSError as exc:
             reason = exc.strerror or exc

@@ -105,6 +105,8 @@ class ServerSpec:
     host: str = "127.0.0.1"
     port: int = 8000
     max_concurrent_runs: int = 4
+    # Open connections at once; past it the longest idle goes, or a new one gets 503.
+    max_connections: int = 1000
     cors_origins: tuple[str, ...] = ()
 
 

@@ -29,6 +29,7 @@ def config_to_dict(config: Config, *, redact: bool = True) -> dict[str, Any]:
             "host": config.server.host,
             "port": config.server.port,
             "max_concurrent_runs": config.server.max_concurrent_runs,
+            "max_connections": config.server.max_connections,
             "cors_origins": list(config.server.cors_origins),
         },
         "auth": {"api_key": _secret(config.auth.api_key, redact)},

@@ -105,7 +105,7 @@ STEP_KEYS = (
     "with",
 )
 HISTORY_KEYS = ("path", "max_runs")
-SERVER_KEYS = ("host", "port", "max_concurrent_runs", "cors_origins")
+SERVER_KEYS = ("host", "port", "max_concurrent_runs", "max_connections", "cors_origins")
 AUTH_KEYS = ("api_key",)
 WEBHOOK_KEYS = ("url", "events", "secret")
 
@@ -827,6 +827,9 @@ def _server(reader: _Reader, raw: object) -> ServerSpec:
         port=reader.get(section, "port", "server", _integer(0, 65535), default.port),
         max_concurrent_runs=reader.get(
             section, "max_concurrent_runs", "server", _integer(1), default.max_concurrent_runs
+        ),
+        max_connections=reader.get(
+            section, "max_connections", "server", _integer(1), default.max_connections
         ),
         cors_origins=reader.items(section, "cors_origins", "server", _text, "strings") or (),
     )
