@@ -938,19 +938,21 @@ def closed_by_server(sock: socket.socket) -> bool:
 def test_past_max_connections_the_longest_idle_one_makes_room(make_server: MakeServer) -> None:
     server = make_server(max_connections=3, idle_timeout=60.0)
     first, second, third = connect(server), connect(server), connect(server)
+    keep_alive = http.client.HTTPConnection("127.0.0.1", port_of(server), timeout=TIMEOUT)
     try:
         assert poll(lambda: server.connection_count == 3)
-        assert still_serving(server)  # a fourth: the longest idle (the first) is closed
-        assert closed_by_server(first)
-        assert poll(lambda: server.connection_count <= 3)
-        keep_alive = http.client.HTTPConnection("127.0.0.1", port_of(server), timeout=TIMEOUT)
+        # a fourth: the longest idle (the first) is closed, and the fourth is answered
         assert request(server, "GET", "/health", connection=keep_alive).status == 200
-        assert closed_by_server(second)  # the one idle the longest by then
-        third.settimeout(0.2)
-        with pytest.raises(TimeoutError):
-            third.recv(100)  # still open
-        keep_alive.close()
+        assert closed_by_server(first)
+        assert poll(lambda: server.connection_count == 3)
+        with connect(server):  # idle the longest now: the second, then the third
+            assert closed_by_server(second)
+            third.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                third.recv(100)  # still open
+        assert request(server, "GET", "/health", connection=keep_alive).status == 200
     finally:
+        keep_alive.close()
         for sock in (first, second, third):
             sock.close()
 

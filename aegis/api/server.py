@@ -6,6 +6,9 @@ request must arrive whole within ``request_timeout`` of its first byte (default:
 idle timeout), so a client trickling bytes (slow-loris) holds a thread no longer than
 that. What the server checks before a handler runs, in order::
 
+    room for the connection          503 and close, before anything is read, when
+                                     ``max_connections`` are all answering a request
+                                     (else the longest idle connection is closed)
     the request line                 400, 414, 501 (unknown method), 505 (HTTP/0.9, 2.0)
     the headers                      408 (too slow), 431 (all lines together over 64 KiB),
                                      400: a malformed or folded line, no Host (HTTP/1.1),
@@ -18,8 +21,10 @@ that. What the server checks before a handler runs, in order::
     the route's parameters           400
 
 Every answer is JSON (the error body for errors) with a ``Content-Length``, except the
-landing files and the event stream. An exception in a handler answers 500 with an error
-id; the traceback goes to the log under that id, never to the client.
+landing files and the event stream (``stream.py``), which ends when its client closes or
+leaves what was sent unread for ``stall_timeout`` seconds. An exception in a handler
+answers 500 with an error id; the traceback goes to the log under that id, never to the
+client.
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ import http.client
 import logging
 import os
 import re
-import select
 import socket
 import socketserver
 import sys
@@ -48,12 +52,12 @@ from aegis.errors import Conflict, NotFound
 from .connections import Connections
 from .handlers import ApiContext
 from .routes import HttpError, Request, Response, Router
+from .stream import STALL_TIMEOUT, StreamOut
 
 __all__ = [
     "IDLE_TIMEOUT",
     "MAX_BODY_BYTES",
     "MAX_HEADER_BYTES",
-    "STALL_TIMEOUT",
     "AccessLog",
     "ApiRequestHandler",
     "ApiServer",
@@ -69,10 +73,6 @@ IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may sit without a request
 REQUEST_QUEUE_SIZE = 1024
 # How often serve_forever looks for a stop request; it bounds how long stopping takes.
 POLL_INTERVAL = 0.1
-# Seconds an event stream's client may leave its data unread (the send buffer full)
-# before it is dropped: a client that never reads would otherwise hold its buffers.
-STALL_TIMEOUT = 10.0
-STREAM_SEND_BUFFER = 64 * 1024  # bytes the kernel may hold for an event stream's client
 # accept() failing for want of descriptors or memory: the connection stays queued and the
 # listening socket readable, so serve_forever would spin on it at full CPU.
 _OUT_OF_RESOURCES = frozenset(
@@ -586,11 +586,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         self.wfile.write(response.body)
         self.wfile.flush()
         if response.stream is not None:
-            connection = self.connection
-            connection.settimeout(self.server.stall_timeout)  # a send that cannot go
-            # What a client that stops reading can make the kernel hold for it.
-            connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
-            response.stream(_StreamWriter(self.connection, self.wfile, self.server.stall_timeout))
+            response.stream(StreamOut(self.connection, self.wfile, self.server.stall_timeout))
 
     def _send_cors(self) -> None:
         origin = self._cors_origin()
@@ -607,52 +603,6 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         method = getattr(self, "command", None) or "-"
         target = loggable_target(getattr(self, "path", "") or "-")
         access_log(f'{self.client_address[0]} "{method} {target}" {status} {took:.1f}ms')
-
-
-class _StreamWriter:
-    """An event stream's connection: ``write`` sends (raising ``OSError`` once the client
-    is gone, or ``TimeoutError`` when a send made no progress for the stall timeout);
-    ``gone`` tells, without sending, that the client closed its side or has left its
-    data unread (the send buffer full) for ``stall_timeout`` seconds."""
-
-    def __init__(self, connection: socket.socket, wfile: Any, stall_timeout: float) -> None:
-        self._connection = connection
-        self._wfile = wfile
-        self._stall_timeout = stall_timeout
-        self._full_since: float | None = None
-
-    def write(self, data: bytes) -> None:
-        self._wfile.write(data)
-        self._wfile.flush()
-
-    def gone(self) -> bool:
-        readable, writable = _ready(self._connection)
-        if readable:
-            try:  # readable: this does not wait
-                peeked = self._connection.recv(1, socket.MSG_PEEK)
-            except OSError:  # reset
-                return True
-            if not peeked:
-                return True  # the client closed its side
-        if writable:
-            self._full_since = None
-            return False
-        now = time.monotonic()
-        if self._full_since is None:
-            self._full_since = now
-        return now - self._full_since >= self._stall_timeout
-
-
-def _ready(connection: socket.socket) -> tuple[bool, bool]:
-    """Whether ``connection`` has something to read (or its end), and room to send."""
-    if hasattr(select, "poll"):  # select() cannot watch descriptors past 1023
-        poller = select.poll()
-        poller.register(connection, select.POLLIN | select.POLLOUT)
-        events = dict(poller.poll(0)).get(connection.fileno(), 0)
-        hangup = select.POLLHUP | select.POLLERR
-        return bool(events & (select.POLLIN | hangup)), bool(events & select.POLLOUT)
-    readable, writable, _ = select.select([connection], [connection], [], 0)  # pragma: no cover
-    return bool(readable), bool(writable)  # pragma: no cover
 
 
 def _head_problem(headers: Any, version: str) -> str | None:

@@ -170,8 +170,7 @@ def test_out_of_descriptors_the_server_waits_instead_of_spinning(
     assert len(lines) == 1 or (len(lines) == 2 and "(repeated" in lines[1]), err
     reliability.record(
         "800 connections to a server whose descriptors run out first (EMFILE)",
-        expected="no busy loop: the longest idle connection is closed to make room; "
-        "one warning",
+        expected="no busy loop: the longest idle connection is closed to make room; one warning",
         observed="`/health` 200 among them; the accept loop idle; one `cannot accept "
         "connections: Too many open files` line, its repeats counted in one more; exit 0",
     )
