@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import resource
+import socket
+import threading
+import time
 
 import pytest
 
-from aegis.api.connections import DESCRIPTORS_KEPT, connection_budget, raise_file_limit
+from aegis.api.connections import (
+    DESCRIPTORS_KEPT,
+    Connections,
+    connection_budget,
+    raise_file_limit,
+)
 
 
 @pytest.mark.parametrize(
@@ -62,3 +70,51 @@ def test_the_real_limit_is_raised_in_this_process() -> None:
     now = raise_file_limit()
     assert now == resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= soft
     assert hard == resource.RLIM_INFINITY or now == hard
+
+
+def socket_pairs(count: int) -> list[tuple[socket.socket, socket.socket]]:
+    return [socket.socketpair() for _ in range(count)]
+
+
+def test_room_is_made_by_closing_the_longest_idle_connection() -> None:
+    pairs = socket_pairs(3)
+    try:
+        connections = Connections(2)
+        (a, _), (b, b_peer), (c, c_peer) = pairs
+        assert connections.admit(a) and connections.admit(b)
+        connections.busy(a, True)
+        connections.busy(a, False)  # a is now the most recently idle: b goes first
+        assert connections.admit(c)
+        assert b_peer.recv(10) == b""  # shut down
+        connections.closed(b)
+        assert len(connections) == 2
+        connections.busy(a, True)
+        connections.busy(c, True)
+        assert not connections.admit(b)  # every one answering: no room
+        assert not connections.make_room()
+        connections.busy(c, False)
+        assert connections.make_room() and c_peer.recv(10) == b""
+    finally:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+
+
+def test_waiting_for_a_close_ends_at_the_close_or_the_timeout() -> None:
+    (a, _), (b, _) = pairs = socket_pairs(2)
+    try:
+        connections = Connections(5)
+        connections.admit(a)
+        connections.admit(b)
+        began = time.monotonic()
+        connections.wait_for_a_close(0.05)  # nothing closes
+        assert time.monotonic() - began >= 0.05
+        closer = threading.Timer(0.05, connections.closed, (a,))
+        closer.start()
+        connections.wait_for_a_close(30)
+        closer.join()
+        assert len(connections) == 1
+    finally:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()

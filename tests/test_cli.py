@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -518,3 +520,50 @@ def test_a_reader_that_leaves_early_sees_no_error_from_the_process(tmp_path: Pat
     err = process.stderr.read()
     assert process.wait(timeout=60) == 141
     assert err == b""
+
+
+def test_an_output_error_that_is_not_the_disk_is_an_internal_error(good: Path) -> None:
+    err = io.StringIO()
+    with open(os.devnull) as read_only:  # writing to it fails: not a full disk, a bug
+        code = main(["--config", str(good), "history"], stdout=read_only, stderr=err, environ={})
+    assert code == 70 and "aegis: internal error: UnsupportedOperation" in err.getvalue()
+
+
+class FullStream(io.StringIO):
+    """A stream on a full disk that is not a file (no descriptor to redirect)."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_with_nowhere_to_say_it_still_ends_with_its_code(good: Path) -> None:
+    gone = io.StringIO()
+    gone.close()  # stderr cannot take the line either
+    code = main(["--config", str(good), "history"], stdout=FullStream(), stderr=gone, environ={})
+    assert code == 74
+
+
+def test_ctrl_c_before_the_command_begins_is_interrupted_not_a_traceback(
+    good: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted() -> None:
+        raise KeyboardInterrupt  # as Ctrl-C while the parser is being built
+
+    monkeypatch.setattr("aegis.cli.build_parser", interrupted)
+    result = cli("--config", str(good), "history")
+    assert (result.code, result.err) == (130, "aegis: interrupted\n")
+
+
+def test_ctrl_c_ends_the_process_quietly_outside_the_command() -> None:
+    from aegis.cli import _interruptible
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)  # as the entry points set it
+    try:
+        with pytest.raises(KeyboardInterrupt), _interruptible():
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with _interruptible():  # a handler of the caller's own is left alone
+        assert signal.getsignal(signal.SIGINT) is previous

@@ -41,7 +41,9 @@ class StreamOut:
         self._wfile.flush()
 
     def gone(self) -> bool:
-        readable, writable = _ready(self._connection)
+        readable, writable, hung_up = _ready(self._connection)
+        if hung_up:
+            return True  # reset, or closed both ways
         if readable:
             try:  # readable: this does not wait
                 peeked = self._connection.recv(1, socket.MSG_PEEK)
@@ -58,13 +60,14 @@ class StreamOut:
         return now - self._full_since >= self._stall_timeout
 
 
-def _ready(connection: socket.socket) -> tuple[bool, bool]:
-    """Whether ``connection`` has something to read (or its end), and room to send."""
+def _ready(connection: socket.socket) -> tuple[bool, bool, bool]:
+    """Whether ``connection`` has something to read (or its end), room to send, and
+    whether it was reset or closed both ways."""
     if hasattr(select, "poll"):  # select() cannot watch descriptors past 1023
         poller = select.poll()
         poller.register(connection, select.POLLIN | select.POLLOUT)
         events = dict(poller.poll(0)).get(connection.fileno(), 0)
-        hangup = select.POLLHUP | select.POLLERR
-        return bool(events & (select.POLLIN | hangup)), bool(events & select.POLLOUT)
+        hung_up = bool(events & (select.POLLHUP | select.POLLERR))
+        return bool(events & select.POLLIN), bool(events & select.POLLOUT), hung_up
     readable, writable, _ = select.select([connection], [connection], [], 0)  # pragma: no cover
-    return bool(readable), bool(writable)  # pragma: no cover
+    return bool(readable), bool(writable), False  # pragma: no cover
