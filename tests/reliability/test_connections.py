@@ -1,6 +1,7 @@
 """Many connections against a real ``aegis serve`` process with a low file limit
 (``ulimit -n 1024``, set for the child alone): the server keeps answering, does not spin,
-and event-stream clients that leave are let go.
+and event-stream clients that leave are let go. And a warning that repeats under load
+(a webhook receiver slower than the events) is one line with a count.
 
 The server's CPU time is read from ``/proc`` over a one-second window; connections are
 real loopback sockets from this process, bounded in number and each in time.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import os
 import resource
 import signal
@@ -19,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +205,71 @@ def test_event_stream_clients_that_leave_are_let_go(reliability: Any, tmp_path: 
 
 def threads_of(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
+
+
+class SlowReceiver(ThreadingHTTPServer):
+    """A webhook receiver on loopback that answers a delivery each time it is let."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.gate = threading.Semaphore(0)
+        super().__init__(("127.0.0.1", 0), _Answer)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+class _Answer(BaseHTTPRequestHandler):
+    server: SlowReceiver
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.gate.acquire(timeout=TIMEOUT)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_webhook_queue_that_keeps_overflowing_is_one_warning(reliability: Any) -> None:
+    from aegis.config.model import WebhookSpec
+    from aegis.events import EventBus
+    from aegis.logs import setup_logging
+    from aegis.webhooks import WebhookDispatcher
+
+    receiver = SlowReceiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    err = io.StringIO()
+    teardown = setup_logging(err, debug=False)
+    hooks = WebhookDispatcher([WebhookSpec(receiver.url)], max_pending=2)
+    bus = EventBus()
+    hooks.attach(bus)
+    try:
+        for round in range(30):  # the queue fills, drains, fills again: a warning each time
+            for _ in range(3):
+                bus.emit("step.completed", "run-1", "wf", round=round)
+            receiver.gate.release(2)
+            deadline = time.monotonic() + TIMEOUT
+            while hooks.pending and time.monotonic() < deadline:
+                threading.Event().wait(0.005)
+        during = err.getvalue().splitlines()
+    finally:
+        receiver.gate.release(100)
+        hooks.close(5)
+        teardown()
+        receiver.shutdown()
+        receiver.server_close()
+    assert len(during) == 1 and during[0].endswith(
+        "2 deliveries waiting; newer events are not delivered until it catches up"
+    ), during
+    assert err.getvalue().splitlines()[1:] == [during[0] + " (repeated 29 more times)"]
+    reliability.record(
+        "a webhook queue that overflows 30 times (a receiver slower than the events)",
+        expected="the same warning shown once, with its count",
+        observed="one `2 deliveries waiting` line, then the same with `(repeated 29 more "
+        "times)` when logging ends",
+    )
