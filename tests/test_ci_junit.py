@@ -6,14 +6,17 @@ import contextlib
 import os
 import stat
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from aegis.ci import outcomes as ci_outcomes
 from aegis.ci.junit import junit_xml, write_junit
 from aegis.records import Attempt, Run, RunStatus, StepResult, StepStatus, Verdict
+
+T = TypeVar("T")
 
 # What Jenkins (junit plugin), GitLab (junit report) and GitHub's test-report actions read:
 # <testsuites> / <testsuite name tests failures errors skipped time> /
@@ -276,18 +279,28 @@ def test_a_fifo_is_written_into_not_replaced(tmp_path: Path) -> None:
     check_schema(document)
 
 
-def test_dev_stdout_style_links_reach_the_pipe_behind_them(tmp_path: Path) -> None:
-    # /dev/stdout -> /proc/self/fd/1 -> "pipe:[…]": in a container it was replaced by a file
+def through_a_pipe(write: Callable[[str], T]) -> tuple[T, bytes]:
+    """``write(path)`` for a path that leads to a pipe, as /dev/stdout does; what it
+    returned and what came out of the pipe."""
     read_end, write_end = os.pipe()
-    link = tmp_path / "stdout"
-    link.symlink_to(f"/proc/self/fd/{write_end}")
     try:
-        write_junit(run_of(step("s")), link)
+        result = write(f"/proc/self/fd/{write_end}")
         os.close(write_end)
         with os.fdopen(read_end, "rb") as stream:
-            document = stream.read()
+            return result, stream.read()
     finally:
         with contextlib.suppress(OSError):
             os.close(write_end)
+
+
+def test_dev_stdout_style_links_reach_the_pipe_behind_them(tmp_path: Path) -> None:
+    # /dev/stdout -> /proc/self/fd/1 -> "pipe:[…]": in a container it was replaced by a file
+    link = tmp_path / "stdout"
+
+    def write(target: str) -> None:
+        link.symlink_to(target)
+        write_junit(run_of(step("s")), link)
+
+    _, document = through_a_pipe(write)
     assert link.is_symlink()
     check_schema(document)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 from test_ci_github import parse
-from test_ci_junit import check_schema
+from test_ci_junit import check_schema, through_a_pipe
 
 from aegis.cli import main
 
@@ -163,16 +162,8 @@ def test_an_unwritable_step_summary_only_warns(config: Path, tmp_path: Path) -> 
 
 
 def test_junit_to_a_pipe_through_proc_is_written_not_refused(config: Path) -> None:
-    read_end, write_end = os.pipe()
-    try:
-        code, _, err = aegis(
-            "--config", str(config), "run", "down", "--junit", f"/proc/self/fd/{write_end}"
-        )
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as stream:
-            document = stream.read()
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(write_end)
+    (code, _, err), document = through_a_pipe(
+        lambda target: aegis("--config", str(config), "run", "down", "--junit", target)
+    )
     assert code == 3, err
     assert check_schema(document).find("testsuite") is not None
