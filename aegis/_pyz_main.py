@@ -21,6 +21,13 @@ Why it exists (DESIGN §9):
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # pragma: no cover - runs inside the archive
+    # First of all: until the CLI takes Ctrl-C over, it ends the process the way it ends
+    # other tools (killed by SIGINT), not with a traceback from whatever was importing.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 import contextlib
 import importlib
 import json

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from aegis import __version__
 from aegis.errors import AegisError, ConfigError
+from aegis.logs import setup_logging
 
 if TYPE_CHECKING:
     from aegis.config.model import Config
@@ -34,8 +36,14 @@ EXIT = {
     "usage": 2,
     "step_failed": 3,
     "internal": 70,
+    "output": 74,  # the output could not be written (a full disk); sysexits' EX_IOERR
     "interrupted": 130,
+    "pipe_closed": 141,  # the reader of the output left, as 128 + SIGPIPE for other tools
 }
+# Write failures that are the output's destination, not Aegis: said in one line.
+_OUTPUT_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EIO") if hasattr(errno, name)
+)
 
 
 class _Env:
@@ -57,7 +65,8 @@ class _Env:
         return Console(self.stderr, self.environ)
 
     def warn(self, message: str) -> None:
-        print(f"aegis: warning: {message}", file=self.stderr, flush=True)
+        # through the log, whose handler shows each warning once however often it comes
+        logging.getLogger("aegis.cli").warning("%s", message)
 
 
 def run_exit_code(run: Run) -> int:
@@ -131,15 +140,20 @@ def _reporter(
     codes: list[int] = []
 
     def report(run: Run) -> None:
-        if args.json:
-            _dump_json(run.to_dict(), env.stdout)
-        else:
-            from aegis.console import render_run
-
-            render_run(env.out(), run)
-        env.stdout.flush()
+        code = run_exit_code(run)
         where = _where_recorded(config, run, no_history=no_history)
-        codes.append(_ci_outputs(args, env, run, run_exit_code(run), where))
+        try:
+            if args.json:
+                _dump_json(run.to_dict(), env.stdout)
+            else:
+                from aegis.console import render_run
+
+                render_run(env.out(), run)
+            env.stdout.flush()
+        except OSError:  # a closed pipe or a full disk: the run is recorded, the JUnit
+            _ci_outputs(args, env, run, code, where)  # file and CI outputs still written
+            raise
+        codes.append(_ci_outputs(args, env, run, code, where))
 
     return report, codes
 
@@ -242,14 +256,19 @@ def cmd_schedules(args: argparse.Namespace, env: _Env) -> int:
 def _check_writable(path: str) -> None:
     """Fail before the run, not after it, when the JUnit file cannot be written."""
     import tempfile
-    from pathlib import Path
 
-    directory = Path(path).parent
+    from aegis.ci.junit import junit_target
+
     try:
-        if Path(path).is_dir():
+        target, direct = junit_target(path)
+        if target.is_dir():
             raise IsADirectoryError(f"'{path}' is a directory")
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
+        if direct:
+            if not os.access(target, os.W_OK):
+                raise PermissionError("not writable")
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target.parent):
             pass
     except OSError as exc:
         raise _usage(f"--junit: cannot write '{path}': {exc.strerror or exc}") from None
@@ -687,38 +706,6 @@ def _add_listen_options(parser: argparse.ArgumentParser, prefix: str = "") -> No
 # -------------------------------------------------------------------------------- main
 
 
-class _PlainFormatter(logging.Formatter):
-    """Log lines without tracebacks, unless debugging was asked for."""
-
-    def __init__(self, debug: bool) -> None:
-        super().__init__("aegis: %(levelname)s: %(message)s")
-        self.debug = debug
-
-    def format(self, record: logging.LogRecord) -> str:
-        record.levelname = record.levelname.lower()
-        if not self.debug:
-            record.exc_info = None
-            record.exc_text = None
-        return super().format(record)
-
-
-def _setup_logging(stream: TextIO, debug: bool) -> Callable[[], None]:
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(_PlainFormatter(debug))
-    logger = logging.getLogger("aegis")
-    saved = (logger.level, logger.propagate)
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
-    logger.propagate = False
-
-    def teardown() -> None:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-
-    return teardown
-
-
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -730,6 +717,37 @@ def main(
     env = _Env(
         stdout or sys.stdout, stderr or sys.stderr, os.environ if environ is None else environ
     )
+    try:
+        with _interruptible():
+            return _command(argv, env)
+    except KeyboardInterrupt:  # before the command began, or as it ended
+        _say(env, "aegis: interrupted")
+        return EXIT["interrupted"]
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C raises ``KeyboardInterrupt`` inside, so the command can record and say what
+    it stopped. The entry points (``python -m aegis``, the built file) make Ctrl-C end
+    the process quietly until then (``SIG_DFL``); it does that again afterwards, so no
+    moment of a start or an exit shows a traceback."""
+    import signal
+    import threading
+
+    quiet = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+    )
+    if quiet:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if quiet:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _command(argv: Sequence[str] | None, env: _Env) -> int:
     parser = build_parser()
     try:
         # argparse prints help, version and usage errors to sys.stdout/sys.stderr
@@ -738,28 +756,63 @@ def main(
     except SystemExit as exc:  # argparse has printed usage, help or the version
         return exc.code if isinstance(exc.code, int) else EXIT["usage"]
     debug = env.environ.get("AEGIS_DEBUG", "") not in ("", "0")
-    teardown = _setup_logging(env.stderr, debug)
+    teardown = setup_logging(env.stderr, debug)
     try:
-        return int(args.handler(args, env))
+        code = int(args.handler(args, env))
+        env.stdout.flush()  # a full disk or a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        _discard(env.stdout)  # the reader has gone, as `| head` does: nothing to say
+        return EXIT["pipe_closed"]
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRNOS:
+            return _internal_error(exc, env, debug)
+        _discard(env.stdout)
+        _say(env, f"aegis: error: cannot write the output: {exc.strerror}")
+        return EXIT["output"]
     except ConfigError as exc:
-        print(exc, file=env.stderr)
+        _say(env, str(exc))
         return EXIT["usage"]
     except AegisError as exc:
-        print(f"aegis: {exc}", file=env.stderr)
+        _say(env, f"aegis: {exc}")
         return EXIT["usage"]
     except KeyboardInterrupt:
-        print("aegis: interrupted", file=env.stderr)
+        _say(env, "aegis: interrupted")
         return EXIT["interrupted"]
     except Exception as exc:
-        if debug:
-            import traceback
-
-            traceback.print_exc(file=env.stderr)
-        print(
-            f"aegis: internal error: {type(exc).__name__}: {exc} "
-            "(set AEGIS_DEBUG=1 to see the traceback)",
-            file=env.stderr,
-        )
-        return EXIT["internal"]
+        return _internal_error(exc, env, debug)
     finally:
         teardown()
+
+
+def _internal_error(exc: Exception, env: _Env, debug: bool) -> int:
+    if debug:
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=env.stderr)
+    _say(
+        env,
+        f"aegis: internal error: {type(exc).__name__}: {exc} "
+        "(set AEGIS_DEBUG=1 to see the traceback)",
+    )
+    return EXIT["internal"]
+
+
+def _say(env: _Env, line: str) -> None:
+    """A last line on stderr; a stderr that cannot take it (closed, full) changes nothing."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=env.stderr, flush=True)
+
+
+def _discard(stream: TextIO) -> None:
+    """Send what is left for ``stream`` (and the flush at exit) to the null device, so
+    the interpreter does not fail on it again when it exits."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a file (a test's StringIO): nothing is flushed at exit
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)

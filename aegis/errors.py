@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from aegis.text import printable
+
 __all__ = [
     "ERROR_KINDS",
     "AegisError",
@@ -49,8 +51,10 @@ class ConfigProblem:
     message: str
 
     def __str__(self) -> str:
+        # The file name and the key path come from outside (a key may hold ESC): escaped,
+        # so a config cannot drive the terminal that shows its problems.
         where = f"{self.file}: {self.path}" if self.path else self.file
-        return f"{where}: {self.message}"
+        return f"{printable(where)}: {self.message}"
 
 
 class ConfigError(AegisError):

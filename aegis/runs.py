@@ -1,12 +1,12 @@
 """Running one workflow from a synchronous caller (the CLI): loop, signals, history.
 
-``run_workflow`` owns an asyncio loop for the length of one run. SIGINT and SIGTERM
-cancel the run; the engine records it as ``cancelled`` and the record comes back, so the
-caller can report it and exit 130. When the run has ended, ``report`` writes its outputs;
-then the history store is closed, which waits for the run's last writes (another
-process's lock may hold them up); only then do webhook deliveries still pending (also of
-a cancelled run) get up to ``aegis.webhooks.EXIT_WAIT`` seconds. A SIGTERM after the run
-has ended ends that wait, never the outputs nor the record.
+``run_workflow`` owns an asyncio loop for the length of one run. SIGINT, SIGTERM and
+SIGHUP cancel the run; the engine records it as ``cancelled`` and the record comes back,
+so the caller can report it and exit 130. When the run has ended, ``report`` writes its
+outputs; then the history store is closed, which waits for the run's last writes
+(another process's lock may hold them up); only then do webhook deliveries still pending
+(also of a cancelled run) get up to ``aegis.webhooks.EXIT_WAIT`` seconds. A SIGTERM or
+SIGHUP after the run has ended ends that wait, never the outputs nor the record.
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ from aegis.steps.base import StepType
 if TYPE_CHECKING:
     from aegis.webhooks import WebhookDispatcher
 
-__all__ = ["run_workflow"]
+__all__ = ["STOP_SIGNALS", "run_workflow"]
+
+# Signals that stop a run (and `aegis serve`), which is then recorded `cancelled`: Ctrl-C,
+# a service manager's stop, and a closed terminal or SSH session.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 def run_workflow(
@@ -117,24 +123,28 @@ def _finish_deliveries(hooks: WebhookDispatcher, ending: _EndSignals | None = No
 
 
 class _EndSignals:
-    """SIGTERM after the run's loop has ended: noted while the outputs are written, so
-    they are finished; while deliveries are waited for, it ends the wait."""
+    """SIGTERM or SIGHUP after the run's loop has ended: noted while the outputs are
+    written, so they are finished; while deliveries are waited for, it ends the wait.
+    (SIGINT is Python's KeyboardInterrupt there already.)"""
 
     def __init__(self) -> None:
         self.received = False
         self.waiting = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
         self._installed = False
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread() or self._installed:
             return
-        self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+        for signum in STOP_SIGNALS:
+            if signum != signal.SIGINT:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
         self._installed = True
 
     def restore(self) -> None:
         if self._installed:
-            signal.signal(signal.SIGTERM, self._previous)
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous)
             self._installed = False
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -147,7 +157,7 @@ async def _run_until_signalled(run: Coroutine[Any, Any, Run]) -> Run:
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(run)
     installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         try:
             loop.add_signal_handler(signum, task.cancel)
             installed.append(signum)

@@ -36,6 +36,7 @@ AREAS = (
     "Hostile HTTP input",
     "Crashes and shared storage",
     "Load",
+    "Files and signals",
     "Secrets",
 )
 

@@ -635,13 +635,17 @@ def collect_stream(ctx: ApiContext, response: Response, until: Any) -> list[byte
     """Run the stream, stopping the server once ``until(chunks)`` holds."""
     chunks: list[bytes] = []
 
-    def write(data: bytes) -> None:
-        chunks.append(data)
-        if until(chunks):
-            ctx.stopping.set()
+    class Out:
+        def write(self, data: bytes) -> None:
+            chunks.append(data)
+            if until(chunks):
+                ctx.stopping.set()
+
+        def gone(self) -> bool:
+            return False
 
     assert response.stream is not None
-    response.stream(write)
+    response.stream(Out())
     return chunks
 
 

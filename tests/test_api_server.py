@@ -24,7 +24,7 @@ import pytest
 from test_api_routes import CONFIG, FakeHealth, FakeLoop, FakeRuns, make_config
 
 from aegis.api.handlers import ROUTES, ApiContext
-from aegis.api.routes import Router
+from aegis.api.routes import Router, Writer
 from aegis.api.server import (
     MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
@@ -699,8 +699,8 @@ def test_a_bug_after_the_answer_began_is_logged_as_an_error(
 ) -> None:
     from aegis.api.routes import Answer, Response, Route
 
-    def explode(write: Callable[[bytes], None]) -> None:
-        write(b"data: half\n\n")
+    def explode(out: Writer) -> None:
+        out.write(b"data: half\n\n")
         raise RuntimeError("stream bug")
 
     def streaming(ctx: Any, request: Any) -> Response:
@@ -910,3 +910,121 @@ def test_binding_makes_no_reverse_dns_lookup(
     monkeypatch.setattr(socket, "getfqdn", lookup)
     server = make_server()
     assert (server.server_name, server.server_port) == ("127.0.0.1", server.server_address[1])
+
+
+# ------------------------------------------------------------------- many connections
+
+
+def connect(server: ApiServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port_of(server)), timeout=TIMEOUT)
+
+
+def open_stream(server: ApiServer) -> socket.socket:
+    sock = connect(server)
+    sock.sendall(b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = b""
+    while b"retry: 2000" not in received:
+        received += sock.recv(1000)
+    return sock
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_past_max_connections_the_longest_idle_one_makes_room(make_server: MakeServer) -> None:
+    server = make_server(max_connections=3, idle_timeout=60.0)
+    first, second, third = connect(server), connect(server), connect(server)
+    keep_alive = http.client.HTTPConnection("127.0.0.1", port_of(server), timeout=TIMEOUT)
+    try:
+        assert poll(lambda: server.connection_count == 3)
+        # a fourth: the longest idle (the first) is closed, and the fourth is answered
+        assert request(server, "GET", "/health", connection=keep_alive).status == 200
+        assert closed_by_server(first)
+        assert poll(lambda: server.connection_count == 3)
+        with connect(server):  # idle the longest now: the second, then the third
+            assert closed_by_server(second)
+            third.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                third.recv(100)  # still open
+        assert request(server, "GET", "/health", connection=keep_alive).status == 200
+    finally:
+        keep_alive.close()
+        for sock in (first, second, third):
+            sock.close()
+
+
+def test_past_max_connections_all_answering_a_short_503_and_close(
+    make_server: MakeServer,
+) -> None:
+    server = make_server(max_connections=2, idle_timeout=60.0)
+    streams = [open_stream(server), open_stream(server)]  # answering, for as long as they last
+    try:
+        with connect(server) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ")
+        assert b"Connection: close" in head and b"Retry-After: 1" in head
+        assert json.loads(body)["error"]["message"] == "too many connections; try again"
+    finally:
+        for sock in streams:
+            sock.close()
+    assert poll(lambda: server.connection_count == 0)
+    assert still_serving(server)
+
+
+def test_slow_connections_do_not_start_a_thread_each(make_server: MakeServer) -> None:
+    before = threading.active_count()
+    server = make_server(max_connections=20, idle_timeout=60.0)
+    sockets = []
+    try:
+        for _ in range(200):
+            sock = connect(server)
+            sock.sendall(b"GET /health HTTP/1.1\r\n")  # and then nothing: slow
+            sockets.append(sock)
+        assert still_serving(server)
+        assert poll(lambda: server.connection_count <= 20)  # those told to go have gone
+        assert poll(lambda: threading.active_count() - before <= 20 + 1)  # + accepting
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_a_client_that_closes_a_quiet_event_stream_is_dropped_at_once(
+    server: ApiServer, access: list[str]
+) -> None:
+    server.ctx.heartbeat = 600.0  # no write would ever tell
+    sock = open_stream(server)
+    assert server.connection_count == 1
+    sock.close()
+    assert poll(lambda: server.connection_count == 0, timeout=5)
+    assert any('"GET /api/events/stream" 200' in line for line in access)
+
+
+def test_a_client_that_never_reads_its_event_stream_is_dropped(make_server: MakeServer) -> None:
+    server = make_server(stall_timeout=0.5, idle_timeout=60.0)
+    server.ctx.heartbeat = 600.0
+    bus = EventBus()
+    bus.subscribe(server.ctx.events.append)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", port_of(server)))
+    try:
+        sock.sendall(b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert poll(lambda: server.connection_count == 1)
+        big = "x" * 60_000
+        for i in range(200):  # far more than the buffers hold; the client reads nothing
+            bus.emit("step.completed", f"r{i}", "smoke", message=big)
+            if poll(lambda: server.connection_count == 0, timeout=0.05):
+                break
+        assert poll(lambda: server.connection_count == 0, timeout=5)
+    finally:
+        sock.close()
+    assert still_serving(server)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from aegis.ci import outcomes as ci_outcomes
 from aegis.ci.junit import junit_xml, write_junit
 from aegis.records import Attempt, Run, RunStatus, StepResult, StepStatus, Verdict
+
+T = TypeVar("T")
 
 # What Jenkins (junit plugin), GitLab (junit report) and GitHub's test-report actions read:
 # <testsuites> / <testsuite name tests failures errors skipped time> /
@@ -261,3 +267,57 @@ def test_a_failed_step_shows_the_data_it_recorded_before_failing() -> None:
     assert "data before the failure:" in (element.text or "")
     assert '"a1b2c3d4e5f60718"' in (element.text or "")
     assert "t2: timed out" in (element.text or "")
+def test_a_symlink_is_written_through_to_its_target(tmp_path: Path) -> None:
+    real = tmp_path / "reports" / "aegis.xml"
+    real.parent.mkdir()
+    real.write_text("old")
+    link = tmp_path / "latest.xml"
+    link.symlink_to(real)
+    assert write_junit(run_of(step("s")), link) == real
+    assert link.is_symlink() and link.resolve() == real
+    check_schema(real.read_bytes())
+    dangling = tmp_path / "next.xml"
+    dangling.symlink_to(tmp_path / "reports" / "new.xml")
+    write_junit(run_of(step("s")), dangling)
+    assert dangling.is_symlink()
+    check_schema((tmp_path / "reports" / "new.xml").read_bytes())
+
+
+def test_a_fifo_is_written_into_not_replaced(tmp_path: Path) -> None:
+    fifo = tmp_path / "junit.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a writer may open it now
+    try:
+        write_junit(run_of(step("s")), fifo)
+        document = os.read(reader, 1 << 20)
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    check_schema(document)
+
+
+def through_a_pipe(write: Callable[[str], T]) -> tuple[T, bytes]:
+    """``write(path)`` for a path that leads to a pipe, as /dev/stdout does; what it
+    returned and what came out of the pipe."""
+    read_end, write_end = os.pipe()
+    try:
+        result = write(f"/proc/self/fd/{write_end}")
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as stream:
+            return result, stream.read()
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(write_end)
+
+
+def test_dev_stdout_style_links_reach_the_pipe_behind_them(tmp_path: Path) -> None:
+    # /dev/stdout -> /proc/self/fd/1 -> "pipe:[…]": in a container it was replaced by a file
+    link = tmp_path / "stdout"
+
+    def write(target: str) -> None:
+        link.symlink_to(target)
+        write_junit(run_of(step("s")), link)
+
+    _, document = through_a_pipe(write)
+    assert link.is_symlink()
+    check_schema(document)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -606,11 +610,11 @@ def test_a_crashing_step_is_logged_without_traceback_unless_debugging(good: Path
         err = io.StringIO()
         import logging
 
-        from aegis.cli import _setup_logging
+        from aegis.logs import setup_logging
 
         logger = logging.getLogger("aegis")
         before = (list(logger.handlers), logger.level, logger.propagate)
-        teardown = _setup_logging(err, debug=bool(environ))
+        teardown = setup_logging(err, debug=bool(environ))
         try:
             run = run_workflow(
                 config, "smoke", record=False, environ=environ, warn=print, step_types=types
@@ -694,3 +698,104 @@ def test_tests_after_real_runs(good: Path) -> None:
     cli("--config", str(good), "run", "pipeline", "--quiet")
     found = cli("--config", str(good), "tests", "pipeline", "--limit", "1", "--json").json()
     assert len(found["tests"]) == 1 and found["tests"][0]["workflow"] == "pipeline"
+# ------------------------------------------------------------- output that cannot go out
+
+
+def test_a_full_disk_is_a_one_line_error_and_the_run_is_still_recorded(
+    good: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "junit.xml"
+    err = io.StringIO()
+    with open("/dev/full", "w") as full:  # every write fails with ENOSPC
+        code = main(
+            ["--config", str(good), "run", "smoke", "--json", "--junit", str(report)],
+            stdout=full,
+            stderr=err,
+            environ={},
+        )
+        assert code == 74
+        assert err.getvalue().splitlines()[-1] == (
+            "aegis: error: cannot write the output: No space left on device"
+        )
+    with open("/dev/full", "w") as full:
+        assert main(["--config", str(good), "history"], stdout=full, stderr=err, environ={}) == 74
+    runs = cli("--config", str(good), "history", "--json").json()["runs"]
+    assert [run["status"] for run in runs] == ["succeeded"]
+    assert report.read_bytes().startswith(b"<?xml")  # the CI outputs are still written
+
+
+def test_a_closed_pipe_ends_quietly(good: Path) -> None:
+    cli("--config", str(good), "run", "smoke")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone, as `aegis history | head` leaves it
+    err = io.StringIO()
+    with os.fdopen(write_end, "w") as closed:
+        code = main(["--config", str(good), "history"], stdout=closed, stderr=err, environ={})
+        assert code == 141 and err.getvalue() == ""
+        # the descriptor now leads nowhere: the flush at exit has nothing left to fail on
+        closed.write("more")
+        closed.flush()
+
+
+def test_a_reader_that_leaves_early_sees_no_error_from_the_process(tmp_path: Path) -> None:
+    workflows = "".join(f"  w{i}: {{steps: [{{type: report}}]}}\n" for i in range(3000))
+    config = write(tmp_path, f"workflows:\n{workflows}history: {{path: ':memory:'}}\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aegis", "--config", str(config), "config", "show", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline().strip() == b"{"  # `| head -1`
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 141
+    assert err == b""
+
+
+def test_an_output_error_that_is_not_the_disk_is_an_internal_error(good: Path) -> None:
+    err = io.StringIO()
+    with open(os.devnull) as read_only:  # writing to it fails: not a full disk, a bug
+        code = main(["--config", str(good), "history"], stdout=read_only, stderr=err, environ={})
+    assert code == 70 and "aegis: internal error: UnsupportedOperation" in err.getvalue()
+
+
+class FullStream(io.StringIO):
+    """A stream on a full disk that is not a file (no descriptor to redirect)."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_with_nowhere_to_say_it_still_ends_with_its_code(good: Path) -> None:
+    gone = io.StringIO()
+    gone.close()  # stderr cannot take the line either
+    code = main(["--config", str(good), "history"], stdout=FullStream(), stderr=gone, environ={})
+    assert code == 74
+
+
+def test_ctrl_c_before_the_command_begins_is_interrupted_not_a_traceback(
+    good: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted() -> None:
+        raise KeyboardInterrupt  # as Ctrl-C while the parser is being built
+
+    monkeypatch.setattr("aegis.cli.build_parser", interrupted)
+    result = cli("--config", str(good), "history")
+    assert (result.code, result.err) == (130, "aegis: interrupted\n")
+
+
+def test_ctrl_c_ends_the_process_quietly_outside_the_command() -> None:
+    from aegis.cli import _interruptible
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)  # as the entry points set it
+    try:
+        with pytest.raises(KeyboardInterrupt), _interruptible():
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with _interruptible():  # a handler of the caller's own is left alone
+        assert signal.getsignal(signal.SIGINT) is previous

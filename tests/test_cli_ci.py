@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from test_ci_github import parse
-from test_ci_junit import check_schema
+from test_ci_junit import check_schema, through_a_pipe
 
 from aegis.cli import main
 
@@ -171,3 +171,11 @@ def test_an_unwritable_step_summary_only_warns(config: Path, tmp_path: Path) -> 
     assert code == 3
     assert "warning: cannot append to GITHUB_STEP_SUMMARY" in err
     assert not os.path.exists(tmp_path / "missing")
+
+
+def test_junit_to_a_pipe_through_proc_is_written_not_refused(config: Path) -> None:
+    (code, _, err), document = through_a_pipe(
+        lambda target: aegis("--config", str(config), "run", "down", "--junit", target)
+    )
+    assert code == 3, err
+    assert check_schema(document).find("testsuite") is not None

@@ -231,7 +231,7 @@ def start_server(
     pytest.fail(f"the server never said it was serving (exit {process.wait()})")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_during_a_run_cancels_it_and_exits_0(
     tmp_path: Path, stalled: DemoServices, signum: int
 ) -> None:

@@ -772,3 +772,32 @@ def test_importing_the_config_package_does_not_import_yaml() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+MAX_BYTES = 4 * 1024 * 1024  # aegis.config.load.MAX_BYTES
+
+
+def test_an_oversized_file_is_refused_by_its_size_before_parsing(tmp_path: Path) -> None:
+    huge = tmp_path / "aegis.yaml"
+    with huge.open("wb") as stream:
+        stream.truncate(50 * 1024 * 1024)  # sparse: 50 MB that cost nothing to write
+    with pytest.raises(ConfigError) as caught:
+        load_config(huge, environ={})
+    assert str(caught.value) == (
+        f"{huge}: too large: 52,428,800 bytes; a config file may have at most 4 MiB"
+    )
+
+
+def test_a_file_just_over_the_limit_is_refused_and_one_at_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "aegis.yaml"
+    path.write_bytes(b"#" * MAX_BYTES + b"\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert "too large: 4,194,305 bytes" in str(caught.value)
+    path.write_bytes(b"services: {}\n#" + b"x" * (MAX_BYTES - 15) + b"\n")
+    assert load_config(path, environ={}).workflows == {}
+    with pytest.raises(ConfigError) as caught:
+        parse_config("#" * (MAX_BYTES + 1), file="inline", base_dir=tmp_path, environ={})
+    assert str(caught.value) == (
+        "inline: too large: 4,194,305 characters; a config file may have at most 4 MiB"
+    )

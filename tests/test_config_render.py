@@ -91,6 +91,7 @@ def test_sections_keep_the_file_s_keys(config: Config) -> None:
         "port": 9000,
         "max_concurrent_runs": 4,
         "max_queued_runs": 1000,
+        "max_connections": 1000,
         "cors_origins": ["https://ui.example"],
     }
 

@@ -1067,3 +1067,13 @@ def test_ready_endpoint_and_public_url() -> None:
         "aegis.public_url",
         "services.qaagent.ready_endpoint",
     ]
+def test_control_characters_in_key_paths_are_escaped_when_shown() -> None:
+    text = 'services: {}\nworkflows:\n  "x\\e[2J\\ry":\n    steps: []\n"top\\a": 1\n'
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    shown = str(caught.value)
+    assert "\x1b" not in shown and "\r" not in shown and "\x07" not in shown
+    assert "aegis.yaml: workflows.x\\x1b[2J\\ry: invalid workflow key" in shown
+    assert "aegis.yaml: top\\x07: unknown key" in shown
+    # the problems themselves keep the key as written, for callers that match on it
+    assert "workflows.x\x1b[2J\ry" in [p.path for p in caught.value.problems]

@@ -29,7 +29,7 @@ async def ok(ctx: StepContext) -> dict[str, Any]:
 TYPES = {"signal": step_type("signal", signal_self), "ok": step_type("ok", ok)}
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_cancels_the_run_and_the_record_comes_back(signum: int) -> None:
     cfg = config(step("signal", params={"signal": int(signum)}), step("ok"))
     warnings: list[str] = []

@@ -2,8 +2,8 @@
 
 ``ApiApp`` assembles one config's server: the history store (the CLI's file, so both see
 the same runs), the event bus and its log, the loop thread with the run manager and the
-health cache on it, and the HTTP server in front. ``serve`` runs one until SIGTERM or
-Ctrl-C; ``serve_demo`` does the same in front of the built-in reference services.
+health cache on it, and the HTTP server in front. ``serve`` runs one until SIGTERM,
+SIGHUP or Ctrl-C; ``serve_demo`` does the same in front of the built-in reference services.
 
 Schedules fire on the loop (``aegis.schedules.Scheduler``) through the run manager, as
 API runs do; with a history file, only the server holding its schedule lock fires them.
@@ -233,6 +233,9 @@ class ApiApp:
         return open_recording_history(self.config.history, warn=warn)
 
     def _listen(self, ctx: ApiContext) -> ApiServer:
+        from .connections import connection_budget, raise_file_limit
+
+        descriptors = raise_file_limit()
         try:
             return ApiServer(
                 (self.host, self.port),
@@ -243,6 +246,7 @@ class ApiApp:
                 cors_origins=self.config.server.cors_origins,
                 idle_timeout=self.idle_timeout,
                 access_log=self.access_log,
+                max_connections=connection_budget(self.config.server.max_connections, descriptors),
             )
         except OSError as exc:
             reason = exc.strerror or exc
@@ -311,8 +315,9 @@ async def _cancelled(task: asyncio.Task[Any]) -> None:
 
 @contextmanager
 def _stop_signals() -> Iterator[None]:
-    """SIGTERM and SIGINT raise ``KeyboardInterrupt`` once; later ones (while stopping)
-    are ignored. Outside the main thread, where signals cannot be caught, nothing changes."""
+    """SIGTERM, SIGINT and SIGHUP raise ``KeyboardInterrupt`` once; later ones (while
+    stopping) are ignored. Outside the main thread, where signals cannot be caught,
+    nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -323,7 +328,9 @@ def _stop_signals() -> Iterator[None]:
             received.append(signum)
             raise KeyboardInterrupt
 
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    from aegis.runs import STOP_SIGNALS
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
     try:
         yield
     finally:

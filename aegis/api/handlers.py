@@ -463,18 +463,21 @@ def stream_events(ctx: ApiContext, request: Request) -> Response:
     return Response(200, content_type="text/event-stream", headers=headers, stream=stream)
 
 
-def _stream(ctx: ApiContext, write: Writer, after: int) -> None:
-    write(b"retry: 2000\n\n")
+def _stream(ctx: ApiContext, out: Writer, after: int) -> None:
+    """Events as they come, a heartbeat when quiet, until the server stops or the client
+    goes: it closed, or it has not read for a while (looked at every ``STREAM_POLL``, so
+    a client that left holds no thread and no buffers for long)."""
+    out.write(b"retry: 2000\n\n")
     quiet_since = time.monotonic()
-    while not ctx.stopping.is_set():
+    while not ctx.stopping.is_set() and not out.gone():
         wait = min(STREAM_POLL, max(quiet_since + ctx.heartbeat - time.monotonic(), 0.0))
         events = ctx.events.wait_after(after, wait)
         if events:
-            write(b"".join(sse_message(event) for event in events))
+            out.write(b"".join(sse_message(event) for event in events))
             after = events[-1].id
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since >= ctx.heartbeat:
-            write(b": heartbeat\n\n")
+            out.write(b": heartbeat\n\n")
             quiet_since = time.monotonic()
 
 

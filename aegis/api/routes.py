@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 __all__ = [
@@ -95,7 +95,13 @@ class Request:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-Writer = Callable[[bytes], None]
+class Writer(Protocol):
+    """Where an event stream goes: ``write`` sends (raising ``OSError`` once the client
+    is gone); ``gone`` tells, without sending, that the client closed or stopped reading."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def gone(self) -> bool: ...
 
 
 @dataclass

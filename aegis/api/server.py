@@ -6,6 +6,9 @@ request must arrive whole within ``request_timeout`` of its first byte (default:
 idle timeout), so a client trickling bytes (slow-loris) holds a thread no longer than
 that. What the server checks before a handler runs, in order::
 
+    room for the connection          503 and close, before anything is read, when
+                                     ``max_connections`` are all answering a request
+                                     (else the longest idle connection is closed)
     the request line                 400, 414, 501 (unknown method), 505 (HTTP/0.9, 2.0)
     the headers                      408 (too slow), 431 (all lines together over 64 KiB),
                                      400: a malformed or folded line, no Host (HTTP/1.1),
@@ -19,13 +22,16 @@ that. What the server checks before a handler runs, in order::
     the route's parameters           400
 
 Every answer is JSON (the error body for errors) with a ``Content-Length``, except the
-landing files and the event stream. An exception in a handler answers 500 with an error
-id; the traceback goes to the log under that id, never to the client.
+landing files and the event stream (``stream.py``), which ends when its client closes or
+leaves what was sent unread for ``stall_timeout`` seconds. An exception in a handler
+answers 500 with an error id; the traceback goes to the log under that id, never to the
+client.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import logging
 import math
@@ -42,10 +48,13 @@ from typing import Any, TextIO
 from urllib.parse import parse_qs, unquote
 
 from aegis import __version__
+from aegis.config.model import ServerSpec
 from aegis.errors import Conflict, NotFound, QueueFull
 
+from .connections import Connections
 from .handlers import ApiContext
-from .routes import HttpError, Request, Response, Router, Writer
+from .routes import HttpError, Request, Response, Router
+from .stream import STALL_TIMEOUT, StreamOut
 
 __all__ = [
     "IDLE_TIMEOUT",
@@ -66,6 +75,15 @@ IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may sit without a request
 REQUEST_QUEUE_SIZE = 1024
 # How often serve_forever looks for a stop request; it bounds how long stopping takes.
 POLL_INTERVAL = 0.1
+# accept() failing for want of descriptors or memory: the connection stays queued and the
+# listening socket readable, so serve_forever would spin on it at full CPU.
+_OUT_OF_RESOURCES = frozenset(
+    getattr(errno, name)
+    for name in ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM")
+    if hasattr(errno, name)
+)
+# How long accepting pauses after such a failure, unless a connection closes sooner.
+ACCEPT_PAUSE = 0.5
 CORS_ALLOW_HEADERS = "Content-Type, X-API-Key, Authorization, Idempotency-Key, Last-Event-ID"
 CORS_EXPOSE_HEADERS = "Location, Idempotent-Replayed"
 AUTH_CHALLENGE = 'Bearer realm="aegis"'
@@ -198,6 +216,8 @@ class ApiServer(ThreadingHTTPServer):
         idle_timeout: float = IDLE_TIMEOUT,
         request_timeout: float | None = None,
         access_log: Callable[[str], None] | None = None,
+        max_connections: int = ServerSpec.max_connections,
+        stall_timeout: float = STALL_TIMEOUT,
     ) -> None:
         self.ctx = ctx
         self.router = router
@@ -209,9 +229,8 @@ class ApiServer(ThreadingHTTPServer):
         self.request_timeout = idle_timeout if request_timeout is None else request_timeout
         self.access_log = access_log
         self.stopping = ctx.stopping
-        self._connections: set[socket.socket] = set()
-        self._busy: set[socket.socket] = set()  # those with a request being answered
-        self._connections_changed = threading.Condition()
+        self.connections = Connections(max_connections)
+        self.stall_timeout = stall_timeout
         self._thread: threading.Thread | None = None
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -256,33 +275,54 @@ class ApiServer(ThreadingHTTPServer):
     def close_connections(self, grace: float = 0.0) -> None:
         """Close every open connection, so idle keep-alive threads end now; connections
         answering a request get up to ``grace`` seconds to finish first."""
-        with self._connections_changed:
-            self._connections_changed.wait_for(lambda: not self._busy, grace)
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
+        self.connections.close_all(grace)
 
     @property
     def connection_count(self) -> int:
         """How many connections are open now (idle keep-alive ones included)."""
-        with self._connections_changed:
-            return len(self._connections)
+        return len(self.connections)
 
-    def track(self, connection: socket.socket, open: bool) -> None:
-        with self._connections_changed:
-            if open:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in _OUT_OF_RESOURCES:
+                self._out_of_resources(exc)
+            raise  # serve_forever skips this round
 
-    def busy(self, connection: socket.socket, busy: bool) -> None:
-        with self._connections_changed:
-            if busy:
-                self._busy.add(connection)
-            else:
-                self._busy.discard(connection)
-                self._connections_changed.notify_all()
+    def _out_of_resources(self, exc: OSError) -> None:
+        """No descriptor (or memory) for a new connection: free one by closing the
+        longest idle connection, then wait for a close (at most ``ACCEPT_PAUSE``) rather
+        than retrying at once, for ever, at full CPU."""
+        log.warning("cannot accept connections: %s; closing idle ones", exc.strerror or exc)
+        self.connections.make_room()
+        self.connections.wait_for_a_close(ACCEPT_PAUSE)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.connections.admit(request):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)  # its own thread
+        except BaseException:
+            self.connections.closed(request)
+            raise
+
+    def _refuse(self, connection: socket.socket) -> None:
+        """A short 503 and close, from the accept thread, which must never wait on it."""
+        log.warning(
+            "%d connections, each answering a request: refusing more", self.connections.limit
+        )
+        with contextlib.suppress(OSError):
+            connection.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                connection.recv(MAX_HEADER_BYTES)  # unread bytes would turn close into a reset
+            connection.send(_TOO_MANY)
+        self.shutdown_request(connection)
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        self.connections.closed(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that vanished mid-answer is routine; anything else is a bug worth a trace.
@@ -308,12 +348,10 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.idle_timeout)
-        self.server.track(self.connection, True)
         self._unread = 0
         self._began = time.perf_counter()
 
     def finish(self) -> None:
-        self.server.track(self.connection, False)
         with contextlib.suppress(OSError):  # the client closed first: nothing to flush to
             super().finish()
 
@@ -368,11 +406,12 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self) -> None:
-        self.server.busy(self.connection, True)
+        connections = self.server.connections
+        connections.busy(self.connection, True)
         try:
             self._answer(self._respond())
         finally:
-            self.server.busy(self.connection, False)
+            connections.busy(self.connection, False)
 
     do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
 
@@ -555,7 +594,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         self.wfile.write(response.body)
         self.wfile.flush()
         if response.stream is not None:
-            response.stream(self._stream_writer())
+            response.stream(StreamOut(self.connection, self.wfile, self.server.stall_timeout))
 
     def _send_cors(self) -> None:
         origin = self._cors_origin()
@@ -563,15 +602,6 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             self.send_header("Access-Control-Allow-Origin", origin)
             self.send_header("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)
             self.send_header("Vary", "Origin")
-
-    def _stream_writer(self) -> Writer:
-        wfile = self.wfile
-
-        def write(data: bytes) -> None:
-            wfile.write(data)
-            wfile.flush()
-
-        return write
 
     def _log(self, status: int) -> None:
         access_log = self.server.access_log
@@ -629,3 +659,19 @@ def _query(query: str) -> dict[str, list[str]]:
 
 def _unavailable(message: str) -> Response:
     return HttpError(503, message, headers={"Retry-After": "1"}).response()
+
+
+def _refusal() -> bytes:
+    """The whole answer to a connection past the limit, written before its request is read."""
+    response = _unavailable("too many connections; try again")
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        f"Content-Type: {response.content_type}\r\n"
+        f"Content-Length: {len(response.body)}\r\n"
+        "Retry-After: 1\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + response.body
+
+
+_TOO_MANY = _refusal()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 from aegis.ci.outcomes import TestOutcome, is_infrastructure, test_outcomes
 from aegis.records import Run, StepResult
 
-__all__ = ["junit_xml", "write_junit"]
+__all__ = ["junit_target", "junit_xml", "write_junit"]
 
 # Characters XML 1.0 does not allow, even escaped.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -156,10 +157,16 @@ def _test_case(suite: ET.Element, outcome: TestOutcome, name: str) -> str | None
 
 
 def write_junit(run: Run, path: str | os.PathLike[str]) -> Path:
-    """Write the JUnit file atomically (a reader never sees half of it); returns its path."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Write the JUnit file; returns its path. A regular file is replaced atomically (a
+    reader never sees half of it), through a symlink at the file it points to; a FIFO or
+    a device (``/dev/stdout``) is written into as it is."""
     document = junit_xml(run, hostname=_hostname())
+    target, direct = junit_target(path)
+    if direct:
+        with open(target, "ab") as stream:
+            stream.write(document)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as stream:
@@ -170,6 +177,26 @@ def write_junit(run: Run, path: str | os.PathLike[str]) -> Path:
         Path(temp).unlink(missing_ok=True)
         raise
     return target
+
+
+def junit_target(path: str | os.PathLike[str]) -> tuple[Path, bool]:
+    """Where the JUnit file for ``path`` goes, and whether it is written directly (a FIFO,
+    a device, or what ``/dev/stdout`` leads to) rather than replaced. A symlink leads to
+    its target, so the link stays."""
+    given = Path(path)
+    try:
+        mode = os.stat(given).st_mode
+    except OSError:  # nothing there yet (or a dangling link): a new file at the end of it
+        return Path(os.path.realpath(given)), False
+    resolved = Path(os.path.realpath(given))
+    # /dev/stdout leads through /proc to "pipe:[…]" or a terminal: no path to replace.
+    if not stat.S_ISREG(mode) or not resolved.exists() or _under(resolved, "/proc", "/dev"):
+        return given, True
+    return resolved, False
+
+
+def _under(path: Path, *roots: str) -> bool:
+    return any(path.is_relative_to(root) for root in roots)
 
 
 def _hostname() -> str:

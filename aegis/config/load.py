@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFIG_ENV",
     "CONFIG_NAMES",
+    "MAX_BYTES",
     "MAX_DEPTH",
     "MAX_VALUES",
     "find_config",
@@ -49,6 +50,9 @@ CONFIG_ENV = "AEGIS_CONFIG"
 # nesting would overflow the recursive passes after parsing; nothing real comes near these.
 MAX_VALUES = 100_000
 MAX_DEPTH = 64
+# A file is refused by its size before it is parsed: parsing 50 MB of YAML took over a
+# minute and 1.6 GB. A config this large would already hold far more than MAX_VALUES.
+MAX_BYTES = 4 * 1024 * 1024
 
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -183,6 +187,8 @@ def parse_config(
 ) -> Config:
     """Like ``load_config`` for a config held in memory: ``file`` names it in problems,
     relative paths are resolved against ``base_dir``."""
+    if len(text) > MAX_BYTES:  # characters: at least as many bytes
+        raise ConfigError.single(file, "", _too_large(f"{len(text):,} characters"))
     return _parse(
         text, file=file, base_dir=base_dir, environ=environ, step_types=step_types, source=None
     )
@@ -227,7 +233,11 @@ def _default_step_types() -> Mapping[str, StepType]:
 
 def _read_text(path: Path, display: str) -> str:
     try:
-        data = path.read_bytes()
+        with path.open("rb") as stream:
+            # The size on disk refuses a big file unread; reading one byte past the limit
+            # catches what has no size (a pipe) or grew meanwhile.
+            size = os.fstat(stream.fileno()).st_size
+            data = b"" if size > MAX_BYTES else stream.read(MAX_BYTES + 1)
     except FileNotFoundError as exc:
         raise ConfigError.single(display, "", "no such file") from exc
     except IsADirectoryError as exc:
@@ -235,6 +245,9 @@ def _read_text(path: Path, display: str) -> str:
     except OSError as exc:
         reason = (exc.strerror or str(exc)).lower()
         raise ConfigError.single(display, "", f"cannot read the file: {reason}") from exc
+    if size > MAX_BYTES or len(data) > MAX_BYTES:
+        amount = f"{size:,} bytes" if size > MAX_BYTES else f"over {MAX_BYTES:,} bytes"
+        raise ConfigError.single(display, "", _too_large(amount))
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -242,6 +255,10 @@ def _read_text(path: Path, display: str) -> str:
         raise ConfigError.single(
             display, "", f"line {line}: not UTF-8 text (byte {data[exc.start]:#04x})"
         ) from exc
+
+
+def _too_large(amount: str) -> str:
+    return f"too large: {amount}; a config file may have at most {MAX_BYTES // 2**20} MiB"
 
 
 # -- YAML ------------------------------------------------------------------------------------

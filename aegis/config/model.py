@@ -154,6 +154,8 @@ class ServerSpec:
     port: int = 8000
     max_concurrent_runs: int = 4
     max_queued_runs: int = DEFAULT_MAX_QUEUED_RUNS
+    # Open connections at once; past it the longest idle goes, or a new one gets 503.
+    max_connections: int = 1000
     cors_origins: tuple[str, ...] = ()
 
 

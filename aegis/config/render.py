@@ -47,6 +47,7 @@ def config_to_dict(config: Config, *, redact: bool = True) -> dict[str, Any]:
             "port": config.server.port,
             "max_concurrent_runs": config.server.max_concurrent_runs,
             "max_queued_runs": config.server.max_queued_runs,
+            "max_connections": config.server.max_connections,
             "cors_origins": list(config.server.cors_origins),
         },
         "auth": {

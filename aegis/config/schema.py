@@ -126,7 +126,9 @@ STEP_KEYS = (
     "with",
 )
 HISTORY_KEYS = ("path", "max_runs", "max_age")
-SERVER_KEYS = ("host", "port", "max_concurrent_runs", "max_queued_runs", "cors_origins")
+SERVER_KEYS = (
+    "host", "port", "max_concurrent_runs", "max_queued_runs", "max_connections", "cors_origins"
+)  # fmt: skip
 AUTH_KEYS = ("api_key", "protect")
 PROTECT_CHOICES = ("writes", "all")
 WEBHOOK_KEYS = ("url", "events", "secret")
@@ -1051,6 +1053,9 @@ def _server(reader: _Reader, raw: object) -> ServerSpec:
         ),
         max_queued_runs=reader.get(
             section, "max_queued_runs", "server", _integer(1), DEFAULT_MAX_QUEUED_RUNS
+        ),
+        max_connections=reader.get(
+            section, "max_connections", "server", _integer(1), default.max_connections
         ),
         cors_origins=reader.items(section, "cors_origins", "server", _text, "strings") or (),
     )
