@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from pyz_helpers import PYTHONS, RUN_TIMEOUT, base_environ, require_python, run_pyz
+from test_api_http import poll
 
 from aegis.demo import DemoServices, Fault
 
@@ -194,6 +195,14 @@ def test_sigkill_mid_run_shows_interrupted(
     pyz: Path, env: dict[str, str], config: Path, stalled: DemoServices
 ) -> None:
     process = start_run_until_test_step(pyz, env, config)
+
+    def discover_recorded() -> bool:
+        # writes go through a thread of their own: wait until the first step's is made
+        listed = aegis(pyz, env, "--config", str(config), "history", "--json")
+        runs = json.loads(listed.stdout)["runs"] if listed.returncode == 0 else []
+        return bool(runs) and [s["name"] for s in runs[0]["steps"]] == ["discover"]
+
+    poll(discover_recorded)
     process.kill()
     process.wait(RUN_TIMEOUT)
     listed = aegis(pyz, env, "--config", str(config), "history", "--json")

@@ -44,6 +44,16 @@ workflows:
   nightly:
     name: Nightly suite
     steps: [{{type: report}}]
+  tuned:
+    params:
+      suite: {{type: choice, choices: [smoke, full], default: smoke, description: which tests}}
+      shards: {{type: integer, default: 2}}
+      dry_run: {{type: boolean, default: false}}
+      token: {{type: string, secret: true}}
+    steps:
+      - type: discover
+        service: qaagent
+        with: {{path: "/api/routes?suite=${{{{ params.suite }}}}"}}
 history: {{path: "{history}"}}
 {extra}
 """
@@ -191,22 +201,35 @@ def test_rerun_buttons_filters_and_pages(tab: Tab, demo: DemoServices, tmp_path:
         tab.evaluate(f"location.hash = '#run={broken['run_id']}'; location.reload()")
         detail_status(tab, "failed")
         tab.wait_for("!document.querySelector('#run-detail .rerun-failed').disabled")
-        click(tab, "#run-detail .rerun-failed")
-        # until the rerun route exists (issue 17) the server answers 404, said readably
-        message = tab.wait_for(
-            "(document.querySelector('#run-detail .action-status[data-state=\"error\"]') || {})"
-            ".textContent"
+        calls = len(demo.qaagent.calls)
+        click(tab, "#run-detail .rerun-failed")  # the service has recovered meanwhile
+        tab.wait_for(
+            "document.querySelector('#run-detail').dataset.runId !== "
+            + json.dumps(broken["run_id"]),
+            timeout=30,
         )
-        assert "/rerun: HTTP 404" in message  # not 401: the kept key was sent
-        assert "hidden" in tab.dom().by_id("auth-panel").attrs
+        detail_status(tab, "succeeded")
+        rerun_id = tab.evaluate("document.querySelector('#run-detail').dataset.runId")
+        assert broken["run_id"] in tab.text("#run-detail .run-facts")  # "Rerun of"
+        rerun = httpx.get(f"{url}api/runs/{rerun_id}", timeout=30).json()
+        assert rerun["rerun_of"] == broken["run_id"]
+        assert [s["reused"] for s in rerun["steps"]] == [True, False]
+        # the discover step was carried over: the service was asked for its tests only
+        assert [c.path for c in demo.qaagent.calls[calls:]] == ["/api/runs"]
+        assert "hidden" in tab.dom().by_id("auth-panel").attrs  # the kept key was sent
 
         # paging beyond 20, then a filter back to page one
         tab.wait_for("document.querySelectorAll('#run-list .run-row').length === 20")
-        assert tab.text("#run-list-status").startswith("Latest 1\N{EN DASH}20 of 23.")
+        # the list refreshes on its own once the rerun is in it
+        tab.wait_for(
+            "document.querySelector('#run-list-status').textContent"
+            ".startsWith('Latest 1\N{EN DASH}20 of 24.')",
+            timeout=30,
+        )
         assert tab.evaluate("document.getElementById('runs-newer').disabled") is True
         click(tab, "#runs-older")
-        tab.wait_for("document.querySelectorAll('#run-list .run-row').length === 3")
-        assert tab.text("#run-list-status").startswith("Runs 21\N{EN DASH}23 of 23.")
+        tab.wait_for("document.querySelectorAll('#run-list .run-row').length === 4")
+        assert tab.text("#run-list-status").startswith("Runs 21\N{EN DASH}24 of 24.")
         assert tab.evaluate("document.getElementById('runs-older').disabled") is True
         tab.evaluate(
             "const s = document.getElementById('filter-status'); s.value = 'failed';"
@@ -228,28 +251,15 @@ def test_rerun_buttons_filters_and_pages(tab: Tab, demo: DemoServices, tmp_path:
 
 # -- the start form from a workflow's params ----------------------------------------------------
 
-# Adds params to the `smoke` workflow as the API will describe them (issue 15) and records
-# what the page posts; the server here still ignores a run's params.
-WITH_PARAMS = """
+# Records what the page posts.
+POSTS = """
 const realFetch = window.fetch.bind(window);
 window.__posted = [];
 window.fetch = async (path, options = {}) => {
   if (options.method === "POST") {
     window.__posted.push([String(path), options.body, options.headers["X-API-Key"]]);
   }
-  const answer = await realFetch(path, options);
-  if (String(path) !== "api/workflows") return answer;
-  const data = await answer.json();
-  const smoke = data.workflows.find((w) => w.key === "smoke");
-  smoke.params = {
-    suite: {type: "choice", choices: ["smoke", "full"], default: "smoke", required: false,
-            description: "which tests", secret: false},
-    shards: {type: "integer", default: 2, required: false, description: "", secret: false},
-    dry_run: {type: "boolean", default: false, required: false, description: "", secret: false},
-    token: {type: "string", default: "***", required: false, description: "", secret: true},
-  };
-  const headers = {"Content-Type": "application/json"};
-  return new Response(JSON.stringify(data), {status: 200, headers});
+  return realFetch(path, options);
 };
 """
 
@@ -258,10 +268,10 @@ def test_the_start_form_is_built_from_the_workflows_params(
     tab: Tab, demo: DemoServices, tmp_path: Path
 ) -> None:
     with site(demo, tmp_path, f"auth: {{api_key: {KEY}}}") as (url, _):
-        tab.before_scripts(KEY_KEPT + WITH_PARAMS)
+        tab.before_scripts(KEY_KEPT + POSTS)
         tab.open(url)
         tab.wait_for("document.body.dataset.mode === 'live'")
-        form = tab.dom().by_id("workflow-list").one(cls="start-form", data_key="smoke")
+        form = tab.dom().by_id("workflow-list").one(cls="start-form", data_key="tuned")
         fields = {f.one("label").one("code").text: f for f in form.all(cls="param-field")}
         assert list(fields) == ["suite", "shards", "dry_run", "token"]
         assert [o.text for o in fields["suite"].all("option")] == ["smoke", "full"]
@@ -269,26 +279,31 @@ def test_the_start_form_is_built_from_the_workflows_params(
         assert fields["dry_run"].one("input").attrs["type"] == "checkbox"
         token = fields["token"].one("input")
         assert token.attrs["type"] == "password" and "value" not in token.attrs  # never ***
-        plain = tab.dom().by_id("workflow-list").one(cls="start-form", data_key="pipeline")
+        plain = tab.dom().by_id("workflow-list").one(cls="start-form", data_key="smoke")
         assert plain.one(cls="start-run").text == "Start run" and not plain.all(cls="param-field")
 
         tab.evaluate(
-            "document.getElementById('param-smoke-suite').value = 'full';"
-            "document.getElementById('param-smoke-shards').value = '4';"
-            "document.getElementById('param-smoke-dry_run').checked = true;"
+            "document.getElementById('param-tuned-suite').value = 'full';"
+            "document.getElementById('param-tuned-shards').value = '4';"
+            "document.getElementById('param-tuned-dry_run').checked = true;"
+            "document.getElementById('param-tuned-token').value = 's3cr3t-t0ken';"
         )
-        click(tab, '.start-form[data-key="smoke"] .start-run')
+        click(tab, '.start-form[data-key="tuned"] .start-run')
         detail_status(tab, "succeeded")
         posted = tab.evaluate("window.__posted")
-        assert posted == [
-            [
-                "api/workflows/smoke/run",
-                json.dumps({"params": {"suite": "full", "shards": 4, "dry_run": True}}).replace(
-                    " ", ""
-                ),
-                KEY,
-            ]
+        sent = {"suite": "full", "shards": 4, "dry_run": True, "token": "s3cr3t-t0ken"}
+        assert [(p[0], json.loads(p[1]), p[2]) for p in posted] == [
+            ("api/workflows/tuned/run", {"params": sent}, KEY)
         ]
+        # the server ran with them: the template reached the service; the record hides
+        # the secret, and so does the page
+        assert demo.qaagent.calls[-1].path == "/api/routes"
+        assert demo.qaagent.calls[-1].query == "suite=full"
+        run_id = tab.evaluate("document.querySelector('#run-detail').dataset.runId")
+        record = httpx.get(f"{url}api/runs/{run_id}", timeout=30).json()
+        assert record["params"] == {**sent, "token": "***"}
+        assert "s3cr3t-t0ken" not in tab.evaluate("document.body.innerText")
+        assert "suite=full" in tab.text("#run-detail .run-facts")
 
 
 # -- a seeded history: the flaky panel, trends, screenshots ------------------------------------

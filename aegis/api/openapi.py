@@ -312,15 +312,20 @@ def build_openapi(
 
 
 def _workflow_params(workflows: Mapping[str, WorkflowSpec]) -> dict[str, Any]:
-    """``Params.KEY`` for each workflow, and a ``RunRequest`` whose ``params`` is one of them."""
+    """``Params.KEY`` for each workflow, and a ``RunRequest`` and ``RerunRequest`` whose
+    ``params`` is one of them."""
     if not workflows:
         return {}
     from aegis.config.params import params_schema
 
     found = {f"Params.{key}": params_schema(spec.params) for key, spec in workflows.items()}
+    one_of_them = {"anyOf": [_ref(name) for name in found]}
     request = dict(SCHEMAS["RunRequest"])
-    request["properties"] = {"params": {"anyOf": [_ref(name) for name in found]}}
-    return {**found, "RunRequest": request}
+    request["properties"] = {"params": one_of_them}
+    rerun = dict(SCHEMAS["RerunRequest"])
+    described = {"description": "params that replace the old run's (those of its workflow)"}
+    rerun["properties"] = {**rerun["properties"], "params": {**one_of_them, **described}}
+    return {**found, "RunRequest": request, "RerunRequest": rerun}
 
 
 def _operation(route: Route, keyed: bool) -> dict[str, Any]:
