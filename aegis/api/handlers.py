@@ -378,9 +378,7 @@ def rerun_run(ctx: ApiContext, request: Request) -> Response:
     from_failed = body.get("from_failed", False)
     if not isinstance(from_failed, bool):
         raise HttpError(400, "'from_failed' must be true or false")
-    params = body.get("params")
-    if params is not None and not isinstance(params, dict):
-        raise HttpError(400, "'params' must be a JSON object of param names to values")
+    params = _run_params(body)
     try:
         run = ctx.call(
             ctx.runs.rerun(request.params["run_id"], from_failed=from_failed, params=params)
@@ -390,6 +388,8 @@ def rerun_run(ctx: ApiContext, request: Request) -> Response:
     url = f"/api/runs/{run.run_id}"
     accepted = {"run_id": run.run_id, "status": run.status.value, "url": url}
     return _json(202, accepted, {"Location": url})
+
+
 def workflow_trends(ctx: ApiContext, request: Request) -> Response:
     """The last ``limit`` finished runs of a workflow, oldest first: what the charts draw."""
     key = request.params["key"]

@@ -177,6 +177,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
     ),
     "RerunRequest": _obj(
+        [],  # both optional
         from_failed={
             "type": "boolean",
             "default": False,
