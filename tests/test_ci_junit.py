@@ -267,6 +267,8 @@ def test_a_failed_step_shows_the_data_it_recorded_before_failing() -> None:
     assert "data before the failure:" in (element.text or "")
     assert '"a1b2c3d4e5f60718"' in (element.text or "")
     assert "t2: timed out" in (element.text or "")
+
+
 def test_a_symlink_is_written_through_to_its_target(tmp_path: Path) -> None:
     real = tmp_path / "reports" / "aegis.xml"
     real.parent.mkdir()

@@ -1067,6 +1067,8 @@ def test_ready_endpoint_and_public_url() -> None:
         "aegis.public_url",
         "services.qaagent.ready_endpoint",
     ]
+
+
 def test_control_characters_in_key_paths_are_escaped_when_shown() -> None:
     text = 'services: {}\nworkflows:\n  "x\\e[2J\\ry":\n    steps: []\n"top\\a": 1\n'
     with pytest.raises(ConfigError) as caught:
