@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aegis.config.model import Config, ServiceSpec, StepSpec, WorkflowSpec
-from aegis.engine.clock import Clock, SystemClock
 from aegis.engine.state import RunState
 from aegis.secrets import Redactor
+
+if TYPE_CHECKING:
+    from aegis.engine.clock import Clock
 
 __all__ = ["ParamCheck", "StepContext", "StepType", "check_path"]
 
@@ -23,6 +25,14 @@ __all__ = ["ParamCheck", "StepContext", "StepType", "check_path"]
 # It always gets a mapping of plain JSON values (`{}` when `with:` is absent), unknown keys
 # included; the validator does not call it when the mapping already has a problem.
 ParamCheck = Callable[[Mapping[str, Any]], list[tuple[str, str]]]
+
+
+def _system_clock() -> Clock:
+    # imported when a context is made, not with the registry: the clock brings asyncio,
+    # which `config validate` must not pay for (bench: heavy imports)
+    from aegis.engine.clock import SystemClock
+
+    return SystemClock()
 
 
 @dataclass
@@ -50,7 +60,7 @@ class StepContext:
     scratch: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
     config: Config | None = None
-    clock: Clock = field(default_factory=SystemClock)
+    clock: Clock = field(default_factory=lambda: _system_clock())
     redactor: Redactor = field(default_factory=Redactor)
 
 

@@ -14,7 +14,6 @@ Whichever it is, ``verified`` lists the re-run tests no longer reported failing 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Mapping
@@ -126,6 +125,8 @@ async def _close_fixed(
     ctx: StepContext, fixed: list[tuple[str, str]], budget: float
 ) -> list[dict[str, Any]]:
     """Move the bugs of ``fixed`` (test, report id) towards closed, one entry each."""
+    import asyncio  # here, not with the registry: `config validate` never loads asyncio
+
     tracker = _tracker(ctx)
     if isinstance(tracker, str):
         return [{"test": t, "report_id": r, "note": tracker} for t, r in fixed]
