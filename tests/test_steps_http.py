@@ -674,12 +674,14 @@ async def test_a_health_check_reads_little_of_a_huge_answer(
 # --------------------------------------------------------------------------- import cost
 
 
-def test_the_registry_does_not_import_httpx() -> None:
+def test_the_registry_imports_neither_httpx_nor_asyncio() -> None:
+    # `config validate` loads the registry; it must stay cheap (bench: heavy imports)
     code = (
         "import sys\n"
         "from aegis.steps.registry import default_step_types\n"
         "types = default_step_types()\n"
         "assert 'http' in types and 'command' in types, types\n"
         "assert 'httpx' not in sys.modules, 'httpx imported'\n"
+        "assert 'asyncio' not in sys.modules, 'asyncio imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
