@@ -53,6 +53,7 @@ FALLBACK_EPOCH = 315532800
 # tests/test_build.py checks every Requires-Dist of these for 3.10 to 3.13.
 RUNTIME = (
     "anyio==4.16.0",
+    "asn1crypto==1.5.1",
     "certifi==2026.10.19.post1",
     "cronsim==2.6",
     "exceptiongroup==1.3.2",
@@ -61,7 +62,11 @@ RUNTIME = (
     "httpx==0.28.1",
     "idna==3.20",
     "jmespath==1.1.0",
+    "pg8000==1.31.5",
+    "python-dateutil==3.0.0",
     "pyyaml==6.0.4",
+    "scramp==1.4.17",
+    "six==1.17.0",
     "sniffio==1.3.1",
     "socksio==1.0.0",
     "typing_extensions==4.16.0",

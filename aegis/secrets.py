@@ -63,6 +63,11 @@ def secret_values(config: Config, environ: Mapping[str, str]) -> frozenset[str]:
     for hook in config.webhooks:
         found.add(hook.secret)
         found.add(_url_password(hook.url) or "")
+    if config.history.url:  # the PostgreSQL password, wherever it is read from
+        found.add(_url_password(config.history.url) or "")
+        if config.history.password_env:
+            found.add(environ.get(config.history.password_env, ""))
+        found.add(environ.get("PGPASSWORD", ""))
     return frozenset(value for value in found if len(value) >= MIN_SECRET)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from postgres_server import PostgresServer
 from pyz_helpers import build_pyz, snapshot_project
 from reliability_report import (  # noqa: F401  (hooks and fixture of the reliability suite)
     pytest_collection_finish,
@@ -87,6 +88,26 @@ def make_context(http_client: httpx.AsyncClient) -> MakeContext:
         )
 
     return make
+
+
+# A private PostgreSQL server, once per session; a fresh database for each test.
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> Iterator[str]:
+    """The URL (with its password) of a new, empty database on the private server."""
+    name = postgres.database()
+    try:
+        yield postgres.url(name)
+    finally:
+        postgres.drop(name)
 
 
 # The built single file, once per session, from a snapshot of the package.

@@ -48,6 +48,7 @@ pytestmark = pytest.mark.pyz
 MAX_SIZE = 2_000_000
 RUNTIME_DISTS = {
     "anyio",
+    "asn1crypto",
     "certifi",
     "cronsim",
     "exceptiongroup",
@@ -56,7 +57,11 @@ RUNTIME_DISTS = {
     "httpx",
     "idna",
     "jmespath",
+    "pg8000",
+    "python-dateutil",
     "pyyaml",
+    "scramp",
+    "six",
     "sniffio",
     "socksio",
     "typing-extensions",

@@ -698,6 +698,8 @@ def test_tests_after_real_runs(good: Path) -> None:
     cli("--config", str(good), "run", "pipeline", "--quiet")
     found = cli("--config", str(good), "tests", "pipeline", "--limit", "1", "--json").json()
     assert len(found["tests"]) == 1 and found["tests"][0]["workflow"] == "pipeline"
+
+
 # ------------------------------------------------------------- output that cannot go out
 
 

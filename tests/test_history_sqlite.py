@@ -1169,6 +1169,8 @@ def test_a_file_from_before_params_opens_read_only_and_for_writing(tmp_path: Pat
         }
     finally:
         store.close()
+
+
 # ------------------------------------------------- the file changed under the store
 
 

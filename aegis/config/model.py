@@ -139,9 +139,13 @@ class WorkflowSpec:
 
 @dataclass(frozen=True)
 class HistorySpec:
-    """The `history:` section. ``path`` is absolute, or ``":memory:"``."""
+    """The `history:` section. ``path`` is absolute, or ``":memory:"``; a ``url``
+    (``postgresql://...``) replaces it, its password read from the URL, the variable
+    ``password_env`` names, or ``PGPASSWORD``."""
 
     path: str = ":memory:"
+    url: str | None = None
+    password_env: str | None = None
     max_runs: int = 0
     max_age: float = 0.0  # seconds; 0: runs are kept whatever their age
 

@@ -125,7 +125,7 @@ STEP_KEYS = (
     "deadline",
     "with",
 )
-HISTORY_KEYS = ("path", "max_runs", "max_age")
+HISTORY_KEYS = ("path", "url", "password_env", "max_runs", "max_age")
 SERVER_KEYS = (
     "host", "port", "max_concurrent_runs", "max_queued_runs", "max_connections", "cors_origins"
 )  # fmt: skip
@@ -360,6 +360,20 @@ def _history_path(value: object) -> str:
     if isinstance(value, str) and value.strip():
         return str(value)
     raise _Invalid(f"a file path or {MEMORY_PATH!r}")
+
+
+def _history_url(value: object) -> str:
+    """A ``postgresql://`` URL; its text is never shown (it may hold a password)."""
+    from aegis.history.pg_connect import PgTarget
+
+    value = _typed(value)
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid("a postgresql://USER@HOST:PORT/DATABASE URL", show_value=False)
+    try:
+        PgTarget.parse(value.strip(), environ={})
+    except ValueError as exc:
+        raise _Invalid(message=f"not a usable PostgreSQL URL: {exc}") from None
+    return value.strip()
 
 
 def _duration(value: object) -> float:
@@ -1030,6 +1044,8 @@ def _history(reader: _Reader, raw: object, base_dir: Path) -> HistorySpec:
     path = reader.get(section, "path", "history", _history_path, DEFAULT_HISTORY_FILE)
     return HistorySpec(
         path=_beside(path, base_dir),
+        url=reader.get(section, "url", "history", _history_url, None),
+        password_env=reader.get(section, "password_env", "history", _env_name, None),
         max_runs=reader.get(section, "max_runs", "history", _integer(0), 0),
         max_age=reader.get(section, "max_age", "history", _duration, 0.0),
     )

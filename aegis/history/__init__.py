@@ -209,6 +209,7 @@ class HistoryStore(abc.ABC):
         claimed already, by any process sharing the store. Stores that keep no ticks
         grant every claim."""
         return True
+
     # Test history (aegis/history/test_history.py): filled by ``finish``, read without
     # touching step data.
 
