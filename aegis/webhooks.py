@@ -208,7 +208,7 @@ def attempt(
 
 def retry_delay(backoff: float, made: int) -> float:
     """Seconds to wait after attempt number ``made`` failed: ``backoff``, then doubled."""
-    return backoff * 2 ** (made - 1)
+    return float(backoff * 2 ** (made - 1))
 
 
 @dataclass(frozen=True)

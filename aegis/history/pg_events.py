@@ -34,6 +34,7 @@ warning of an outage however many threads notice it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aegis.config.model import Config, WebhookSpec
 from aegis.events import Event, EventBus, EventLog
@@ -53,6 +54,9 @@ from aegis.records import age_cutoff
 
 from .pg_connect import PgConnection, PgTarget, connect, describe_error, driver_errors
 from .pg_schema import SEARCH_PATH, migrate
+
+if TYPE_CHECKING:
+    from aegis.webhook_outbox import OutboxDelivery
 
 __all__ = [
     "CHANNEL",
@@ -188,8 +192,10 @@ class EventSink:
         max_age: float = 0.0,
         keep: int = KEEP_EVENTS,
         max_queued: int = MAX_QUEUED,
+        retention_every: float = RETENTION_EVERY,
     ) -> None:
         self.origin = origin
+        self._retention_every = retention_every
         self._link = Link(target)
         self._outage = outage
         self._hooks = tuple(hooks)
@@ -340,7 +346,7 @@ class EventSink:
 
     def _retain(self) -> None:
         """One retention pass (see the module docstring)."""
-        self._next_retention = time.monotonic() + RETENTION_EVERY
+        self._next_retention = time.monotonic() + self._retention_every
         connection = self._link.get()
         for _ in range(DELETE_ROUNDS):
             connection.run(
@@ -396,10 +402,8 @@ class EventFeed:
 
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        except OSError:
-            pass
         if self._thread is not None:
             self._thread.join(max(timeout, 0))
         if self._thread is None or not self._thread.is_alive():
@@ -487,23 +491,29 @@ class SharedEvents:
     """What ``share_events`` started; ``close(timeout)`` stops it in order."""
 
     def __init__(
-        self, sink: EventSink, feed: EventFeed | None, deliveries: Any | None, bus_off: Any
+        self,
+        sink: EventSink,
+        feed: EventFeed | None,
+        deliveries: OutboxDelivery | None,
+        unsubscribe: Callable[[], None],
     ) -> None:
         self.sink = sink
         self.feed = feed
-        self.deliveries = deliveries  # an aegis.webhook_outbox.OutboxDelivery, or None
-        self._unsubscribe = bus_off
+        self.deliveries = deliveries
+        self._unsubscribe: Callable[[], None] | None = unsubscribe
 
     def counts(self) -> tuple[int, int]:
         """Webhook deliveries made and dropped by this process (for the metrics)."""
-        return self.deliveries.counts() if self.deliveries is not None else (0, 0)  # type: ignore[no-any-return]
+        return self.deliveries.counts() if self.deliveries is not None else (0, 0)
 
     def close(self, timeout: float) -> bool:
         """Stop taking events, write what is queued, wait for this process's deliveries
         (its own rows, for ``aegis run``), then stop reading; all within ``timeout``
         seconds. True when nothing was left undone."""
         deadline = time.monotonic() + max(timeout, 0)
-        self._unsubscribe()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         done = self.sink.close(timeout)
         if self.deliveries is not None:
             done = self.deliveries.close(max(deadline - time.monotonic(), 0)) and done
