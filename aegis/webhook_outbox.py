@@ -40,7 +40,7 @@ from typing import Any
 from aegis.config.model import WebhookSpec
 from aegis.events import Event
 from aegis.history.pg_connect import PgConnection, PgTarget, driver_errors
-from aegis.history.pg_events import Link, Outage
+from aegis.history.pg_events import Link, Outage, retry_wait
 from aegis.webhooks import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BACKOFF,
@@ -201,16 +201,16 @@ class OutboxDelivery:
             self._changed.notify_all()
         if self._thread is not None:
             self._thread.join(max(deadline - time.monotonic(), 0))
-        if self._thread is not None and self._thread.is_alive():
-            return False  # it gives its claims back when its attempt ends
         if not done:
+            left = "some" if self._left is None else str(self._left)
             log.warning(
                 "%s webhook deliveries not done within %g s; they stay in the outbox for"
                 " aegis serve to deliver",
-                self._left if self._left is not None else "some",
+                left,
                 timeout,
             )
-        return done
+        # a thread still in an attempt gives its claims back when the attempt ends
+        return done and (self._thread is None or not self._thread.is_alive())
 
     # ------------------------------------------------------------------ the thread
 
@@ -224,7 +224,7 @@ class OutboxDelivery:
                     self._link.drop()
                     self._outage.failed("outbox", exc)
                     failures += 1
-                    wait = min(0.25 * 2 ** (failures - 1), 5.0)
+                    wait = retry_wait(failures)
                 except Exception:  # a bug: say so, and look again later
                     log.exception("delivering webhooks from the outbox failed")
                     self._link.drop()

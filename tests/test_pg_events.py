@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -23,7 +25,7 @@ from fakes import step, step_type
 from postgres_server import PASSWORD, PostgresServer
 
 from aegis.api.app import ApiApp
-from aegis.config.model import Config, HistorySpec
+from aegis.config.model import Config, HistorySpec, WebhookSpec
 from aegis.events import Event, EventBus, EventLog
 from aegis.history.memory import MemoryHistory
 from aegis.history.pg_connect import PgTarget, connect
@@ -267,3 +269,50 @@ def test_a_server_that_stops_costs_one_warning_and_no_event(
     assert len(replica.warnings) == 1
     assert "does not answer" in replica.warnings[0]
     assert PASSWORD not in replica.warnings[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_while_unreachable_events_wait_within_a_bound_and_losses_are_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    target = PgTarget.parse(f"postgresql://aegis:{PASSWORD}@127.0.0.1:{closed_port()}/none")
+    warnings: list[str] = []
+    outage = Outage(target, warnings.append)
+    sink = EventSink(target, origin="o", outage=outage, max_queued=3).start()
+    bus = EventBus()
+    bus.subscribe(sink)
+    caplog.set_level(logging.WARNING, "aegis")
+    for n in range(5):
+        bus.emit("step.started", "run-1", "wf", n=n)
+    until(lambda: outage.down, "the outage noticed")
+    assert sink.pending == 3
+    assert not sink.close(0.2)
+    sink(bus.emit("step.started", "run-1", "wf"))  # after close: not taken
+    assert sink.pending == 0
+    assert len(warnings) == 1 and PASSWORD not in warnings[0]
+    assert "Connection refused" in warnings[0] or "refused" in warnings[0].lower()
+    assert caplog.messages == [
+        "3 events not written to PostgreSQL: not done within 0.2 s",
+        "2 events were not written to PostgreSQL: 3 were waiting already",
+    ]
+
+
+def test_aegis_run_without_a_server_leaves_its_deliveries_to_the_outbox(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"postgresql://aegis:{PASSWORD}@127.0.0.1:{closed_port()}/none"
+    warnings: list[str] = []
+    cfg = pg_config(url, webhooks=(WebhookSpec("http://127.0.0.1:9/hook"),))
+    shared = share_events(cfg, EventBus(), environ={}, warn=warnings.append, deliver="own")
+    caplog.set_level(logging.WARNING, "aegis")
+    began = time.monotonic()
+    assert not shared.close(0.3)
+    assert time.monotonic() - began < WAIT / 2
+    assert shared.counts() == (0, 0)
+    assert "stay in the outbox" in caplog.text
+    assert len(warnings) == 1 and PASSWORD not in caplog.text + warnings[0]

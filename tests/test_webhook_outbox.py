@@ -135,6 +135,24 @@ def test_a_receiver_that_keeps_failing_is_given_up_with_one_warning(
     assert all("dropped after" in w for w in logs.warnings)
 
 
+def test_a_webhook_answering_again_is_said_and_filters_are_kept(
+    pg_url: str, receiver: Receiver, logs: Logs
+) -> None:
+    receiver.answers["/hook"] = [404]
+    only_ends = WebhookSpec(receiver.url("/ends"), events=("workflow.completed",))
+    write_events(pg_url, (WebhookSpec(receiver.url("/hook")), only_ends), 2)
+    one = deliverer(pg_url, "one")
+    try:
+        until(lambda: undone(pg_url) == 0, "both rows done")
+    finally:
+        one.close(WAIT)
+    assert receiver.on("/ends") == [] and one.counts() == (1, 1)
+    assert [w.split(": ", 1)[1].split(" delivery")[0] for w in logs.warnings] == [
+        "step.completed",
+        "answering again",
+    ]
+
+
 def test_a_dead_deliverers_claim_returns_after_its_lease(pg_url: str, receiver: Receiver) -> None:
     write_events(pg_url, (WebhookSpec(receiver.url("/hook")),), 1)
     # a deliverer that claimed the row and died: its lease ends in a second

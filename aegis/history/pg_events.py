@@ -68,6 +68,7 @@ __all__ = [
     "Outage",
     "SharedEvents",
     "new_origin",
+    "retry_wait",
     "share_events",
 ]
 
@@ -169,8 +170,9 @@ def _close_quietly(connection: PgConnection) -> None:
         log.debug("closing a PostgreSQL connection failed", exc_info=True)
 
 
-def _retry_wait(failures: int) -> float:
-    return float(min(RETRY_FIRST * 2 ** max(failures - 1, 0), RETRY_MAX))
+def retry_wait(failures: int) -> float:
+    """Seconds before reconnecting after ``failures`` failures in a row."""
+    return float(min(RETRY_FIRST * 2 ** min(max(failures - 1, 0), 10), RETRY_MAX))
 
 
 # --------------------------------------------------------------------------- writing
@@ -288,7 +290,10 @@ class EventSink:
                 failures += 1
                 with self._changed:
                     self._busy = False
-                    self._changed.wait_for(lambda: self._closing, _retry_wait(failures))
+                    # until the retry, or until close gives up on what is queued
+                    self._changed.wait_for(
+                        lambda: self._closing and not self._queue, retry_wait(failures)
+                    )
                 continue
             except Exception:  # a bug must not stop later writes; this batch is dropped
                 log.exception("writing events to PostgreSQL failed")
@@ -423,7 +428,7 @@ class EventFeed:
                 self._link.drop()
                 self._outage.failed("feed", exc)
                 failures += 1
-                self._stop.wait(_retry_wait(failures))
+                self._stop.wait(retry_wait(failures))
                 continue
             except Exception:  # a bug: say so, and try again on the next round
                 log.exception("reading events from PostgreSQL failed")
