@@ -110,7 +110,9 @@ def _attach_webhooks(
     if config.history.url:  # the events to the database; this process's webhooks via it
         from aegis.history.pg_events import share_events
 
-        return share_events(config, bus, environ=environ, warn=warn, deliver="own")
+        return share_events(
+            config, bus, environ=environ, warn=warn, deliver="own" if config.webhooks else None
+        )
     if not config.webhooks:
         return None
     from aegis.webhooks import WebhookDispatcher

@@ -22,9 +22,9 @@ from test_pg_events import WAIT, sql, until
 from test_webhooks import SECRET, Logs, Receiver
 
 from aegis.config.model import HistorySpec, WebhookSpec
-from aegis.events import EventBus
+from aegis.events import EventBus, EventLog
 from aegis.history.pg_connect import PgTarget
-from aegis.history.pg_events import EventSink, Outage
+from aegis.history.pg_events import EventSink, Outage, share_events
 from aegis.runs import run_workflow
 from aegis.steps.base import StepContext
 from aegis.webhook_outbox import OutboxDelivery
@@ -234,3 +234,25 @@ def test_aegis_run_delivers_its_webhooks_through_the_outbox(
     assert stored == [[6]]
     bodies = sql(pg_url, "SELECT body FROM webhook_outbox ORDER BY event_id")
     assert [json.loads(b)["type"] for (b,) in bodies][-1] == "workflow.completed"
+
+
+def test_a_server_delivers_the_rows_of_a_run_elsewhere(pg_url: str, receiver: Receiver) -> None:
+    hooks = (WebhookSpec(receiver.url("/elsewhere"), events=("workflow.completed",)),)
+    server_log = EventLog(10)
+    server = share_events(  # aegis serve: its config names no webhook
+        dataclasses.replace(fake_config(), history=HistorySpec(url=pg_url)),
+        EventBus(), environ={}, warn=print, log=server_log,
+    )  # fmt: skip
+    cli_bus = EventBus()
+    cli = share_events(  # aegis run on another host, which does not deliver
+        dataclasses.replace(fake_config(), history=HistorySpec(url=pg_url), webhooks=hooks),
+        cli_bus, environ={}, warn=print, deliver=None,
+    )  # fmt: skip
+    try:
+        cli_bus.emit("workflow.started", "run-9", "wf")
+        cli_bus.emit("workflow.completed", "run-9", "wf", status="passed")
+        got = receiver.wait_count("/elsewhere", 1)
+        assert got[0].event == server_log.list()[-1].to_dict()
+        until(lambda: server.counts() == (1, 0), "counted")
+    finally:
+        assert cli.close(WAIT) and server.close(WAIT)

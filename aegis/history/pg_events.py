@@ -280,10 +280,10 @@ class EventSink:
                 batch = [self._queue[i] for i in range(min(len(self._queue), BATCH))]
                 self._busy = bool(batch)
             try:
+                if self._until_retention() <= 0:  # also when events never stop coming
+                    self._retain()
                 if batch:
                     self._write(batch)
-                else:
-                    self._retain()
             except driver_errors() as exc:
                 self._link.drop()
                 self._outage.failed("sink", exc)
@@ -388,8 +388,16 @@ class EventFeed:
     module docstring. ``start`` it, ``close`` it."""
 
     def __init__(
-        self, target: PgTarget, log: EventLog, *, outage: Outage, size: int, poll: float = POLL
+        self,
+        target: PgTarget,
+        log: EventLog,
+        *,
+        outage: Outage,
+        size: int,
+        poll: float = POLL,
+        arrived: Callable[[], None] | None = None,
     ) -> None:
+        self._arrived = arrived  # called after new events were appended
         self._link = Link(target, listen=CHANNEL)
         self._log = log
         self._outage = outage
@@ -473,6 +481,8 @@ class EventFeed:
                 self._log.append(_event(row))
             if rows:
                 self.last = int(rows[-1][0])
+                if self._arrived is not None:
+                    self._arrived()
             if len(rows) < FEED_PAGE:
                 return
 
@@ -569,5 +579,8 @@ def share_events(
     ).start()
     feed = None
     if log is not None:
-        feed = EventFeed(target, log, outage=outage, size=config.event_log_size).start()
+        arrived = deliveries.wake if deliveries is not None else None  # other processes' rows
+        feed = EventFeed(
+            target, log, outage=outage, size=config.event_log_size, arrived=arrived
+        ).start()
     return SharedEvents(sink, feed, deliveries, bus.subscribe(sink))
