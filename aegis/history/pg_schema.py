@@ -15,7 +15,7 @@ Version 1 holds:
 
     runs            one row per run, as the SQLite file's (``seq`` is the order of
                     recording and the keyset of listings; times are the records' ISO text)
-    steps           one row per ended step (``id``: report order)
+    steps           one row per ended step (``id``: report order; a name may repeat)
     run_counts      runs per (workflow, status, trigger), kept by a trigger on ``runs``,
                     so a page's total is a sum over a few rows, not a count of the table
     schedule_fires  the last tick claimed of each schedule (a tick fires once in all)
@@ -78,9 +78,10 @@ _V1 = (
         skip_reason text,
         reused boolean NOT NULL DEFAULT false,
         data text NOT NULL,
-        attempts text NOT NULL,
-        UNIQUE (run_seq, name)
+        attempts text NOT NULL
     )""",
+    # not unique: a finished run may report two steps of one name, and keeps both
+    "CREATE INDEX steps_by_run ON steps (run_seq, name)",
     """CREATE TABLE run_counts (
         workflow text NOT NULL,
         status text NOT NULL,
@@ -126,6 +127,7 @@ _V1 = (
     )""",
     "CREATE INDEX tests_by_id ON tests (test_id)",
     """CREATE TABLE test_outcomes (
+        id bigserial PRIMARY KEY,
         test_id text NOT NULL,
         workflow text NOT NULL,
         run_id text NOT NULL,

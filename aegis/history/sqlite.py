@@ -249,11 +249,17 @@ def _where(*used: bool) -> str:
 
 _BOTH = (False, True)
 _WHERE = {(w, s, t): _where(w, s, t) for w in _BOTH for s in _BOTH for t in _BOTH}
-_LIST = {
-    key: f"SELECT {_RUN_COLUMNS} FROM runs{where}"
-    " ORDER BY started_at DESC, seq DESC LIMIT ? OFFSET ?"
-    for key, where in _WHERE.items()
-}
+# ``before`` (a run id): the rows below it in the listing's order, a keyset the index seeks.
+_BELOW = "(started_at, seq) < (SELECT started_at, seq FROM runs WHERE run_id = ?)"
+
+
+def _list(where: str, below: bool) -> str:
+    if below:
+        where = f"{where} AND {_BELOW}" if where else f" WHERE {_BELOW}"
+    return f"SELECT {_RUN_COLUMNS} FROM runs{where} ORDER BY started_at DESC, seq DESC LIMIT ? OFFSET ?"
+
+
+_LIST = {(*key, below): _list(where, below) for key, where in _WHERE.items() for below in _BOTH}
 _COUNT = {key: f"SELECT count(*) FROM runs{where}" for key, where in _WHERE.items()}
 # Changes whenever another connection commits to the file (never for our own commits).
 _DATA_VERSION = "PRAGMA data_version"
@@ -561,10 +567,11 @@ class SqliteHistory(HistoryStore):
         offset: int = 0,
         *,
         trigger: str | None = None,
+        before: str | None = None,
     ) -> RunList:
         limit, offset = max(limit, 0), max(offset, 0)
         page = self._cached(
-            ("list", workflow, status, limit, offset, trigger),
+            ("list", workflow, status, limit, offset, trigger, before),
             lambda: self._read(
                 self._page,
                 workflow,
@@ -572,7 +579,10 @@ class SqliteHistory(HistoryStore):
                 limit,
                 offset,
                 trigger,
-                fallback=lambda m: m.list(workflow, status, limit, offset, trigger=trigger),
+                before,
+                fallback=lambda m: m.list(
+                    workflow, status, limit, offset, trigger=trigger, before=before
+                ),
             ),
         )
         return builtins.list(page)  # the cached list stays the store's own
@@ -1208,9 +1218,13 @@ class SqliteHistory(HistoryStore):
         limit: int,
         offset: int,
         trigger: str | None = None,
+        before: str | None = None,
     ) -> RunList:
         filters = self._filters(workflow, status, trigger)
-        sql = self._sql(_LIST[workflow is not None, status is not None, trigger is not None])
+        if before is not None:
+            filters = (*filters, _text(before))
+        used = (workflow is not None, status is not None, trigger is not None, before is not None)
+        sql = self._sql(_LIST[used])
         rows = db.execute(sql, (*filters, limit, offset)).fetchall()
         steps = self._summaries(db, [row[0] for row in rows])
         runs = (self._decoded(_run, row, steps.get(row[0], ())) for row in rows)
