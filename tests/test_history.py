@@ -459,6 +459,44 @@ def test_list_pages_with_limit_and_offset(
     assert ids(populated.list(limit=limit, offset=offset)) == [f"run{n:09d}" for n in expected]
 
 
+@pytest.mark.parametrize(
+    ("before", "workflow", "limit", "offset", "expected"),
+    [
+        ("run000000011", None, 3, 0, [10, 9, 8]),
+        ("run000000008", None, 20, 0, [7, 6, 5, 4, 3, 2, 1, 0]),
+        ("run000000008", None, 2, 1, [6, 5]),
+        ("run000000008", "smoke", 20, 0, [7, 5, 3, 1]),
+        ("run000000007", "pipeline", 2, 0, [6, 4]),
+        ("run000000000", None, 20, 0, []),
+        ("nosuchrun000", None, 20, 0, []),
+    ],
+)
+def test_list_pages_before_a_run_by_keyset(
+    populated: HistoryStore,
+    before: str,
+    workflow: str | None,
+    limit: int,
+    offset: int,
+    expected: list[int],
+) -> None:
+    found = populated.list(workflow, limit=limit, offset=offset, before=before)
+
+    assert ids(found) == [f"run{n:09d}" for n in expected]
+
+
+def test_paging_with_before_visits_every_run_once_in_order(store: HistoryStore) -> None:
+    # runs sharing a start time are told apart by their order of recording
+    for n in range(7):
+        store.finish(finished(make_run(f"run{n:09d}", at=n // 3)))
+    seen: list[str] = []
+    page = store.list(limit=2)
+    while page:
+        seen += ids(page)
+        page = store.list(limit=2, before=page[-1].run_id)
+
+    assert seen == ids(store.list(limit=100)) == [f"run{n:09d}" for n in range(6, -1, -1)]
+
+
 def test_list_defaults_to_twenty_runs(store: HistoryStore) -> None:
     for n in range(25):
         store.finish(finished(make_run(f"run{n:09d}", at=n)))

@@ -22,15 +22,20 @@ T0 = 1767261600.0
 MakeStore = Callable[..., HistoryStore]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
     opened: list[HistoryStore] = []
     warnings: list[str] = []
+    pg_url = request.getfixturevalue("pg_url") if request.param == "postgres" else ""
 
     def make(**options: object) -> HistoryStore:
         store: HistoryStore
         if request.param == "memory":
             store = MemoryHistory(warn=warnings.append, **options)  # type: ignore[arg-type]
+        elif request.param == "postgres":
+            from aegis.history.postgres import PostgresHistory
+
+            store = PostgresHistory.open(pg_url, warn=warnings.append, **options)  # type: ignore[arg-type]
         else:
             store = SqliteHistory(tmp_path / "h.db", warn=warnings.append, **options)  # type: ignore[arg-type]
         opened.append(store)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -255,7 +255,13 @@ class HistoryStore(abc.ABC):
         self.close()
 
 
-def open_history(spec: HistorySpec, *, warn: Warn, reading: bool = False) -> HistoryStore:
+def open_history(
+    spec: HistorySpec,
+    *,
+    warn: Warn,
+    reading: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> HistoryStore:
     """The store for ``spec``: memory for ``":memory:"``, else a SQLite file at its path.
 
     Never raises: if the file cannot be used, ``warn`` is called once with the path and
@@ -263,11 +269,13 @@ def open_history(spec: HistorySpec, *, warn: Warn, reading: bool = False) -> His
     ``reading`` (a caller that only reads: ``aegis history``), a file that cannot be
     written (read-only, in a read-only directory, locked by another process) is opened
     read-only instead, without a warning; its runs are shown as they are stored.
+    A ``url`` opens the PostgreSQL database, its password read from ``environ`` (the
+    process's environment by default) when the URL holds none.
     """
     from aegis.history.memory import MemoryHistory
 
     if spec.url:
-        return _open_postgres(spec, warn=warn, reading=reading)
+        return _open_postgres(spec, warn=warn, reading=reading, environ=environ)
     if spec.path == MEMORY_PATH:
         return MemoryHistory(max_runs=spec.max_runs, max_age=spec.max_age, warn=warn)
     try:
@@ -290,7 +298,9 @@ def open_history(spec: HistorySpec, *, warn: Warn, reading: bool = False) -> His
     return MemoryHistory(max_runs=spec.max_runs, max_age=spec.max_age, warn=warn)
 
 
-def _open_postgres(spec: HistorySpec, *, warn: Warn, reading: bool) -> HistoryStore:
+def _open_postgres(
+    spec: HistorySpec, *, warn: Warn, reading: bool, environ: Mapping[str, str] | None
+) -> HistoryStore:
     """``open_history`` for a ``history.url``: the database, else one warning and memory.
     The password comes from the URL, the variable ``password_env`` names, or PGPASSWORD,
     and never shows in the warning."""
@@ -305,7 +315,7 @@ def _open_postgres(spec: HistorySpec, *, warn: Warn, reading: bool) -> HistorySt
         return PostgresHistory.open(
             spec.url,
             password_env=spec.password_env,
-            environ=os.environ,
+            environ=os.environ if environ is None else environ,
             max_runs=spec.max_runs,
             max_age=spec.max_age,
             warn=warn,
@@ -332,7 +342,9 @@ def _shown_url(url: str) -> str:
         return "history.url"
 
 
-def open_recording_history(spec: HistorySpec, *, warn: Warn) -> HistoryStore:
+def open_recording_history(
+    spec: HistorySpec, *, warn: Warn, environ: Mapping[str, str] | None = None
+) -> HistoryStore:
     """The store a process that records runs uses: ``open_history``'s, opened on first
     use (unless a problem shows at once, so its warning comes now), behind a writer
     thread. Never raises, and never makes its caller wait for the file."""
@@ -340,7 +352,9 @@ def open_recording_history(spec: HistorySpec, *, warn: Warn) -> HistoryStore:
     from aegis.history.deferred import DeferredHistory, history_problem
 
     if spec.url:  # the server is reached on first use, as a file is opened
-        return BackgroundWrites(DeferredHistory(lambda: open_history(spec, warn=warn)))
+        return BackgroundWrites(
+            DeferredHistory(lambda: open_history(spec, warn=warn, environ=environ))
+        )
     if spec.path == MEMORY_PATH or history_problem(spec.path) is not None:
         return open_history(spec, warn=warn)
     return BackgroundWrites(DeferredHistory(lambda: open_history(spec, warn=warn)))

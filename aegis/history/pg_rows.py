@@ -33,9 +33,7 @@ RUN_COLUMNS = (
     "seq, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger,"
     " params, rerun_of"
 )
-SUMMARY_COLUMNS = (
-    "name, type, service, status, duration_ms, error, error_kind, skip_reason, reused"
-)
+SUMMARY_COLUMNS = "name, type, service, status, duration_ms, error, error_kind, skip_reason, reused"
 FULL_STEP = f"{SUMMARY_COLUMNS}, data, attempts"
 
 

@@ -89,20 +89,35 @@ _V1 = (
         n bigint NOT NULL,
         PRIMARY KEY (workflow, status, trigger)
     )""",
+    # Statement-level, on transition tables: a statement adds its runs per group at once
+    # (an INSERT ... SELECT of a million runs costs one upsert per group, not a million),
+    # and an UPDATE that moves no run between groups (a heartbeat) touches no count.
     """CREATE FUNCTION count_runs() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        IF TG_OP IN ('UPDATE', 'DELETE') THEN
-            UPDATE run_counts SET n = n - 1 WHERE workflow = OLD.workflow
-                AND status = OLD.status AND trigger = OLD.trigger;
-        END IF;
-        IF TG_OP IN ('INSERT', 'UPDATE') THEN
-            INSERT INTO run_counts VALUES (NEW.workflow, NEW.status, NEW.trigger, 1)
-                ON CONFLICT (workflow, status, trigger) DO UPDATE SET n = run_counts.n + 1;
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO run_counts SELECT workflow, status, trigger, count(*)
+                FROM new_rows GROUP BY workflow, status, trigger
+            ON CONFLICT (workflow, status, trigger) DO UPDATE SET n = run_counts.n + excluded.n;
+        ELSIF TG_OP = 'DELETE' THEN
+            UPDATE run_counts c SET n = c.n - d.n FROM (SELECT workflow, status, trigger,
+                    count(*) AS n FROM old_rows GROUP BY workflow, status, trigger) d
+                WHERE c.workflow = d.workflow AND c.status = d.status AND c.trigger = d.trigger;
+        ELSE
+            INSERT INTO run_counts SELECT workflow, status, trigger, sum(n) FROM (
+                    SELECT workflow, status, trigger, 1 AS n FROM new_rows
+                    UNION ALL SELECT workflow, status, trigger, -1 FROM old_rows) moved
+                GROUP BY workflow, status, trigger HAVING sum(n) <> 0
+            ON CONFLICT (workflow, status, trigger) DO UPDATE SET n = run_counts.n + excluded.n;
         END IF;
         RETURN NULL;
     END $$""",
-    """CREATE TRIGGER runs_counted AFTER INSERT OR DELETE OR UPDATE OF workflow, status,
-        trigger ON runs FOR EACH ROW EXECUTE FUNCTION count_runs()""",
+    """CREATE TRIGGER runs_inserted AFTER INSERT ON runs REFERENCING NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION count_runs()""",
+    """CREATE TRIGGER runs_updated AFTER UPDATE ON runs
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION count_runs()""",
+    """CREATE TRIGGER runs_deleted AFTER DELETE ON runs REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION count_runs()""",
     """CREATE TABLE schedule_fires (
         workflow text NOT NULL,
         schedule text NOT NULL,

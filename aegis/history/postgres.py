@@ -51,7 +51,6 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from aegis.history import (
-    SHOWN_MATCHES,
     HistoryStore,
     HistoryUnavailable,
     OutcomeList,
@@ -59,23 +58,33 @@ from aegis.history import (
     TestList,
     Warn,
     Write,
-    matching_run_id,
     postgres_tests,
 )
 from aegis.history.memory import PRUNE_BATCH, MemoryHistory
 from aegis.history.owners import Owner, current_owner, owner_gone, process_state
 from aegis.history.pg_connect import PgPool, PgTarget, describe_error, driver_errors
-from aegis.history.pg_schema import SEARCH_PATH, SchemaError, migrate
 from aegis.history.pg_rows import (
-    FULL_STEP,
-    RUN_COLUMNS,
-    SUMMARY_COLUMNS,
-    full_step,
-    run_record,
     run_values,
     steps_json,
-    summary_step,
     text,
+)
+from aegis.history.pg_schema import SEARCH_PATH, SchemaError, migrate
+from aegis.history.pg_statements import (
+    CLAIM_FIRE,
+    HEARTBEAT,
+    INSERT_STEPS,
+    LAST_FIRE,
+    MARK_INTERRUPTED,
+    PRUNE,
+    PRUNE_AGED,
+    SAVE_RUN,
+    UNFINISHED_ROWS,
+    UPDATE_STEP,
+    find_run,
+    page,
+)
+from aegis.history.pg_statements import (
+    count as count_runs,
 )
 from aegis.records import Run, RunStatus, StepResult, age_cutoff, format_timestamp
 
@@ -100,100 +109,6 @@ _UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 # SQLSTATE classes of a server gone or going: connection exception, insufficient
 # resources, operator intervention (shutdown), system error.
 _OUTAGE_CLASSES = ("08", "53", "57", "58")
-
-_SAVE_RUN = f"""INSERT INTO runs (run_id, workflow, status, verdict, started_at,
-        finished_at, duration_ms, trigger, params, rerun_of, owner_host, owner_pid,
-        owner_token, heartbeat_at)
-    VALUES (:run_id, :workflow, :status, :verdict, :started_at, :finished_at,
-        :duration_ms, :trigger, :params, :rerun_of, :host, :pid, :token, :now)
-    ON CONFLICT (run_id) DO UPDATE SET workflow = excluded.workflow,
-        status = excluded.status, verdict = excluded.verdict,
-        started_at = excluded.started_at, finished_at = excluded.finished_at,
-        duration_ms = excluded.duration_ms, trigger = excluded.trigger,
-        params = excluded.params, rerun_of = excluded.rerun_of
-    RETURNING seq"""
-_STEP_FIELDS = (
-    "name text, type text, service text, status text, duration_ms double precision,"
-    " error text, error_kind text, skip_reason text, reused boolean, data text,"
-    " attempts text"
-)
-_STEP_NAMES = "name, type, service, status, duration_ms, error, error_kind, skip_reason, reused"
-_INSERT_STEPS = f"""INSERT INTO steps (run_seq, {_STEP_NAMES}, data, attempts)
-    SELECT :seq, {_STEP_NAMES}, data, attempts
-    FROM ROWS FROM (json_to_recordset(CAST(:steps AS json)) AS ({_STEP_FIELDS}))
-        WITH ORDINALITY AS s({_STEP_NAMES}, data, attempts, n)
-    ORDER BY n"""
-_UPDATE_STEP = f"""UPDATE steps SET ({_STEP_NAMES}, data, attempts) = (
-        SELECT {_STEP_NAMES}, data, attempts
-        FROM json_to_recordset(CAST(:steps AS json)) AS ({_STEP_FIELDS}))
-    WHERE run_seq = :seq AND name = :name"""
-_FIND = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = :run_id"
-_FIND_PREFIX = (
-    f"SELECT {RUN_COLUMNS} FROM runs WHERE lower(run_id) LIKE :pattern"
-    f" ORDER BY run_id LIMIT {SHOWN_MATCHES + 1}"
-)
-_STEPS_OF = f"SELECT {FULL_STEP} FROM steps WHERE run_seq = :seq ORDER BY id"
-_SUMMARIES = (
-    f"SELECT run_seq, {SUMMARY_COLUMNS} FROM steps"
-    " WHERE run_seq = ANY(CAST(:seqs AS bigint[])) ORDER BY id"
-)
-# Pruned runs take their steps along (ON DELETE CASCADE) and their test outcomes here.
-_FORGET = """, forgotten AS (DELETE FROM test_outcomes WHERE run_id IN
-        (SELECT run_id FROM doomed)),
-    uncounted AS (DELETE FROM test_runs WHERE run_id IN (SELECT run_id FROM doomed))
-    DELETE FROM runs WHERE seq IN (SELECT seq FROM doomed)"""
-_PRUNE = (
-    """WITH doomed AS (SELECT seq, run_id FROM runs WHERE workflow = :workflow
-        AND status NOT IN ('queued', 'running')
-        ORDER BY started_at DESC, seq DESC OFFSET :keep)"""
-    + _FORGET
-)
-_PRUNE_AGED = (
-    """WITH doomed AS (SELECT seq, run_id FROM runs WHERE started_at < :cutoff
-        AND status NOT IN ('queued', 'running') ORDER BY started_at, seq LIMIT :limit)"""
-    + _FORGET
-)
-_LAST_FIRE = "SELECT fired_at FROM schedule_fires WHERE workflow = :workflow AND schedule = :schedule"
-_CLAIM_FIRE = """INSERT INTO schedule_fires (workflow, schedule, fired_at)
-    VALUES (:workflow, :schedule, :at)
-    ON CONFLICT (workflow, schedule) DO UPDATE SET fired_at = excluded.fired_at
-    WHERE schedule_fires.fired_at < excluded.fired_at"""
-_NOT_QUEUED = "NOT EXISTS (SELECT 1 FROM queue q WHERE q.run_id = runs.run_id)"
-_UNFINISHED_ROWS = f"""SELECT seq, run_id, owner_host, owner_pid, owner_token, heartbeat_at
-    FROM runs WHERE status IN ('queued', 'running') AND {_NOT_QUEUED}"""
-_MARK_INTERRUPTED = f"""UPDATE runs SET status = 'interrupted', verdict = 'failed',
-        finished_at = :finished_at
-    WHERE seq = :seq AND status IN ('queued', 'running') AND heartbeat_at = :heartbeat_at
-        AND {_NOT_QUEUED}"""
-# Also undoes a wrong `interrupted` (another host whose clock runs far ahead of ours).
-_HEARTBEAT = """UPDATE runs SET heartbeat_at = :now, status = h.status, verdict = NULL,
-        finished_at = NULL
-    FROM unnest(CAST(:seqs AS bigint[]), CAST(:statuses AS text[])) AS h(seq, status)
-    WHERE runs.seq = h.seq"""
-
-
-def _where(workflow: bool, status: bool, trigger: bool) -> builtins.list[str]:
-    names = ("workflow = :workflow", "status = :status", "trigger = :trigger")
-    return [name for name, on in zip(names, (workflow, status, trigger), strict=True) if on]
-
-
-def _list_sql(workflow: bool, status: bool, trigger: bool, before: bool) -> str:
-    where = _where(workflow, status, trigger)
-    if before:
-        where.append(
-            "(started_at, seq) < (SELECT started_at, seq FROM runs WHERE run_id = :before)"
-        )
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
-    return (
-        f"SELECT {RUN_COLUMNS} FROM runs{clause}"
-        " ORDER BY started_at DESC, seq DESC LIMIT :limit OFFSET :offset"
-    )
-
-
-def _count_sql(workflow: bool, status: bool, trigger: bool) -> str:
-    where = _where(workflow, status, trigger)
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
-    return f"SELECT coalesce(sum(n), 0) FROM run_counts{clause}"
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -246,9 +161,7 @@ class PostgresHistory(HistoryStore):
         self._warn = warn
         self._interval = heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL
         self._stale_after = DEFAULT_STALE_AFTER if stale_after is None else stale_after
-        self._retry_interval = (
-            DEFAULT_RETRY_INTERVAL if retry_interval is None else retry_interval
-        )
+        self._retry_interval = DEFAULT_RETRY_INTERVAL if retry_interval is None else retry_interval
         self._clock = clock
         self._owner = owner or current_owner()
         self._probe = probe
@@ -342,7 +255,7 @@ class PostgresHistory(HistoryStore):
             found = memory.get(run_id)
             if found is not None or not self._recovered_now():
                 return found
-        return self._read(self._find, run_id, fallback=lambda m: m.get(run_id))
+        return self._read(find_run, run_id, fallback=lambda m: m.get(run_id))
 
     def list(
         self,
@@ -356,7 +269,7 @@ class PostgresHistory(HistoryStore):
     ) -> RunList:
         limit, offset = max(limit, 0), max(offset, 0)
         return self._read(
-            self._page,
+            page,
             workflow,
             status,
             limit,
@@ -372,7 +285,7 @@ class PostgresHistory(HistoryStore):
         self, workflow: str | None = None, status: str | None = None, *, trigger: str | None = None
     ) -> int:
         return self._read(
-            self._count,
+            count_runs,
             workflow,
             status,
             trigger,
@@ -414,7 +327,7 @@ class PostgresHistory(HistoryStore):
         cutoff = age_cutoff(self._clock(), self.max_age)
 
         def prune(db: Any) -> int:
-            db.run(_PRUNE_AGED, cutoff=cutoff, limit=limit)
+            db.run(PRUNE_AGED, cutoff=cutoff, limit=limit)
             return int(db.row_count)
 
         return self._other_write(prune, fallback=lambda m: m.prune_aged(limit))
@@ -428,14 +341,14 @@ class PostgresHistory(HistoryStore):
 
     def last_fire(self, workflow: str, schedule: str) -> float | None:
         def fired(db: Any) -> float | None:
-            rows = db.run(_LAST_FIRE, workflow=text(workflow), schedule=text(schedule))
+            rows = db.run(LAST_FIRE, workflow=text(workflow), schedule=text(schedule))
             return float(rows[0][0]) if rows else None
 
         return self._read(fired, fallback=lambda m: m.last_fire(workflow, schedule))
 
     def claim_fire(self, workflow: str, schedule: str, at: float) -> bool:
         def claim(db: Any) -> bool:
-            db.run(_CLAIM_FIRE, workflow=text(workflow), schedule=text(schedule), at=at)
+            db.run(CLAIM_FIRE, workflow=text(workflow), schedule=text(schedule), at=at)
             return bool(db.row_count > 0)
 
         return self._other_write(claim, fallback=lambda m: m.claim_fire(workflow, schedule, at))
@@ -511,7 +424,7 @@ class PostgresHistory(HistoryStore):
     def _sweep(self) -> builtins.list[str]:
         now = self._clock()
         self._last_sweep = now
-        rows = self._attempt(lambda db: db.run(_UNFINISHED_ROWS))
+        rows = self._attempt(lambda db: db.run(UNFINISHED_ROWS))
         gone = [row for row in rows if self._owner_gone(row, now)]
         if not gone:
             return []
@@ -578,7 +491,9 @@ class PostgresHistory(HistoryStore):
         assert memory is not None
         return fallback(memory)
 
-    def _other_write(self, action: Callable[[Any], _T], fallback: Callable[[MemoryHistory], _T]) -> _T:
+    def _other_write(
+        self, action: Callable[[Any], _T], fallback: Callable[[MemoryHistory], _T]
+    ) -> _T:
         """A write other than a run's (pruning, a schedule's claim). While the server is
         away it is made in memory only: a tick claimed there is this process's alone."""
         with self._lock:
@@ -690,13 +605,13 @@ class PostgresHistory(HistoryStore):
                 workflows.add(write.args[0].workflow)
         if self.max_runs > 0:
             for workflow in sorted(workflows):
-                db.run(_PRUNE, workflow=text(workflow), keep=self.max_runs)
+                db.run(PRUNE, workflow=text(workflow), keep=self.max_runs)
 
     def _save_run(self, db: Any, run: Run) -> int:
         """Insert or overwrite the run row (its seq and owner kept) and its steps."""
         owner = self._owner
         rows = db.run(
-            _SAVE_RUN,
+            SAVE_RUN,
             **run_values(run),
             host=owner.host,
             pid=owner.pid,
@@ -706,7 +621,7 @@ class PostgresHistory(HistoryStore):
         seq = int(rows[0][0])
         db.run("DELETE FROM steps WHERE run_seq = :seq", seq=seq)
         if run.steps:
-            db.run(_INSERT_STEPS, seq=seq, steps=steps_json(run.steps))
+            db.run(INSERT_STEPS, seq=seq, steps=steps_json(run.steps))
         return seq
 
     def _save_start(self, db: Any, run: Run) -> None:
@@ -723,9 +638,9 @@ class PostgresHistory(HistoryStore):
                 return
             seq = int(rows[0][0])
         steps = steps_json((step,))
-        db.run(_UPDATE_STEP, seq=seq, name=text(step.name), steps=steps)
+        db.run(UPDATE_STEP, seq=seq, name=text(step.name), steps=steps)
         if db.row_count == 0:
-            db.run(_INSERT_STEPS, seq=seq, steps=steps)
+            db.run(INSERT_STEPS, seq=seq, steps=steps)
         if live is not None:
             live.steps[step.name] = step
 
@@ -738,7 +653,7 @@ class PostgresHistory(HistoryStore):
     def _save_heartbeat(self, db: Any, live: Sequence[_Live], now: float) -> None:
         self._last_beat = now
         db.run(
-            _HEARTBEAT,
+            HEARTBEAT,
             now=now,
             seqs=[one.seq for one in live],
             statuses=[one.run.status.value for one in live],
@@ -749,63 +664,7 @@ class PostgresHistory(HistoryStore):
     ) -> builtins.list[str]:
         marked = []
         for seq, run_id, *_, heartbeat_at in rows:
-            db.run(_MARK_INTERRUPTED, finished_at=finished_at, seq=seq, heartbeat_at=heartbeat_at)
+            db.run(MARK_INTERRUPTED, finished_at=finished_at, seq=seq, heartbeat_at=heartbeat_at)
             if db.row_count:
                 marked.append(run_id)
         return marked
-
-    # ----------------------------------------------------------------- reads
-
-    def _find(self, db: Any, run_id: str) -> Run | None:
-        rows = db.run(_FIND, run_id=text(run_id))
-        if not rows:
-            wanted = text(run_id).lower()
-            pattern = wanted.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            by_id = {row[1]: row for row in db.run(_FIND_PREFIX, pattern=pattern)}
-            found = matching_run_id(run_id, by_id)
-            if found is None:
-                return None
-            rows = [by_id[found]]
-        row = rows[0]
-        steps = [full_step(step) for step in db.run(_STEPS_OF, seq=row[0])]
-        return run_record(row, steps)
-
-    def _page(
-        self,
-        db: Any,
-        workflow: str | None,
-        status: str | None,
-        limit: int,
-        offset: int,
-        trigger: str | None,
-        before: str | None,
-    ) -> RunList:
-        params = self._filters(workflow, status, trigger)
-        sql = _list_sql(workflow is not None, status is not None, trigger is not None, bool(before))
-        if before:
-            params["before"] = text(before)
-        rows = db.run(sql, **params, limit=limit, offset=offset)
-        if not rows:
-            return []
-        steps: dict[int, builtins.list[StepResult]] = {}
-        for step_row in db.run(_SUMMARIES, seqs=[row[0] for row in rows]):
-            steps.setdefault(step_row[0], []).append(summary_step(step_row[1:]))
-        return [run_record(row, steps.get(row[0], ())) for row in rows]
-
-    def _count(
-        self, db: Any, workflow: str | None, status: str | None, trigger: str | None
-    ) -> int:
-        params = self._filters(workflow, status, trigger)
-        sql = _count_sql(workflow is not None, status is not None, trigger is not None)
-        return int(db.run(sql, **params)[0][0])
-
-    @staticmethod
-    def _filters(workflow: str | None, status: str | None, trigger: str | None) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        if workflow is not None:
-            found["workflow"] = text(workflow)
-        if status is not None:
-            found["status"] = text(status.value if isinstance(status, RunStatus) else status)
-        if trigger is not None:
-            found["trigger"] = text(trigger)
-        return found

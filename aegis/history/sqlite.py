@@ -256,7 +256,8 @@ _BELOW = "(started_at, seq) < (SELECT started_at, seq FROM runs WHERE run_id = ?
 def _list(where: str, below: bool) -> str:
     if below:
         where = f"{where} AND {_BELOW}" if where else f" WHERE {_BELOW}"
-    return f"SELECT {_RUN_COLUMNS} FROM runs{where} ORDER BY started_at DESC, seq DESC LIMIT ? OFFSET ?"
+    order = " ORDER BY started_at DESC, seq DESC LIMIT ? OFFSET ?"
+    return f"SELECT {_RUN_COLUMNS} FROM runs{where}{order}"
 
 
 _LIST = {(*key, below): _list(where, below) for key, where in _WHERE.items() for below in _BOTH}
