@@ -364,3 +364,122 @@ def test_open_recording_history_writes_to_postgres_in_the_background(pg_url: str
     with PostgresHistory.open(pg_url) as other:
         assert other.get("rec000000001").status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
     assert warnings == []
+
+
+# ---------------------------------------------------------------- the API
+
+
+def test_api_history_pages_by_before_on_postgres(tmp_path: Path, opened: Any) -> None:
+    from test_api_routes import FakeHealth, FakeLoop, body, call, make_config
+
+    from aegis.api.handlers import ApiContext
+    from aegis.api.manager import RunManager
+    from aegis.events import EventBus, EventLog
+    from aegis.steps.registry import default_step_types
+
+    store = opened()
+    for n in range(5):
+        store.finish(finished(make_run(f"api00000000{n}", "smoke", at=n)))
+    config = make_config(tmp_path)
+    runs = RunManager(
+        config, default_step_types(), store, bus=EventBus(), max_concurrent=1, environ={}
+    )
+    ctx = ApiContext(config, loop=FakeLoop(), runs=runs, health=FakeHealth(), events=EventLog(10))
+
+    first = body(call(ctx, "GET", "/api/history?limit=2"))
+    after = first["runs"][-1]["run_id"]
+    second = body(call(ctx, "GET", f"/api/history?limit=2&before={after}"))
+
+    assert [r["run_id"] for r in first["runs"]] == ["api000000004", "api000000003"]
+    assert [r["run_id"] for r in second["runs"]] == ["api000000002", "api000000001"]
+    assert second["total"] == 5
+
+
+# ------------------------------------------------------ more failure paths
+
+
+def test_a_url_that_cannot_be_read_is_refused_without_its_password() -> None:
+    warnings: Warnings = []
+    url = f"postgresql://aegis:{PASSWORD}@/nodb"  # no host
+
+    store = open_history(HistorySpec(url=url), warn=warnings.append, reading=True)
+
+    assert isinstance(store, MemoryHistory)
+    assert warnings == [
+        "history: cannot write history.url (it names no host"
+        " (postgresql://USER@HOST:PORT/DATABASE)); no runs can be read from it"
+    ]
+
+
+def test_an_unexpected_error_while_opening_names_the_url_without_its_password(
+    pg_url: str,
+) -> None:
+    warnings: Warnings = []
+    spec = HistorySpec(url=pg_url.replace(f":{PASSWORD}@", "@"), password_env="PW")
+
+    store = open_history(spec, warn=warnings.append, environ=42)  # type: ignore[arg-type]
+
+    assert isinstance(store, MemoryHistory)
+    assert len(warnings) == 1 and "(AttributeError)" in warnings[0]
+    assert "postgresql://aegis@127.0.0.1:" in warnings[0]
+
+
+def test_while_the_server_is_away_reads_answer_from_memory_and_close_says_what_is_lost(
+    postgres: PostgresServer, pg_url: str
+) -> None:
+    warnings: Warnings = []
+    store = PostgresHistory.open(pg_url, warn=warnings.append, retry_interval=60.0)
+    store.finish(finished(make_run("kept00000001")))
+    pause(postgres)
+    try:
+        assert store.list() == [] and store.count() == 0  # this process's, in memory
+        assert store.tests() == [] and store.failing_counts(["kept00000001"]) == {}
+        assert store.mark_interrupted() == []
+        store.start(make_run("gone00000002"))
+        assert store.claim_fire("w", "every 1m", 60.0)  # memory's claim: this process's
+        assert [r.run_id for r in store.list()] == ["gone00000002"]
+        store.close()
+    finally:
+        postgres.resume()
+    assert "history: cannot reach postgresql://aegis:***@" in warnings[0]
+    assert warnings[1].endswith("1 write(s) of this process's history were not recorded")
+    assert all(PASSWORD not in warning for warning in warnings)
+
+
+def test_past_max_pending_held_writes_the_store_stays_in_memory(
+    postgres: PostgresServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aegis.history.postgres as module
+
+    monkeypatch.setattr(module, "MAX_PENDING", 2)
+    warnings: Warnings = []
+    store = PostgresHistory.open(pg_url, warn=warnings.append, retry_interval=60.0)
+    pause(postgres)
+    try:
+        for n in range(4):
+            store.finish(finished(make_run(f"many0000000{n}", at=n)))
+    finally:
+        postgres.resume()
+
+    assert store.pending == 0 and store.degraded
+    assert "has been unreachable for over 2 writes" in warnings[-1]
+    assert store.count() == 4  # in memory
+    store.close()
+
+
+def test_a_refused_read_warns_once_and_answers_empty(opened: Any, pg_url: str) -> None:
+    warnings: Warnings = []
+    store = opened(warn=warnings.append)
+    sql(pg_url, "DROP TABLE aegis.tests")
+
+    assert store.tests() == [] and store.tests(flaky=True) == []
+    assert len(warnings) == 1 and 'refused a read (relation "tests" does not exist' in warnings[0]
+    assert not store.degraded
+
+
+def test_runs_older_than_max_age_are_pruned_in_the_background(opened: Any) -> None:
+    now = [1767261600.0 + 10_000]  # 2026-01-01T10:00:00Z, plus
+    store = opened(max_age=0.2, clock=lambda: now[0])
+    store.finish(finished(make_run("old000000001", at=0)))
+
+    wait_for(lambda: store.count() == 0)
