@@ -1,5 +1,6 @@
-"""The SQL of ``PostgresHistory``: one statement per thing it does, kept apart from the
-store's logic so each can be read (and ``EXPLAIN``ed by the tests) on its own.
+"""The SQL of ``PostgresHistory``: one statement per thing it does, and the reads and
+writes made of them (each given a connection inside the store's transaction), kept apart
+from the store's logic so each can be read (and ``EXPLAIN``ed by the tests) on its own.
 
 Listings are written for the indexes of ``aegis.history.pg_schema``: each filter
 combination is a prefix of one index ordered ``started_at DESC, seq DESC``, so the server
@@ -9,15 +10,19 @@ reads one page of index entries with no sort step; ``before`` is the row compari
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aegis.history import SHOWN_MATCHES, RunList, matching_run_id
+from aegis.history.owners import Owner
 from aegis.history.pg_rows import (
     FULL_STEP,
     RUN_COLUMNS,
     SUMMARY_COLUMNS,
     full_step,
     run_record,
+    run_values,
+    steps_json,
     summary_step,
     text,
 )
@@ -42,7 +47,12 @@ __all__ = [
     "count_sql",
     "find_run",
     "list_sql",
+    "mark_interrupted",
     "page",
+    "prune",
+    "save_heartbeat",
+    "save_run",
+    "save_step",
 ]
 
 SAVE_RUN = """INSERT INTO runs (run_id, workflow, status, verdict, started_at,
@@ -197,3 +207,47 @@ def _filters(workflow: str | None, status: str | None, trigger: str | None) -> d
     if trigger is not None:
         found["trigger"] = text(trigger)
     return found
+
+
+# ----------------------------------------------------------------- writes
+
+
+def save_run(db: Any, run: Run, owner: Owner, now: float) -> int:
+    """Insert or overwrite the run row (its seq and owner kept) and its steps; its seq."""
+    rows = db.run(
+        SAVE_RUN, **run_values(run), host=owner.host, pid=owner.pid, token=owner.token, now=now
+    )
+    seq = int(rows[0][0])
+    db.run("DELETE FROM steps WHERE run_seq = :seq", seq=seq)
+    if run.steps:
+        db.run(INSERT_STEPS, seq=seq, steps=steps_json(run.steps))
+    return seq
+
+
+def save_step(db: Any, seq: int, step: StepResult) -> None:
+    """Record ``step`` of run ``seq``, replacing the step of its name if there is one."""
+    steps = steps_json((step,))
+    db.run(UPDATE_STEP, seq=seq, name=text(step.name), steps=steps)
+    if db.row_count == 0:
+        db.run(INSERT_STEPS, seq=seq, steps=steps)
+
+
+def prune(db: Any, workflow: str, keep: int) -> None:
+    """Remove the finished runs of ``workflow`` past the newest ``keep``."""
+    db.run(PRUNE, workflow=text(workflow), keep=keep)
+
+
+def save_heartbeat(db: Any, live: Sequence[tuple[int, str]], now: float) -> None:
+    """Refresh the heartbeat of runs (seq, status) still going."""
+    db.run(HEARTBEAT, now=now, seqs=[seq for seq, _ in live], statuses=[s for _, s in live])
+
+
+def mark_interrupted(db: Any, rows: Sequence[Sequence[Any]], finished_at: str) -> list[str]:
+    """Mark ``interrupted`` the runs of ``rows`` (from ``UNFINISHED_ROWS``) still as they
+    were read (same heartbeat, not queued); the ids of those marked."""
+    marked = []
+    for seq, run_id, *_, heartbeat_at in rows:
+        db.run(MARK_INTERRUPTED, finished_at=finished_at, seq=seq, heartbeat_at=heartbeat_at)
+        if db.row_count:
+            marked.append(run_id)
+    return marked

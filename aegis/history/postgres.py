@@ -63,30 +63,23 @@ from aegis.history import (
 from aegis.history.memory import PRUNE_BATCH, MemoryHistory
 from aegis.history.owners import Owner, current_owner, owner_gone, process_state
 from aegis.history.pg_connect import PgPool, PgTarget, describe_error, driver_errors
-from aegis.history.pg_rows import (
-    run_values,
-    steps_json,
-    text,
-)
+from aegis.history.pg_rows import text
 from aegis.history.pg_schema import SEARCH_PATH, SchemaError, migrate
 from aegis.history.pg_statements import (
     CLAIM_FIRE,
-    HEARTBEAT,
-    INSERT_STEPS,
     LAST_FIRE,
-    MARK_INTERRUPTED,
-    PRUNE,
     PRUNE_AGED,
-    SAVE_RUN,
     UNFINISHED_ROWS,
-    UPDATE_STEP,
     find_run,
+    mark_interrupted,
     page,
+    prune,
+    save_heartbeat,
+    save_run,
+    save_step,
 )
-from aegis.history.pg_statements import (
-    count as count_runs,
-)
-from aegis.records import Run, RunStatus, StepResult, age_cutoff, format_timestamp
+from aegis.history.pg_statements import count as count_runs
+from aegis.records import Run, StepResult, age_cutoff, format_timestamp
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
@@ -105,7 +98,6 @@ MAX_PENDING = 50_000  # writes held for a server that went away; past it, memory
 POOL_SIZE = 4
 
 _T = TypeVar("_T")
-_UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 # SQLSTATE classes of a server gone or going: connection exception, insufficient
 # resources, operator intervention (shutdown), system error.
 _OUTAGE_CLASSES = ("08", "53", "57", "58")
@@ -429,7 +421,7 @@ class PostgresHistory(HistoryStore):
         if not gone:
             return []
         finished_at = format_timestamp(datetime.fromtimestamp(now, timezone.utc))
-        return self._attempt(self._save_interrupted, gone, finished_at)
+        return self._attempt(mark_interrupted, gone, finished_at)
 
     def _owner_gone(self, row: Sequence[Any], now: float) -> bool:
         _, _, host, pid, token, heartbeat_at = row
@@ -605,24 +597,10 @@ class PostgresHistory(HistoryStore):
                 workflows.add(write.args[0].workflow)
         if self.max_runs > 0:
             for workflow in sorted(workflows):
-                db.run(PRUNE, workflow=text(workflow), keep=self.max_runs)
+                prune(db, workflow, self.max_runs)
 
     def _save_run(self, db: Any, run: Run) -> int:
-        """Insert or overwrite the run row (its seq and owner kept) and its steps."""
-        owner = self._owner
-        rows = db.run(
-            SAVE_RUN,
-            **run_values(run),
-            host=owner.host,
-            pid=owner.pid,
-            token=owner.token,
-            now=self._clock(),
-        )
-        seq = int(rows[0][0])
-        db.run("DELETE FROM steps WHERE run_seq = :seq", seq=seq)
-        if run.steps:
-            db.run(INSERT_STEPS, seq=seq, steps=steps_json(run.steps))
-        return seq
+        return save_run(db, run, self._owner, self._clock())
 
     def _save_start(self, db: Any, run: Run) -> None:
         seq = self._save_run(db, run)
@@ -637,10 +615,7 @@ class PostgresHistory(HistoryStore):
             if not rows:
                 return
             seq = int(rows[0][0])
-        steps = steps_json((step,))
-        db.run(UPDATE_STEP, seq=seq, name=text(step.name), steps=steps)
-        if db.row_count == 0:
-            db.run(INSERT_STEPS, seq=seq, steps=steps)
+        save_step(db, seq, step)
         if live is not None:
             live.steps[step.name] = step
 
@@ -652,19 +627,4 @@ class PostgresHistory(HistoryStore):
 
     def _save_heartbeat(self, db: Any, live: Sequence[_Live], now: float) -> None:
         self._last_beat = now
-        db.run(
-            HEARTBEAT,
-            now=now,
-            seqs=[one.seq for one in live],
-            statuses=[one.run.status.value for one in live],
-        )
-
-    def _save_interrupted(
-        self, db: Any, rows: Sequence[Sequence[Any]], finished_at: str
-    ) -> builtins.list[str]:
-        marked = []
-        for seq, run_id, *_, heartbeat_at in rows:
-            db.run(MARK_INTERRUPTED, finished_at=finished_at, seq=seq, heartbeat_at=heartbeat_at)
-            if db.row_count:
-                marked.append(run_id)
-        return marked
+        save_heartbeat(db, [(one.seq, one.run.status.value) for one in live], now)
