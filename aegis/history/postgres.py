@@ -229,7 +229,7 @@ class PostgresHistory(HistoryStore):
         with self._lock:
             if self._memory is None or self._recovered():
                 try:
-                    self._attempt(self._save_all, writes)
+                    self._write(writes)
                 except self._errors as exc:
                     if not _is_outage(exc):
                         self._refused(exc, len(writes))
@@ -514,7 +514,7 @@ class PostgresHistory(HistoryStore):
         self._next_try = time.monotonic() + self._retry_interval
         held = builtins.list(self._pending)
         try:
-            self._attempt(self._save_all, held)
+            self._write(held)
         except self._errors as exc:
             if not _is_outage(exc):  # the server is back but refuses them: drop them
                 self._refused(exc, len(held))
@@ -585,16 +585,34 @@ class PostgresHistory(HistoryStore):
 
     # ---------------------------------------------------------------- writes
 
-    def _save_all(self, db: Any, writes: Sequence[Write]) -> None:
+    def _write(self, writes: Sequence[Write]) -> None:
+        """``writes`` in one transaction; what they change in this store's runs going
+        (``_live``) is staged, and kept only once it commits."""
+        staged: dict[str, _Live | None] = {}
+        self._attempt(self._save_all, writes, staged)
+        for run_id, one in staged.items():
+            if one is None:
+                self._live.pop(run_id, None)
+            else:
+                self._live[run_id] = one
+
+    def _save_all(self, db: Any, writes: Sequence[Write], staged: dict[str, _Live | None]) -> None:
+        staged.clear()  # a second attempt starts over
         workflows: set[str] = set()
         for write in writes:
             if write.method == "start":
-                self._save_start(db, *write.args)
+                run = write.args[0]
+                seq = self._save_run(db, run)
+                staged[run.run_id] = _Live(seq, run, {s.name: s for s in run.steps})
             elif write.method == "update_step":
-                self._save_step(db, *write.args)
+                self._save_step(db, staged, *write.args)
             else:
-                self._save_finish(db, *write.args)
-                workflows.add(write.args[0].workflow)
+                run = write.args[0]
+                self._save_run(db, run)
+                staged[run.run_id] = None
+                if run.status.finished:
+                    postgres_tests.record(db, run, text)
+                workflows.add(run.workflow)
         if self.max_runs > 0:
             for workflow in sorted(workflows):
                 prune(db, workflow, self.max_runs)
@@ -602,13 +620,13 @@ class PostgresHistory(HistoryStore):
     def _save_run(self, db: Any, run: Run) -> int:
         return save_run(db, run, self._owner, self._clock())
 
-    def _save_start(self, db: Any, run: Run) -> None:
-        seq = self._save_run(db, run)
-        self._live[run.run_id] = _Live(seq, run, {s.name: s for s in run.steps})
-
-    def _save_step(self, db: Any, run_id: str, step: StepResult) -> None:
-        live = self._live.get(run_id)
+    def _save_step(
+        self, db: Any, staged: dict[str, _Live | None], run_id: str, step: StepResult
+    ) -> None:
+        live = staged[run_id] if run_id in staged else self._live.get(run_id)
         if live is not None:
+            # in place: a step that fails to commit is held and made again, to the same end
+            live.steps[step.name] = step
             seq = live.seq
         else:
             rows = db.run("SELECT seq FROM runs WHERE run_id = :run_id", run_id=text(run_id))
@@ -616,14 +634,6 @@ class PostgresHistory(HistoryStore):
                 return
             seq = int(rows[0][0])
         save_step(db, seq, step)
-        if live is not None:
-            live.steps[step.name] = step
-
-    def _save_finish(self, db: Any, run: Run) -> None:
-        self._save_run(db, run)
-        self._live.pop(run.run_id, None)
-        if run.status.finished:
-            postgres_tests.record(db, run, text)
 
     def _save_heartbeat(self, db: Any, live: Sequence[_Live], now: float) -> None:
         self._last_beat = now
