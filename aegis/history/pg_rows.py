@@ -24,6 +24,7 @@ __all__ = [
     "full_step",
     "run_record",
     "run_values",
+    "runs_json",
     "steps_json",
     "summary_step",
     "text",
@@ -71,10 +72,17 @@ def run_values(run: Run) -> dict[str, Any]:
     }
 
 
-def steps_json(steps: Iterable[StepResult]) -> str:
-    """``steps`` as one JSON array of rows, in report order."""
+def runs_json(runs: Iterable[Run]) -> str:
+    """The rows of ``runs`` as one JSON array, in order."""
+    return json.dumps([run_values(run) for run in runs], separators=(",", ":"))
+
+
+def steps_json(runs: Iterable[tuple[str, Iterable[StepResult]]]) -> str:
+    """The steps of several runs as one JSON array of rows, in report order; each row's
+    ``run`` is its run's id (as stored)."""
     rows = [
         {
+            "run": run,
             "name": text(step.name),
             "type": text(step.type),
             "service": _opt(step.service),
@@ -87,6 +95,7 @@ def steps_json(steps: Iterable[StepResult]) -> str:
             "data": _json(step.data),
             "attempts": _json([a.to_dict() for a in step.attempts]),
         }
+        for run, steps in runs
         for step in steps
     ]
     return json.dumps(rows, separators=(",", ":"), default=str)

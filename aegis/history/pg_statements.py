@@ -21,7 +21,7 @@ from aegis.history.pg_rows import (
     SUMMARY_COLUMNS,
     full_step,
     run_record,
-    run_values,
+    runs_json,
     steps_json,
     summary_step,
     text,
@@ -33,16 +33,15 @@ __all__ = [
     "FIND",
     "FIND_PREFIX",
     "HEARTBEAT",
-    "INSERT_STEPS",
     "LAST_FIRE",
     "MARK_INTERRUPTED",
     "PRUNE",
     "PRUNE_AGED",
-    "SAVE_RUN",
+    "SAVE_RUNS",
+    "SAVE_STEP",
     "STEPS_OF",
     "SUMMARIES",
     "UNFINISHED_ROWS",
-    "UPDATE_STEP",
     "count",
     "count_sql",
     "find_run",
@@ -51,36 +50,56 @@ __all__ = [
     "page",
     "prune",
     "save_heartbeat",
-    "save_run",
+    "save_runs",
     "save_step",
 ]
 
-SAVE_RUN = """INSERT INTO runs (run_id, workflow, status, verdict, started_at,
-        finished_at, duration_ms, trigger, params, rerun_of, owner_host, owner_pid,
-        owner_token, heartbeat_at)
-    VALUES (:run_id, :workflow, :status, :verdict, :started_at, :finished_at,
-        :duration_ms, :trigger, :params, :rerun_of, :host, :pid, :token, :now)
-    ON CONFLICT (run_id) DO UPDATE SET workflow = excluded.workflow,
-        status = excluded.status, verdict = excluded.verdict,
-        started_at = excluded.started_at, finished_at = excluded.finished_at,
-        duration_ms = excluded.duration_ms, trigger = excluded.trigger,
-        params = excluded.params, rerun_of = excluded.rerun_of
-    RETURNING seq"""
+_RUN_FIELDS = (
+    "run_id text, workflow text, status text, verdict text, started_at text,"
+    " finished_at text, duration_ms double precision, trigger text, params text,"
+    " rerun_of text"
+)
+_RUN_NAMES = (
+    "run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger,"
+    " params, rerun_of"
+)
 _STEP_FIELDS = (
     "name text, type text, service text, status text, duration_ms double precision,"
     " error text, error_kind text, skip_reason text, reused boolean, data text,"
     " attempts text"
 )
 _STEP_NAMES = "name, type, service, status, duration_ms, error, error_kind, skip_reason, reused"
-INSERT_STEPS = f"""INSERT INTO steps (run_seq, {_STEP_NAMES}, data, attempts)
-    SELECT :seq, {_STEP_NAMES}, data, attempts
-    FROM ROWS FROM (json_to_recordset(CAST(:steps AS json)) AS ({_STEP_FIELDS}))
-        WITH ORDINALITY AS s({_STEP_NAMES}, data, attempts, n)
-    ORDER BY n"""
-UPDATE_STEP = f"""UPDATE steps SET ({_STEP_NAMES}, data, attempts) = (
-        SELECT {_STEP_NAMES}, data, attempts
-        FROM json_to_recordset(CAST(:steps AS json)) AS ({_STEP_FIELDS}))
-    WHERE run_seq = :seq AND name = :name"""
+_STEP_ROWS = f"""ROWS FROM (json_to_recordset(CAST(:steps AS json)) AS (run text, {_STEP_FIELDS}))
+        WITH ORDINALITY AS s(run, {_STEP_NAMES}, data, attempts, n)"""
+# Many runs (their run ids distinct) and their steps in one statement, in order; the seq
+# of each comes back. Sub-statements share one snapshot: the DELETE sees only the steps
+# stored before, never those the INSERT adds.
+SAVE_RUNS = f"""WITH saved AS (
+        INSERT INTO runs ({_RUN_NAMES}, owner_host, owner_pid, owner_token, heartbeat_at)
+        SELECT {_RUN_NAMES}, :host, :pid, :token, :now
+        FROM ROWS FROM (json_to_recordset(CAST(:runs AS json)) AS ({_RUN_FIELDS}))
+            WITH ORDINALITY AS r({_RUN_NAMES}, n)
+        ORDER BY n
+        ON CONFLICT (run_id) DO UPDATE SET workflow = excluded.workflow,
+            status = excluded.status, verdict = excluded.verdict,
+            started_at = excluded.started_at, finished_at = excluded.finished_at,
+            duration_ms = excluded.duration_ms, trigger = excluded.trigger,
+            params = excluded.params, rerun_of = excluded.rerun_of
+        RETURNING run_id, seq),
+    cleared AS (DELETE FROM steps WHERE run_seq IN (SELECT seq FROM saved)),
+    added AS (INSERT INTO steps (run_seq, {_STEP_NAMES}, data, attempts)
+        SELECT saved.seq, {_STEP_NAMES}, data, attempts
+        FROM {_STEP_ROWS} JOIN saved ON saved.run_id = s.run
+        ORDER BY n)
+    SELECT run_id, seq FROM saved"""
+# One step: it replaces the step of its name, else it is added.
+SAVE_STEP = f"""WITH updated AS (
+        UPDATE steps SET ({_STEP_NAMES}, data, attempts) = (
+            SELECT {_STEP_NAMES}, data, attempts FROM {_STEP_ROWS})
+        WHERE run_seq = :seq AND name = :name RETURNING 1)
+    INSERT INTO steps (run_seq, {_STEP_NAMES}, data, attempts)
+    SELECT :seq, {_STEP_NAMES}, data, attempts FROM {_STEP_ROWS}
+    WHERE NOT EXISTS (SELECT 1 FROM updated)"""
 FIND = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = :run_id"
 FIND_PREFIX = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE lower(run_id) LIKE :pattern"
@@ -212,24 +231,26 @@ def _filters(workflow: str | None, status: str | None, trigger: str | None) -> d
 # ----------------------------------------------------------------- writes
 
 
-def save_run(db: Any, run: Run, owner: Owner, now: float) -> int:
-    """Insert or overwrite the run row (its seq and owner kept) and its steps; its seq."""
+def save_runs(db: Any, runs: Sequence[Run], owner: Owner, now: float) -> list[int]:
+    """Insert or overwrite the rows of ``runs`` (their run ids distinct; seq and owner
+    kept for those already stored) and their steps, in one statement whatever their
+    number; their seqs, in order."""
     rows = db.run(
-        SAVE_RUN, **run_values(run), host=owner.host, pid=owner.pid, token=owner.token, now=now
+        SAVE_RUNS,
+        runs=runs_json(runs),
+        steps=steps_json((text(run.run_id), run.steps) for run in runs),
+        host=owner.host,
+        pid=owner.pid,
+        token=owner.token,
+        now=now,
     )
-    seq = int(rows[0][0])
-    db.run("DELETE FROM steps WHERE run_seq = :seq", seq=seq)
-    if run.steps:
-        db.run(INSERT_STEPS, seq=seq, steps=steps_json(run.steps))
-    return seq
+    by_id = {row[0]: int(row[1]) for row in rows}
+    return [by_id[text(run.run_id)] for run in runs]
 
 
 def save_step(db: Any, seq: int, step: StepResult) -> None:
     """Record ``step`` of run ``seq``, replacing the step of its name if there is one."""
-    steps = steps_json((step,))
-    db.run(UPDATE_STEP, seq=seq, name=text(step.name), steps=steps)
-    if db.row_count == 0:
-        db.run(INSERT_STEPS, seq=seq, steps=steps)
+    db.run(SAVE_STEP, seq=seq, name=text(step.name), steps=steps_json([("", (step,))]))
 
 
 def prune(db: Any, workflow: str, keep: int) -> None:

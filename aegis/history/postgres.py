@@ -45,7 +45,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -75,7 +75,7 @@ from aegis.history.pg_statements import (
     page,
     prune,
     save_heartbeat,
-    save_run,
+    save_runs,
     save_step,
 )
 from aegis.history.pg_statements import count as count_runs
@@ -110,6 +110,26 @@ def _is_outage(exc: BaseException) -> bool:
     if args and isinstance(args[0], dict):
         return str(args[0].get("C", "")).startswith(_OUTAGE_CLASSES)
     return True  # the driver's own errors and OSError: the connection failed
+
+
+def _groups(writes: Sequence[Write]) -> Iterator[Sequence[Write]]:
+    """``writes`` in order, in groups written together: each step alone, and runs of
+    ``start`` and ``finish`` writes whose run ids differ (one statement cannot write one
+    row twice)."""
+    group: list[Write] = []
+    seen: set[str] = set()
+    for write in writes:
+        key = text(write.run_id)
+        if group and (write.method == "update_step" or key in seen):
+            yield group
+            group, seen = [], set()
+        if write.method == "update_step":
+            yield [write]
+            continue
+        group.append(write)
+        seen.add(key)
+    if group:
+        yield group
 
 
 @dataclass
@@ -599,26 +619,25 @@ class PostgresHistory(HistoryStore):
     def _save_all(self, db: Any, writes: Sequence[Write], staged: dict[str, _Live | None]) -> None:
         staged.clear()  # a second attempt starts over
         workflows: set[str] = set()
-        for write in writes:
-            if write.method == "start":
-                run = write.args[0]
-                seq = self._save_run(db, run)
-                staged[run.run_id] = _Live(seq, run, {s.name: s for s in run.steps})
-            elif write.method == "update_step":
-                self._save_step(db, staged, *write.args)
-            else:
-                run = write.args[0]
-                self._save_run(db, run)
+        for group in _groups(writes):
+            if group[0].method == "update_step":
+                self._save_step(db, staged, *group[0].args)
+                continue
+            runs = [write.args[0] for write in group]
+            seqs = save_runs(db, runs, self._owner, self._clock())
+            ended = []
+            for write, run, seq in zip(group, runs, seqs, strict=True):
+                if write.method == "start":
+                    staged[run.run_id] = _Live(seq, run, {s.name: s for s in run.steps})
+                    continue
                 staged[run.run_id] = None
-                if run.status.finished:
-                    postgres_tests.record(db, run, text)
                 workflows.add(run.workflow)
+                if run.status.finished:
+                    ended.append(run)
+            postgres_tests.record_all(db, ended, text)
         if self.max_runs > 0:
             for workflow in sorted(workflows):
                 prune(db, workflow, self.max_runs)
-
-    def _save_run(self, db: Any, run: Run) -> int:
-        return save_run(db, run, self._owner, self._clock())
 
     def _save_step(
         self, db: Any, staged: dict[str, _Live | None], run_id: str, step: StepResult

@@ -31,7 +31,7 @@ from aegis.history.test_history import (
 )
 from aegis.records import Run
 
-__all__ = ["failing_counts", "outcomes", "record", "test_records", "tests"]
+__all__ = ["failing_counts", "outcomes", "record", "record_all", "test_records", "tests"]
 
 _COLUMNS = (
     "workflow, test_id, runs, failures, flips, last_outcome, last_run, last_seen_at,"
@@ -69,16 +69,32 @@ Text = Callable[[str], str]
 
 def record(db: Any, run: Run, text: Text) -> None:
     """Count finished ``run`` in the test history, once."""
-    run_id = text(run.run_id)
-    found = run_tests(run)
-    db.run(
-        "INSERT INTO test_runs (run_id, failing) VALUES (:run_id, :failing)"
-        " ON CONFLICT (run_id) DO NOTHING",
-        run_id=run_id,
-        failing=-1 if found is None else found.failing,
-    )
-    if db.row_count and found is not None:  # 0: counted already
-        _apply(db, found, text)
+    record_all(db, [run], text)
+
+
+def record_all(db: Any, runs: Sequence[Run], text: Text) -> None:
+    """Count finished ``runs`` in the test history, each once; the runs that reported no
+    tests (a queue cancelled at shutdown) in one statement."""
+    untested = []
+    for run in runs:
+        found = run_tests(run)
+        if found is None:
+            untested.append(text(run.run_id))
+            continue
+        db.run(
+            "INSERT INTO test_runs (run_id, failing) VALUES (:run_id, :failing)"
+            " ON CONFLICT (run_id) DO NOTHING",
+            run_id=text(run.run_id),
+            failing=found.failing,
+        )
+        if db.row_count:  # 0: counted already
+            _apply(db, found, text)
+    if untested:
+        db.run(
+            "INSERT INTO test_runs (run_id, failing)"
+            " SELECT unnest(CAST(:ids AS text[])), -1 ON CONFLICT (run_id) DO NOTHING",
+            ids=untested,
+        )
 
 
 def _apply(db: Any, found: RunTests, text: Text) -> None:
