@@ -328,6 +328,42 @@ def test_duplicate_step_names_of_a_finished_run_are_kept(store: HistoryStore) ->
     assert store.get(run.run_id) == run
 
 
+def test_write_all_applies_a_mixed_batch_in_order(store: HistoryStore) -> None:
+    from aegis.history import Write
+
+    a, b, c = make_run("aaaa00000001"), make_run("bbbb00000002", at=1), make_run("cccc00000003")
+    done_a = finished(a, steps=(make_step("discover"), make_step("test")))
+    store.write_all(
+        [
+            Write("start", (a,)),
+            Write("start", (b,)),
+            Write("update_step", (a.run_id, make_step("discover"))),
+            Write("finish", (done_a,)),
+            Write("update_step", (b.run_id, make_step("discover"))),
+            Write("start", (c,)),
+            Write("finish", (finished(c),)),
+            Write("start", (replace(c, status=RunStatus.RUNNING),)),  # c again, later
+        ]
+    )
+
+    assert store.get(a.run_id) == done_a
+    assert [s.name for s in store.get(b.run_id).steps] == ["discover"]  # type: ignore[union-attr]
+    assert store.get(c.run_id).status is RunStatus.RUNNING  # type: ignore[union-attr]
+    assert ids(store.list()) == ["bbbb00000002", "cccc00000003", "aaaa00000001"]
+    assert store.count(status="running") == 2
+
+
+def test_many_runs_finished_in_one_batch_are_all_recorded(store: HistoryStore) -> None:
+    from aegis.history import Write
+
+    runs = [make_run(f"q{n:011d}", at=n % 50) for n in range(1500)]
+    store.write_all([Write("start", (run,)) for run in runs])
+    store.write_all([Write("finish", (finished(run, RunStatus.CANCELLED),)) for run in runs])
+
+    assert store.count(status="cancelled") == 1500 and store.count(status="running") == 0
+    assert store.get("q00000000777").status is RunStatus.CANCELLED  # type: ignore[union-attr]
+
+
 # ---------------------------------------------------------------- looking up
 
 
