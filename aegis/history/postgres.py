@@ -13,8 +13,10 @@ different hosts record into one history (``history.url``). It behaves as
   step): ``before`` (a run id) continues a listing below that run by
   ``(started_at, seq)``, a keyset that costs the same on page 1 and page 50,000, where
   ``offset`` walks the skipped rows. ``count`` sums the few rows of ``run_counts``, which
-  a trigger keeps, instead of counting the runs table. Step ``data`` and ``attempts``
-  are only read by ``get``.
+  triggers keep, instead of counting the runs table. Step ``data`` and ``attempts``
+  are only read by ``get``. The runs of a batch are written with their steps in one
+  statement (``pg_statements.save_runs``): a queue cancelled at shutdown costs about
+  0.1 ms a run (5,000 in 0.6 s on a 2-core test host), not a few round trips each.
 * **Ticks.** ``claim_fire`` is one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE
   fired_at < excluded.fired_at``: the row changes only for a later tick, and the row
   count says whether this process got it, so a tick fires once across every process.

@@ -22,7 +22,9 @@ Why it is built this way:
   commands use it when the file cannot be written): no schema is made, no run is marked
   ``interrupted``, and readers are not blocked by another process's write lock.
 * **Scale.** A listing reads one page of run rows through the index matching its filters
-  (newest first, no sort step) and only the summary columns of their steps. Step ``data``
+  (newest first, no sort step) and only the summary columns of their steps; ``before``
+  (a run id) starts the page below that run by ``(started_at, seq)``, which the same
+  index seeks, where ``offset`` would walk the rows it skips. Step ``data``
   and ``attempts`` are JSON columns that only ``get`` reads.
 
 Schema, version 1 (``PRAGMA user_version``)::
