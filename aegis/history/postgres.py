@@ -134,6 +134,13 @@ def _groups(writes: Sequence[Write]) -> Iterator[Sequence[Write]]:
         yield group
 
 
+def _reason(exc: BaseException) -> str:
+    """One line for ``exc``: the server's message, or the system's ("Connection refused")."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return describe_error(exc)
+
+
 @dataclass
 class _Live:
     """A run this store started and has not finished: what the heartbeat and the
@@ -202,7 +209,7 @@ class PostgresHistory(HistoryStore):
             raise HistoryUnavailable(self.path, str(exc)) from None
         except self._errors as exc:
             self._pool.close()
-            raise HistoryUnavailable(self.path, describe_error(exc)) from None
+            raise HistoryUnavailable(self.path, _reason(exc)) from None
         if max_age > 0:
             self._pruner = threading.Thread(
                 target=self._prune_in_background, name="aegis-history-pruner", daemon=True
@@ -543,7 +550,7 @@ class PostgresHistory(HistoryStore):
                 self._pending.clear()
                 self._memory = None
                 return True
-            log.debug("history: %s still unreachable: %s", self.path, describe_error(exc))
+            log.debug("history: %s still unreachable: %s", self.path, _reason(exc))
             return False
         self._pending.clear()
         self._memory = None
@@ -564,7 +571,7 @@ class PostgresHistory(HistoryStore):
             return self._memory
         self._warn_once(
             "away",
-            f"history: cannot reach {self.path} ({describe_error(exc)}); keeping this"
+            f"history: cannot reach {self.path} ({_reason(exc)}); keeping this"
             " process's history in memory and writing it there once the server is back",
         )
         log.debug("history: %s went away", self.path, exc_info=exc)
@@ -597,7 +604,7 @@ class PostgresHistory(HistoryStore):
         log.debug("history: %s refused %s", self.path, what, exc_info=exc)
         self._warn_once(
             "refused",
-            f"history: {self.path} refused {what} ({describe_error(exc)}); recording goes on",
+            f"history: {self.path} refused {what} ({_reason(exc)}); recording goes on",
         )
 
     def _warn_once(self, kind: str, message: str) -> None:
