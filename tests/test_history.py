@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_history import pg_history_database, pg_history_url  # noqa: F401 (fixtures)
 
 import aegis.history.sqlite as sqlite_module
 from aegis.config.model import HistorySpec
@@ -130,7 +131,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeS
     PostgreSQL); none may warn."""
     opened: list[HistoryStore] = []
     warnings: list[str] = []
-    pg_url = request.getfixturevalue("pg_url") if request.param == "postgres" else ""
+    pg_url = request.getfixturevalue("pg_history_url") if request.param == "postgres" else ""
 
     def make(max_runs: int = 0) -> HistoryStore:
         store: HistoryStore

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from pg_history import pg_history_database, pg_history_url  # noqa: F401 (fixtures)
 from test_history import finished, make_run, make_step, stamp
 
 from aegis.history import HistoryStore
@@ -26,7 +27,7 @@ MakeStore = Callable[..., HistoryStore]
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
     opened: list[HistoryStore] = []
     warnings: list[str] = []
-    pg_url = request.getfixturevalue("pg_url") if request.param == "postgres" else ""
+    pg_url = request.getfixturevalue("pg_history_url") if request.param == "postgres" else ""
 
     def make(**options: object) -> HistoryStore:
         store: HistoryStore

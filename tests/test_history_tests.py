@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_history import pg_history_database, pg_history_url  # noqa: F401 (fixtures)
 
 from aegis.history import HistoryStore
 from aegis.history.memory import MemoryHistory
@@ -66,7 +67,7 @@ def run_with_tests(
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
     opened: list[HistoryStore] = []
     warnings: list[str] = []
-    pg_url = request.getfixturevalue("pg_url") if request.param == "postgres" else ""
+    pg_url = request.getfixturevalue("pg_history_url") if request.param == "postgres" else ""
 
     def make(max_runs: int = 0) -> HistoryStore:
         store: HistoryStore
