@@ -230,11 +230,14 @@ def test_open_history_on_an_unreachable_server_warns_once_and_keeps_memory(
 
 
 def test_a_wrong_password_is_refused_without_showing_either(postgres: PostgresServer) -> None:
-    url = postgres.url().replace(PASSWORD, "not-the-" + PASSWORD[:4])
+    wrong = "wrong-7c1d93"
     with pytest.raises(HistoryUnavailable) as raised:
-        PostgresHistory.open(url)
-    assert "password authentication failed" in str(raised.value)
-    assert PASSWORD[:4] not in str(raised.value).replace("postgresql", "")
+        PostgresHistory.open(postgres.url().replace(PASSWORD, wrong))
+
+    message = str(raised.value)
+    assert 'password authentication failed for user "aegis"' in message
+    assert "postgresql://aegis:***@127.0.0.1:" in message
+    assert wrong not in message and PASSWORD not in message
 
 
 def test_the_password_may_come_from_the_environment(pg_url: str) -> None:
@@ -356,6 +359,15 @@ def test_aegis_history_reads_a_postgres_history(
     assert main(["--config", str(config), "history", "show", "CLI000000000"], stdout=out,
                 stderr=err, environ={"PGPW": PASSWORD}) == 0  # fmt: skip
     assert "cli000000000" in out.getvalue()
+    # a run recorded by `aegis run` lands there too
+    assert main(["--config", str(config), "run", "smoke", "--quiet"], stdout=io.StringIO(),
+                stderr=err, environ={}) == 0  # fmt: skip
+    out = io.StringIO()
+    assert main(argv, stdout=out, stderr=err, environ={}) == 0
+    newest = json.loads(out.getvalue())["runs"][0]
+    assert newest["workflow"] == "smoke" and newest["status"] == "succeeded"
+    assert newest["run_id"] not in {f"cli00000000{n}" for n in range(3)}
+    assert "Traceback" not in err.getvalue() and PASSWORD not in err.getvalue()
 
 
 def test_open_recording_history_writes_to_postgres_in_the_background(pg_url: str) -> None:
