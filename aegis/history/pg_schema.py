@@ -16,8 +16,9 @@ Version 1 holds:
     runs            one row per run, as the SQLite file's (``seq`` is the order of
                     recording and the keyset of listings; times are the records' ISO text)
     steps           one row per ended step (``id``: report order; a name may repeat)
-    run_counts      runs per (workflow, status, trigger), kept by a trigger on ``runs``,
-                    so a page's total is a sum over a few rows, not a count of the table
+    run_counts      runs per (workflow, status, trigger), kept by statement-level
+                    triggers on ``runs``, so a page's total is a sum over a few rows,
+                    not a count of the table
     schedule_fires  the last tick claimed of each schedule (a tick fires once in all)
     tests, test_outcomes, test_runs   the test history, as in the SQLite file
     queue           runs waiting or claimed: the real params, a rerun's carried steps,
