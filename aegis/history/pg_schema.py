@@ -85,32 +85,33 @@ _V1 = (
     )""",
     # not unique: a finished run may report two steps of one name, and keeps both
     "CREATE INDEX steps_by_run ON steps (run_seq, name)",
+    # Counts are deltas, only ever inserted: writers never lock a shared counter row, so
+    # runs recorded at once by several processes cannot deadlock on their counts (an
+    # upserted counter per group did, as two transactions moved runs between the same
+    # groups in opposite orders). Readers sum; ``COMPACT_COUNTS`` folds the rows again.
     """CREATE TABLE run_counts (
         workflow text NOT NULL,
         status text NOT NULL,
         trigger text NOT NULL,
-        n bigint NOT NULL,
-        PRIMARY KEY (workflow, status, trigger)
+        n bigint NOT NULL
     )""",
+    "CREATE INDEX run_counts_by_group ON run_counts (workflow, status, trigger)",
     # Statement-level, on transition tables: a statement adds its runs per group at once
-    # (an INSERT ... SELECT of a million runs costs one upsert per group, not a million),
-    # and an UPDATE that moves no run between groups (a heartbeat) touches no count.
+    # (an INSERT ... SELECT of a million runs costs one row per group, not a million),
+    # and an UPDATE that moves no run between groups (a heartbeat) adds nothing.
     """CREATE FUNCTION count_runs() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF TG_OP = 'INSERT' THEN
             INSERT INTO run_counts SELECT workflow, status, trigger, count(*)
-                FROM new_rows GROUP BY workflow, status, trigger
-            ON CONFLICT (workflow, status, trigger) DO UPDATE SET n = run_counts.n + excluded.n;
+                FROM new_rows GROUP BY workflow, status, trigger;
         ELSIF TG_OP = 'DELETE' THEN
-            UPDATE run_counts c SET n = c.n - d.n FROM (SELECT workflow, status, trigger,
-                    count(*) AS n FROM old_rows GROUP BY workflow, status, trigger) d
-                WHERE c.workflow = d.workflow AND c.status = d.status AND c.trigger = d.trigger;
+            INSERT INTO run_counts SELECT workflow, status, trigger, -count(*)
+                FROM old_rows GROUP BY workflow, status, trigger;
         ELSE
             INSERT INTO run_counts SELECT workflow, status, trigger, sum(n) FROM (
                     SELECT workflow, status, trigger, 1 AS n FROM new_rows
                     UNION ALL SELECT workflow, status, trigger, -1 FROM old_rows) moved
-                GROUP BY workflow, status, trigger HAVING sum(n) <> 0
-            ON CONFLICT (workflow, status, trigger) DO UPDATE SET n = run_counts.n + excluded.n;
+                GROUP BY workflow, status, trigger HAVING sum(n) <> 0;
         END IF;
         RETURN NULL;
     END $$""",
