@@ -37,7 +37,7 @@ class Loopback:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_GET(self) -> None:
                 with owner._lock:
                     owner.hits += 1
                     if self.path.startswith("/block"):
@@ -82,7 +82,7 @@ def write_config(tmp_path: Path, pg_url: str, service: str, extra: str = "", **s
           svc: {{url: "{service}"}}
         history:
           url: "{pg_url}"
-          path: "{tmp_path / 'history.db'}"
+          path: "{tmp_path / "history.db"}"
           lease: 2s
         server:
           port: 0
