@@ -4,6 +4,7 @@ processes (``python -m aegis``), ready once they say so on stderr."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -45,11 +46,12 @@ class Loopback:
                 if self.path.startswith("/block"):
                     owner.released.wait(60)
                 body = b'{"ok": true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                with contextlib.suppress(OSError):  # a cancelled run's client has gone
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
 
             def log_message(self, *args: Any) -> None:
                 pass

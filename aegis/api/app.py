@@ -321,7 +321,7 @@ class ApiApp:
                 lock.release()
         if server is not None:
             server.stop_accepting()
-        if loop is not None:
+        if loop is not None and "runs" in parts:
             # Recording queued runs cancelled takes about a second per 20,000 on top.
             queued = parts["runs"].queued()
             self._on_loop(loop, parts["runs"].shutdown(timeout), timeout + 1 + queued / 10_000)
@@ -330,7 +330,8 @@ class ApiApp:
         if server is not None:
             server.close_connections(grace=timeout)
         if loop is not None:
-            self._on_loop(loop, parts["health"].close(), timeout)
+            if "health" in parts:
+                self._on_loop(loop, parts["health"].close(), timeout)
             loop.stop()
         if "webhooks" in parts:  # after the runs, whose last events it still delivers
             parts["webhooks"].close(timeout)
