@@ -41,6 +41,7 @@ def apps(tmp_path: Path, pg_url: str, loopback: Loopback) -> Iterator[Apps]:
     try:
         yield make
     finally:
+        loopback.release()  # runs still held end at once
         for app in started:
             app.stop(timeout=1)
 

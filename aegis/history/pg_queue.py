@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import select
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -436,6 +437,7 @@ class Waker:
         self._wake = wake
         self._retry = retry
         self._stop = threading.Event()
+        self._bell, self._ring = socket.socketpair()  # wakes the select at stop
         self._thread = threading.Thread(target=self._serve, name="aegis-queue-waker", daemon=True)
 
     def start(self) -> Waker:
@@ -444,7 +446,11 @@ class Waker:
 
     def stop(self) -> None:
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self._ring.send(b"x")
         self._thread.join(timeout=5)
+        self._bell.close()
+        self._ring.close()
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -460,8 +466,8 @@ class Waker:
             connection.run(f"LISTEN {QUEUE_CHANNEL}")
             connection.run(f"LISTEN {CANCEL_CHANNEL}")
             while not self._stop.is_set():
-                readable, _, _ = select.select([sock], [], [], 0.5)
-                if readable:
+                readable, _, _ = select.select([sock, self._bell], [], [], 5.0)
+                if sock in readable:
                     connection.run("SELECT 1")  # reads the notifications that came
                 while connection.notifications:
                     _, channel, _ = connection.notifications.popleft()
