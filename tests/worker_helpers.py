@@ -71,11 +71,20 @@ class Loopback:
         self.server.server_close()
 
 
-def write_config(tmp_path: Path, pg_url: str, service: str, extra: str = "", **server: Any) -> Path:
+def write_config(
+    tmp_path: Path,
+    pg_url: str,
+    service: str,
+    extra: str = "",
+    *,
+    name: str = "aegis.yaml",
+    **server: Any,
+) -> Path:
     """A config on ``pg_url``: ``quick`` (one quick step), ``slow`` (a step that blocks),
     ``slow_requeue`` (the same, requeued when its worker stops), ``one`` (slow, at most
     one at once, ``skip``), ``lined`` (slow, at most one, ``queue``); ``extra`` is YAML
-    added under ``workflows:``."""
+    added under ``workflows:``; ``name`` the file's (configs beside each other share the
+    history file)."""
     options = {"max_concurrent_runs": 4, **server}
     lines = "\n".join(f"  {k}: {v}" for k, v in options.items())
     slow = "steps: [{type: http, service: svc, timeout: 60, with: {path: /block}}]"
@@ -107,7 +116,7 @@ def write_config(tmp_path: Path, pg_url: str, service: str, extra: str = "", **s
             {slow}
         """)
     text += textwrap.indent(textwrap.dedent(extra), "  ")
-    path = tmp_path / "aegis.yaml"
+    path = tmp_path / name
     path.write_text(text)
     return path
 
