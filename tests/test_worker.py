@@ -13,8 +13,9 @@ from test_api_http import poll
 from worker_helpers import Loopback, call, write_config
 
 from aegis.api.app import ApiApp
-from aegis.config import load_config
-from aegis.errors import UsageError
+from aegis.config import load_config, parse_config
+from aegis.config.model import DEFAULT_LEASE, Config
+from aegis.errors import ConfigError, UsageError
 
 Apps = Callable[..., ApiApp]
 
@@ -168,3 +169,33 @@ def test_an_unreachable_database_is_one_line(tmp_path: Path, loopback: Loopback)
     message = str(caught.value)
     assert message.startswith("history: cannot use postgresql://aegis:***@127.0.0.1:1/nothing")
     assert "hunter2" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ("history: {lease: 0.5s}", "history.lease: expected a duration of at least 1s"),
+        ("history: {lease: soon}", "history.lease: expected a duration"),
+        ("workflows: {w: {on_interrupt: retry, steps: [{type: report}]}}",
+         "workflows.w.on_interrupt: unknown on_interrupt 'retry'"),
+        ("workflows: {w: {on_interrupt: 3, steps: [{type: report}]}}",
+         "workflows.w.on_interrupt: expected a on_interrupt (one of: interrupted, requeue)"),
+    ],
+)  # fmt: skip
+def test_the_new_keys_are_checked(tmp_path: Path, section: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(section, file="aegis.yaml", base_dir=tmp_path, environ={})
+    assert f"aegis.yaml: {problem}" in str(error.value)
+
+
+def test_the_new_keys_and_their_defaults(tmp_path: Path) -> None:
+    def parse(text: str) -> Config:
+        return parse_config(text, file="aegis.yaml", base_dir=tmp_path, environ={})
+
+    step = "steps: [{type: report}]"
+    text = f"workflows: {{w: {{on_interrupt: requeue, {step}}}, v: {{{step}}}}}"
+    config = parse(text + "\nhistory: {lease: 1m}")
+    assert config.history.lease == 60.0
+    assert config.workflows["w"].on_interrupt == "requeue"
+    assert config.workflows["v"].on_interrupt == "interrupted"
+    assert parse("workflows: {}").history.lease == DEFAULT_LEASE == 30.0
