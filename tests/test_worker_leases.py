@@ -17,6 +17,7 @@ import pytest
 from test_api_http import poll
 from worker_helpers import Loopback, call, write_config
 
+from aegis.api import shared_runs
 from aegis.api.app import ApiApp
 from aegis.api.shared_runs import SharedRunManager
 from aegis.cli import main
@@ -156,3 +157,35 @@ def test_a_negative_drain_timeout_is_refused(tmp_path: Path) -> None:
     err = io.StringIO()
     assert main(["--config", str(config), "worker", "--drain-timeout", "-1"], stderr=err) == 2
     assert "--drain-timeout must be 0 or more seconds" in err.getvalue()
+
+
+async def test_one_key_sent_at_once_to_two_replicas_makes_one_run(
+    tmp_path: Path, pg_url: str, loopback: Loopback, queue: PgQueue
+) -> None:
+    config = load_config(write_config(tmp_path, pg_url, loopback.url))
+    history = MemoryHistory()
+    replicas = [
+        SharedRunManager(config, default_step_types(), history, queue, bus=EventBus())
+        for _ in range(2)
+    ]
+    sent = [replicas[i % 2].submit("quick", idempotency_key="same") for i in range(8)]
+    answers = await asyncio.gather(*sent)
+    assert len({run.run_id for run, _ in answers}) == 1
+    assert sorted(new for _, new in answers) == [False] * 7 + [True]
+
+
+async def test_a_key_whose_run_was_never_recorded_is_taken_over(
+    tmp_path: Path,
+    pg_url: str,
+    loopback: Loopback,
+    queue: PgQueue,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shared_runs, "EARLIER_GRACE", 0.1)
+    config = load_config(write_config(tmp_path, pg_url, loopback.url))
+    runs = SharedRunManager(config, default_step_types(), MemoryHistory(), queue, bus=EventBus())
+    await asyncio.to_thread(queue.claim_key, "quick", "k", "ghost", 60)  # its submitter died
+    run, new = await runs.submit("quick", idempotency_key="k")
+    assert new and run.run_id != "ghost"
+    again, new = await runs.submit("quick", idempotency_key="k")
+    assert again.run_id == run.run_id and not new

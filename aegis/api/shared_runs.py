@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections
 import contextlib
 from collections.abc import Mapping
 from typing import Any
@@ -213,7 +214,7 @@ class SharedRunManager:
                 status=ended.status.value,
                 verdict=ended.verdict.value if ended.verdict else "failed",
                 duration_ms=0.0,
-                steps={},
+                steps=dict(collections.Counter(step.status.value for step in ended.steps)),
                 tests_total=None,
                 tests_failed=None,
                 reason=CANCELLED_REASON,
@@ -275,27 +276,27 @@ class SharedRunManager:
         return run
 
     async def _earlier(self, workflow: str, key: str, run_id: str) -> Run | None:
-        """The run an unexpired ``key`` names (``None``: the key is now ``run_id``'s)."""
-        for _ in range(2):
+        """The run an unexpired ``key`` names (``None``: the key is now ``run_id``'s).
+
+        Its submitter may still be writing its record, so a run not found yet is looked
+        for again for ``EARLIER_GRACE`` seconds; one never recorded by then (its submitter
+        died, or it was pruned) gives the key up, and the new run takes it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EARLIER_GRACE
+        while True:
             earlier = await asyncio.to_thread(
                 self.queue.claim_key, workflow, key, run_id, self.idempotency_ttl
             )
             if earlier is None:
                 return None
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + EARLIER_GRACE
-            while True:  # its submitter may still be writing its record
-                run = await asyncio.to_thread(self.get, earlier)
-                if run is not None:
-                    return run
-                if loop.time() > deadline or not await asyncio.to_thread(
-                    self.queue.contains, earlier
-                ):
-                    break
-                await asyncio.sleep(POLL)
-            # never recorded (its submitter died) or pruned since: the key starts anew
-            await asyncio.to_thread(self.queue.forget_key, workflow, key, earlier)
-        return None
+            run = await asyncio.to_thread(self.get, earlier)
+            if run is not None:
+                return run
+            if loop.time() > deadline:
+                await asyncio.to_thread(self.queue.forget_key, workflow, key, earlier)
+                deadline = loop.time() + EARLIER_GRACE
+                continue
+            await asyncio.sleep(POLL)
 
     async def _admit(
         self, workflow: str, concurrency: Any, overlap: str | None
