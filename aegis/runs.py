@@ -6,7 +6,10 @@ so the caller can report it and exit 130. When the run has ended, ``report`` wri
 outputs; then the history store is closed, which waits for the run's last writes
 (another process's lock may hold them up); only then do webhook deliveries still pending
 (also of a cancelled run) get up to ``aegis.webhooks.EXIT_WAIT`` seconds. A SIGTERM or
-SIGHUP after the run has ended ends that wait, never the outputs nor the record.
+SIGHUP after the run has ended ends that wait, never the outputs nor the record. With a
+PostgreSQL ``history.url`` the events go to its table (so every ``aegis serve`` replica
+shows them) and the webhooks to its outbox, which this process delivers itself: the wait
+is then for its own events' rows (``aegis.history.pg_events.share_events``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from aegis.records import Run, StepResult
 from aegis.steps.base import StepType
 
 if TYPE_CHECKING:
+    from aegis.history.pg_events import SharedEvents
     from aegis.webhooks import WebhookDispatcher
 
 __all__ = ["STOP_SIGNALS", "run_workflow"]
@@ -73,7 +77,7 @@ def run_workflow(
     bus = EventBus()
     if progress is not None:
         bus.subscribe(ProgressPrinter(progress))
-    hooks = _attach_webhooks(config, bus)
+    hooks = _attach_webhooks(config, bus, environ, warn)
     engine = Engine(config, step_types, history=store, bus=bus, environ=environ)
     run_id = new_run_id()
     ending = _EndSignals()
@@ -100,7 +104,15 @@ def run_workflow(
         ending.restore()
 
 
-def _attach_webhooks(config: Config, bus: EventBus) -> WebhookDispatcher | None:
+def _attach_webhooks(
+    config: Config, bus: EventBus, environ: Mapping[str, str], warn: Callable[[str], None]
+) -> WebhookDispatcher | SharedEvents | None:
+    if config.history.url:  # the events to the database; this process's webhooks via it
+        from aegis.history.pg_events import share_events
+
+        return share_events(
+            config, bus, environ=environ, warn=warn, deliver="own" if config.webhooks else None
+        )
     if not config.webhooks:
         return None
     from aegis.webhooks import WebhookDispatcher
@@ -108,7 +120,9 @@ def _attach_webhooks(config: Config, bus: EventBus) -> WebhookDispatcher | None:
     return WebhookDispatcher(config.webhooks).attach(bus)
 
 
-def _finish_deliveries(hooks: WebhookDispatcher, ending: _EndSignals | None = None) -> None:
+def _finish_deliveries(
+    hooks: WebhookDispatcher | SharedEvents, ending: _EndSignals | None = None
+) -> None:
     """Give pending webhook deliveries a few seconds, so a CI run does not drop them."""
     from aegis.webhooks import EXIT_WAIT
 

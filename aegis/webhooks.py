@@ -68,8 +68,13 @@ __all__ = [
     "HttpxTransport",
     "Transport",
     "WebhookDispatcher",
+    "attempt",
+    "delivery_headers",
     "encode_event",
+    "hook_label",
+    "retry_delay",
     "sign",
+    "wants",
 ]
 
 DEFAULT_TIMEOUT = 10.0  # seconds per attempt
@@ -160,6 +165,52 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
+def hook_label(index: int, spec: WebhookSpec) -> str:
+    """How logs name webhook ``index``: its place in the config and its origin."""
+    return f"webhooks[{index}] {_origin(spec.url)}"
+
+
+def wants(spec: WebhookSpec, event_type: str) -> bool:
+    """Whether the webhook ``spec`` takes events of ``event_type``."""
+    return ALL_EVENTS in spec.events or event_type in spec.events
+
+
+def delivery_headers(event_type: str, delivery_id: str, signature: str | None) -> dict[str, str]:
+    """The headers of a delivery (``signature``: ``sign``'s value, when the webhook has a
+    secret)."""
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "X-Aegis-Event": event_type,
+        "X-Aegis-Delivery": delivery_id,
+    }
+    if signature:
+        headers["X-Aegis-Signature"] = signature
+    return headers
+
+
+def attempt(
+    transport: Transport, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+) -> tuple[str, bool]:
+    """One POST: ``("", False)`` when delivered, else what went wrong and whether it is
+    worth retrying (connection errors, timeouts and 5xx are; other answers are not)."""
+    try:
+        status = transport.post(url, body, headers, timeout)
+    except OSError as exc:
+        # a transport's words may quote the URL; its password must not reach the log
+        return hide_url_passwords(str(exc) or type(exc).__name__), True
+    if 200 <= status < 300:
+        return "", False
+    if 300 <= status < 400:
+        return f"HTTP {status} (redirects are not followed)", False
+    return f"HTTP {status}", status >= 500
+
+
+def retry_delay(backoff: float, made: int) -> float:
+    """Seconds to wait after attempt number ``made`` failed: ``backoff``, then doubled."""
+    return float(backoff * 2 ** (made - 1))
+
+
 @dataclass(frozen=True)
 class _Delivery:
     id: str
@@ -173,8 +224,7 @@ class _Hook:
 
     def __init__(self, index: int, spec: WebhookSpec) -> None:
         self.spec = spec
-        self.label = f"webhooks[{index}] {_origin(spec.url)}"
-        self.events = None if ALL_EVENTS in spec.events else frozenset(spec.events)
+        self.label = hook_label(index, spec)
         self.queue: queue.SimpleQueue[_Delivery | None] = queue.SimpleQueue()
         self.pending = 0  # queued or being sent; guarded by the dispatcher's condition
         self.down = False  # the last delivery was dropped for a retryable failure
@@ -187,7 +237,7 @@ class _Hook:
         self.thread: threading.Thread | None = None
 
     def wants(self, event_type: str) -> bool:
-        return self.events is None or event_type in self.events
+        return wants(self.spec, event_type)
 
 
 class WebhookDispatcher:
@@ -383,7 +433,7 @@ class WebhookDispatcher:
         failure, retryable = self._attempt(hook, delivery, headers)
         made = 1
         while failure and retryable and made < allowed:
-            delay = self.backoff * 2 ** (made - 1)
+            delay = retry_delay(self.backoff, made)
             if not self._may_wait(delay):
                 failure += "; no time left to retry"
                 break
@@ -398,33 +448,15 @@ class WebhookDispatcher:
             self._delivered(hook)
 
     def _headers(self, hook: _Hook, delivery: _Delivery) -> dict[str, str]:
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            "X-Aegis-Event": delivery.event,
-            "X-Aegis-Delivery": delivery.id,
-        }
-        if hook.spec.secret:
-            headers["X-Aegis-Signature"] = sign(hook.spec.secret, delivery.body)
-        return headers
+        secret = hook.spec.secret
+        signature = sign(secret, delivery.body) if secret else None
+        return delivery_headers(delivery.event, delivery.id, signature)
 
     def _attempt(
         self, hook: _Hook, delivery: _Delivery, headers: Mapping[str, str]
     ) -> tuple[str, bool]:
-        """One POST: ``("", False)`` when delivered, else what went wrong and whether
-        it is worth retrying."""
-        try:
-            status = self._shared_transport().post(
-                hook.spec.url, delivery.body, headers, self.timeout
-            )
-        except OSError as exc:
-            # a transport's words may quote the URL; its password must not reach the log
-            return hide_url_passwords(str(exc) or type(exc).__name__), True
-        if 200 <= status < 300:
-            return "", False
-        if 300 <= status < 400:
-            return f"HTTP {status} (redirects are not followed)", False
-        return f"HTTP {status}", status >= 500
+        transport = self._shared_transport()
+        return attempt(transport, hook.spec.url, delivery.body, headers, self.timeout)
 
     def _shared_transport(self) -> Transport:
         """The shared transport, opened on first use."""

@@ -16,7 +16,7 @@ Stopping goes in the order that loses nothing: stop firing schedules, refuse new
 connections (requests on open ones get 503), cancel queued and running runs (recorded
 ``cancelled``; a ``?wait=`` still inside gets its cancelled run), close the open
 connections, then the loop, the webhooks (pending deliveries get up to the stop
-timeout) and the history store.
+timeout; with PostgreSQL, the events still queued for the database) and the history store.
 """
 
 from __future__ import annotations
@@ -140,11 +140,17 @@ class ApiApp:
         self._parts["history"] = store
         bus = EventBus()
         events = EventLog(config.event_log_size, max_age=config.history.max_age)
-        bus.subscribe(events.append)
+        if config.history.url:  # every replica's log fed from the database; an outbox
+            from aegis.history.pg_events import share_events
+
+            shared = share_events(config, bus, environ=self.environ, warn=self.warn, log=events)
+            self._parts["webhooks"] = metrics.webhooks = shared
+        else:
+            bus.subscribe(events.append)
         bus.subscribe(metrics)
         if self.progress is not None:
             bus.subscribe(self.progress)
-        if config.webhooks:
+        if config.webhooks and "webhooks" not in self._parts:
             from aegis.webhooks import WebhookDispatcher
 
             hooks = WebhookDispatcher(config.webhooks).attach(bus)

@@ -26,8 +26,10 @@ Version 1 holds:
                     server's clock)
     idempotency_keys   (workflow, key) → run id, shared by every process
     workers         the processes that claim runs, and when each was last seen
-    events          every event of every process (``origin``: which one emitted it)
-    webhook_outbox  one row per event and webhook, delivered once by whichever claims it
+    events          every event of every process (``origin``: which one emitted it,
+                    ``local_id``: its number there, so a retried batch is not doubled)
+    webhook_outbox  one row per event and webhook, delivered once by whichever claims it;
+                    a row carries its URL, body and signature, so any process delivers it
 """
 
 from __future__ import annotations
@@ -185,14 +187,20 @@ _V1 = (
         emitted_at text NOT NULL,
         run_id text NOT NULL,
         workflow text NOT NULL,
-        data text NOT NULL
+        data text NOT NULL,
+        UNIQUE (origin, local_id)
     )""",
     "CREATE INDEX events_by_time ON events (emitted_at)",
     """CREATE TABLE webhook_outbox (
         id bigserial PRIMARY KEY,
         hook text NOT NULL,
+        url text NOT NULL,
+        origin text NOT NULL,
+        delivery_id text NOT NULL,
+        signature text,
         event_id bigint,
         event_type text NOT NULL,
+        run_id text NOT NULL,
         body text NOT NULL,
         created_at double precision NOT NULL,
         next_at double precision NOT NULL,
@@ -204,6 +212,8 @@ _V1 = (
     )""",
     "CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at)"
     " WHERE delivered_at IS NULL AND failed IS NULL",
+    "CREATE INDEX webhook_outbox_done ON webhook_outbox (created_at)"
+    " WHERE delivered_at IS NOT NULL OR failed IS NOT NULL",
 )
 
 # (version, statements): each applied once, in order, in the transaction that records it.
