@@ -1,7 +1,9 @@
 """``aegis worker``: a worker without HTTP, claiming runs from the PostgreSQL queue.
 
 It assembles what ``aegis serve`` does minus the server: the shared queue, the history
-store, an event bus, a ``Worker`` and, when the config has schedules, a ``Scheduler``
+store, an event bus shared through the database (``share_events``: its runs' events reach
+every replica and the webhook outbox), a ``Worker`` and, when the config has schedules, a
+``Scheduler``
 firing through the same ``SharedRunManager.submit`` the API uses (each tick claimed in the
 store, so serve replicas and workers fire it once between them).
 
@@ -77,6 +79,11 @@ async def _work(
     types = step_types if step_types is not None else default_step_types()
     store = open_recording_history(config.history, warn=warn)
     bus = EventBus()
+    # its runs' events reach every replica's log and the webhook outbox, which it helps
+    # deliver, as a replica does
+    from aegis.history.pg_events import share_events
+
+    shared = share_events(config, bus, environ=environ, warn=warn)
     worker = Worker(
         config,
         types,
@@ -117,6 +124,7 @@ async def _work(
         for signum in signals:
             loop.remove_signal_handler(signum)
         await asyncio.to_thread(store.close)
+        await asyncio.to_thread(shared.close, 5.0)
 
 
 def _schedules(config: Config, runs: Any, store: Any) -> asyncio.Task[Any] | None:
