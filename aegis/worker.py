@@ -360,6 +360,8 @@ class Worker:
         if again or gone:
             log.info("worker %s: reaped %d run(s) of stopped workers", self.id, len(again + gone))
             flush(self.history)
+        for claim in again:  # recorded queued: now they may be claimed (and run) again
+            self.queue.ready(claim.run_id)
         self.queue.expire_keys(self.idempotency_ttl, KEY_TTL_SWEEP)
         self.queue.forget_silent(max(self.lease * 10, 300.0))
 
@@ -381,6 +383,8 @@ class Worker:
         for record in records:
             if record.workflow in self._requeue and self.queue.release(record.run_id, self.id):
                 self.history.start(replace(record, status=RunStatus.QUEUED, finished_at=None))
+                flush(self.history)
+                self.queue.ready(record.run_id)
                 continue
             self.history.finish(
                 self._ended_record(record, RunStatus.INTERRUPTED, INTERRUPTED_REASON)

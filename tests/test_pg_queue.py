@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from aegis.history import pg_queue
 from aegis.history.pg_connect import PgTarget
 from aegis.history.pg_queue import CANCEL_CHANNEL, QUEUE_CHANNEL, PgQueue, Waker
 
@@ -130,9 +131,25 @@ def test_reaping_takes_back_expired_leases(queue: PgQueue) -> None:
         ("cancelled", True),
         ("gone", False),
     ]
+    assert queue.claim("next", 5, lease=30) == []  # not before its record says queued
+    queue.ready("again")
     assert [c.run_id for c in queue.claim("next", 5, lease=30)] == ["again"]
     assert queue.renew("live", lease=30) == {"alive": False}
     assert queue.release("alive", "live") and not queue.release("alive", "live")
+    assert queue.claim("next", 5, lease=30) == []
+    queue.ready("alive")
+    assert [c.run_id for c in queue.claim("next", 5, lease=30)] == ["alive"]
+
+
+def test_a_row_its_submitter_never_made_ready_goes_after_a_while(
+    queue: PgQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue.enqueue("stranded", "w", params={}, trigger="api")
+    queue.reap([])
+    assert queue.claim("a", 1, lease=30) == []
+    monkeypatch.setattr(pg_queue, "STRANDED_AFTER", -1.0)
+    queue.reap([])
+    assert [c.run_id for c in queue.claim("a", 1, lease=30)] == ["stranded"]
 
 
 def test_workers_are_registered_seen_and_forgotten(queue: PgQueue) -> None:

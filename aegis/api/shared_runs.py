@@ -342,9 +342,11 @@ class SharedRunManager:
     def _record_queued(self, run: Run) -> None:
         """In a thread: the ``queued`` record, written through, then the row made
         claimable (a worker's ``running`` must come after it)."""
-        self.history.start(run)
-        flush(self.history)
-        self.queue.ready(run.run_id)
+        try:
+            self.history.start(run)
+            flush(self.history)
+        finally:  # a store that failed must not strand the run
+            self.queue.ready(run.run_id)
 
     def _record_finished(self, run: Run) -> None:
         self.history.finish(run)

@@ -308,16 +308,15 @@ class PgQueue:
         self._run("DELETE FROM queue WHERE run_id = :r AND claimed_by = :w", r=run_id, w=worker)
 
     def release(self, run_id: str, worker: str) -> bool:
-        """Hand a claimed run back to the queue (``on_interrupt: requeue``); false if
-        ``worker`` no longer held it."""
+        """Hand a claimed run back to the queue (``on_interrupt: requeue``), not ready
+        until its ``queued`` record is written (``ready``); false if ``worker`` no longer
+        held it."""
         rows = self._run(
-            """UPDATE queue SET claimed_by = NULL, lease_until = NULL, cancel_requested = false
-               WHERE run_id = :r AND claimed_by = :w RETURNING 1""",
+            """UPDATE queue SET claimed_by = NULL, lease_until = NULL, cancel_requested = false,
+               ready = false WHERE run_id = :r AND claimed_by = :w RETURNING 1""",
             r=run_id,
             w=worker,
         )
-        if rows:
-            self._run(f"NOTIFY {QUEUE_CHANNEL}")
         return bool(rows)
 
     # ----------------------------------------------------------------- cancel
@@ -343,8 +342,9 @@ class PgQueue:
 
     def reap(self, requeue: Sequence[str]) -> tuple[list[Claim], list[Claim]]:
         """Take back the runs whose lease ran out (their worker is gone): those of the
-        workflows in ``requeue`` (unless their cancel was asked for) wait again; the rest
-        leave the queue. Returns (requeued, removed); recording them is the caller's.
+        workflows in ``requeue`` (unless their cancel was asked for) wait again, not ready
+        until the caller has recorded them ``queued`` (``ready``); the rest leave the
+        queue. Returns (requeued, removed); recording them is the caller's.
         Rows never made ready by a submitter that died are made ready."""
         with self._transaction() as connection:
             expired = connection.run(
@@ -368,11 +368,10 @@ class PgQueue:
             gone = [c for c in claims if c not in again]
             if again:
                 connection.run(
-                    """UPDATE queue SET claimed_by = NULL, lease_until = NULL
+                    """UPDATE queue SET claimed_by = NULL, lease_until = NULL, ready = false
                        WHERE run_id = ANY(:ids)""",
                     ids=[c.run_id for c in again],
                 )
-                connection.run(f"NOTIFY {QUEUE_CHANNEL}")
             if gone:
                 connection.run(
                     "DELETE FROM queue WHERE run_id = ANY(:ids)", ids=[c.run_id for c in gone]
