@@ -49,7 +49,10 @@ __all__ = ["SharedRunManager", "open_queue"]
 
 POLL = 0.1  # seconds between looks at a run another process is running
 EARLIER_GRACE = 5.0  # seconds a key's first run may take to show its record
-CANCEL_WAIT = 30.0  # seconds a cancel waits for the worker of a claimed run to record it
+# Seconds a cancel waits for the worker of a claimed run to record it, within the API's
+# call timeout (15 s): a worker that died records nothing until its lease runs out, so the
+# answer is then the run as it stands, its cancel asked for (the reaper records it).
+CANCEL_WAIT = 10.0
 
 
 def open_queue(spec: HistorySpec, environ: Mapping[str, str]) -> tuple[PgQueue, Any]:
