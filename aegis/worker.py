@@ -62,7 +62,7 @@ def end_record(
 ) -> Run:
     """``run`` ended with ``status``: the steps that ended keep their records, the rest
     are skipped with ``reason``."""
-    ended = {step.name: step for step in run.steps if step.status.value != "running"}
+    ended = {step.name: step for step in run.steps}
     steps = (
         tuple(ended.get(spec.name) or skipped_result(spec, reason) for spec in workflow.steps)
         if workflow is not None
@@ -116,6 +116,7 @@ class _Job:
     recorder: _Recorder
     task: asyncio.Task[Any] | None = None
     fate: str | None = None  # "lost" or "handed back": the end is not ours to settle
+    cancelled: bool = False  # cancelled once already (a second cancel would cut its cleanup)
 
 
 class Worker:
@@ -137,7 +138,7 @@ class Worker:
         kind: str = "worker",
         target: Any = None,
         poll: float = DEFAULT_POLL,
-        idempotency_ttl: float = 86400.0,
+        idempotency_ttl: float = 86400.0,  # RunManager's: a key repeated within 24 h
         clock: Clock | None = None,
         open_client: ClientFactory | None = None,
     ) -> None:
@@ -345,7 +346,8 @@ class Worker:
                 job.fate = "lost"
                 job.recorder.muted = True
                 job.task.cancel()
-            elif held[run_id]:
+            elif held[run_id] and not job.cancelled:
+                job.cancelled = True
                 job.task.cancel()
         await asyncio.to_thread(self._reap)
 
