@@ -93,7 +93,6 @@ def write_config(
           svc: {{url: "{service}"}}
         history:
           url: "{pg_url}"
-          path: "{tmp_path / "history.db"}"
           lease: 2s
         server:
           port: 0
