@@ -353,8 +353,7 @@ class Worker:
 
     def _reap(self) -> None:
         again, gone = self.queue.reap(self._requeue)
-        for claim in again:
-            self._mark(claim.run_id, None)
+        waiting = [claim.run_id for claim in again if self._mark(claim.run_id, None)]
         for claim in gone:
             status = RunStatus.CANCELLED if claim.cancel_requested else RunStatus.INTERRUPTED
             reason = "run cancelled" if claim.cancel_requested else INTERRUPTED_REASON
@@ -362,24 +361,31 @@ class Worker:
         if again or gone:
             log.info("worker %s: reaped %d run(s) of stopped workers", self.id, len(again + gone))
             flush(self.history)
-        for claim in again:  # recorded queued: now they may be claimed (and run) again
-            self.queue.ready(claim.run_id)
+        for run_id in waiting:  # recorded queued: now they may be claimed (and run) again
+            self.queue.ready(run_id)
+        for claim in again:  # ended before their worker could say so: never run twice
+            if claim.run_id not in waiting:
+                self.queue.remove(claim.run_id)
         self.queue.expire_keys(self.idempotency_ttl, KEY_TTL_SWEEP)
         self.queue.forget_silent(max(self.lease * 10, 300.0))
 
-    def _mark(self, run_id: str, end: tuple[RunStatus, str] | None) -> None:
-        """Record a reaped run: waiting again (``end`` None), or ended."""
+    def _mark(self, run_id: str, end: tuple[RunStatus, str] | None) -> bool:
+        """Record a reaped run: waiting again (``end`` None), or ended. False when its
+        record says it had ended already (its worker died before removing its row)."""
         try:
             run = self.history.get(run_id)
-        except Exception:
+        except Exception:  # unreadable: it waits (or ends) all the same
             log.exception("worker %s: cannot read run %s", self.id, run_id)
-            return
-        if run is None or run.status.finished:
-            return
+            return True
+        if run is not None and run.status.finished:
+            return False
+        if run is None:
+            return True
         if end is None:
             self.history.start(replace(run, status=RunStatus.QUEUED))
         else:
             self.history.finish(self._ended_record(run, *end))
+        return True
 
     def _hand_back(self, records: list[Run]) -> None:
         for record in records:

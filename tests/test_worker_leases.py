@@ -29,7 +29,7 @@ from aegis.history.pg_connect import PgTarget
 from aegis.history.pg_queue import PgQueue
 from aegis.records import RunStatus
 from aegis.steps.registry import default_step_types
-from aegis.worker import Worker
+from aegis.worker import Worker, end_record
 
 LIMIT = 20.0
 
@@ -189,3 +189,22 @@ async def test_a_key_whose_run_was_never_recorded_is_taken_over(
     assert new and run.run_id != "ghost"
     again, new = await runs.submit("quick", idempotency_key="k")
     assert again.run_id == run.run_id and not new
+
+
+async def test_a_run_that_ended_before_its_worker_died_is_not_run_again(
+    tmp_path: Path, pg_url: str, loopback: Loopback, queue: PgQueue
+) -> None:
+    config = load_config(write_config(tmp_path, pg_url, loopback.url))
+    history = MemoryHistory()
+    runs = SharedRunManager(config, default_step_types(), history, queue, bus=EventBus())
+    run, _ = await runs.submit("slow_requeue")
+    await asyncio.to_thread(queue.claim, "gone", 1, -1.0)  # died before removing the row
+    spec = config.workflows["slow_requeue"]
+    history.finish(end_record(spec, run, RunStatus.SUCCEEDED, "done", run.started_at))
+    reaper = worker(config, history, queue)
+    reaping = asyncio.ensure_future(reaper.run())
+    await until(lambda: not queue.contains(run.run_id))
+    await reaper.stop()
+    await reaping
+    assert loopback.hits == 0
+    assert history.get(run.run_id).status == RunStatus.SUCCEEDED  # type: ignore[union-attr]

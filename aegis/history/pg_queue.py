@@ -307,6 +307,10 @@ class PgQueue:
         """The run ended under ``worker``'s claim: its row goes."""
         self._run("DELETE FROM queue WHERE run_id = :r AND claimed_by = :w", r=run_id, w=worker)
 
+    def remove(self, run_id: str) -> None:
+        """Drop ``run_id``'s row, whoever holds it."""
+        self._run("DELETE FROM queue WHERE run_id = :r", r=run_id)
+
     def release(self, run_id: str, worker: str) -> bool:
         """Hand a claimed run back to the queue (``on_interrupt: requeue``), not ready
         until its ``queued`` record is written (``ready``); false if ``worker`` no longer
