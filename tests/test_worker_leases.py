@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres_server import PostgresServer
 from test_api_http import poll
 from worker_helpers import Loopback, call, write_config
 
@@ -208,3 +209,33 @@ async def test_a_run_that_ended_before_its_worker_died_is_not_run_again(
     await reaping
     assert loopback.hits == 0
     assert history.get(run.run_id).status == RunStatus.SUCCEEDED  # type: ignore[union-attr]
+
+
+async def test_a_worker_rides_out_a_database_outage(
+    tmp_path: Path,
+    pg_url: str,
+    postgres: PostgresServer,
+    loopback: Loopback,
+    queue: PgQueue,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = load_config(write_config(tmp_path, pg_url, loopback.url))
+    history = MemoryHistory()
+    runs = SharedRunManager(config, default_step_types(), history, queue, bus=EventBus())
+    run, _ = await runs.submit("slow")
+    steady = worker(config, history, queue, target=PgTarget.parse(pg_url))
+    working = asyncio.ensure_future(steady.run())
+    await until(lambda: loopback.blocked == 1)
+    # the test server commits asynchronously and pause() is a crash: checkpoint first
+    await asyncio.to_thread(postgres.sql, "CHECKPOINT")
+    await asyncio.to_thread(postgres.pause)
+    try:
+        await until(lambda: "the queue cannot be reached" in caplog.text)
+    finally:
+        await asyncio.to_thread(postgres.resume)
+    assert steady.running() == [run.run_id]  # the run went on meanwhile
+    loopback.release()
+    await until(lambda: not queue.contains(run.run_id))
+    assert history.get(run.run_id).status == RunStatus.SUCCEEDED  # type: ignore[union-attr]
+    await steady.stop()
+    await working
