@@ -173,6 +173,7 @@ class Worker:
         return len(self._jobs)
 
     def running(self) -> list[str]:
+        """The ids of the runs this worker is running."""
         return list(self._jobs)
 
     async def run(self) -> None:

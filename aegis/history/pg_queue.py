@@ -97,6 +97,7 @@ class PgQueue:
 
     @classmethod
     def open(cls, target: PgTarget, *, size: int = 4) -> PgQueue:
+        """The queue of ``target``'s database over a pool of ``size`` connections."""
         return cls(PgPool(target, size, setup=(SEARCH_PATH,)))
 
     def close(self) -> None:
@@ -237,6 +238,7 @@ class PgQueue:
         return int(self._run("SELECT count(*) FROM queue WHERE claimed_by IS NULL")[0][0])
 
     def contains(self, run_id: str) -> bool:
+        """Whether ``run_id`` is in the queue (waiting or claimed)."""
         return bool(self._run("SELECT 1 FROM queue WHERE run_id = :r", r=run_id))
 
     # ------------------------------------------------------------------ claim
@@ -389,6 +391,7 @@ class PgQueue:
     # ---------------------------------------------------------------- workers
 
     def register(self, worker: str, *, host: str, pid: int, kind: str, slots: int) -> None:
+        """Record ``worker`` (``kind``: ``serve`` or ``worker``) as running, seen now."""
         self._run(
             f"""INSERT INTO workers (id, host, pid, kind, started_at, seen_at, max_concurrent)
                 VALUES (:id, :host, :pid, :kind, {NOW}, {NOW}, :slots)
@@ -401,9 +404,11 @@ class PgQueue:
         )
 
     def draining(self, worker: str) -> None:
+        """Mark ``worker`` as stopping: it claims no more."""
         self._run("UPDATE workers SET draining = true WHERE id = :id", id=worker)
 
     def forget(self, worker: str) -> None:
+        """``worker`` has stopped: its row goes."""
         self._run("DELETE FROM workers WHERE id = :id", id=worker)
 
     def forget_silent(self, older_than: float) -> int:
