@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_history import pg_history_database, pg_history_url  # noqa: F401 (fixtures)
 
 import aegis.history.sqlite as sqlite_module
 from aegis.config.model import HistorySpec
@@ -124,16 +125,22 @@ def rich_run() -> Run:
 MakeStore = Callable[..., HistoryStore]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
-    """Opens stores of one kind (several on one file for SQLite); none may warn."""
+    """Opens stores of one kind (several on one file for SQLite, on one database for
+    PostgreSQL); none may warn."""
     opened: list[HistoryStore] = []
     warnings: list[str] = []
+    pg_url = request.getfixturevalue("pg_history_url") if request.param == "postgres" else ""
 
     def make(max_runs: int = 0) -> HistoryStore:
         store: HistoryStore
         if request.param == "memory":
             store = MemoryHistory(max_runs=max_runs, warn=warnings.append)
+        elif request.param == "postgres":
+            from aegis.history.postgres import PostgresHistory
+
+            store = PostgresHistory.open(pg_url, max_runs=max_runs, warn=warnings.append)
         else:
             store = SqliteHistory(tmp_path / "history.db", max_runs=max_runs, warn=warnings.append)
         opened.append(store)
@@ -322,6 +329,42 @@ def test_duplicate_step_names_of_a_finished_run_are_kept(store: HistoryStore) ->
     assert store.get(run.run_id) == run
 
 
+def test_write_all_applies_a_mixed_batch_in_order(store: HistoryStore) -> None:
+    from aegis.history import Write
+
+    a, b, c = make_run("aaaa00000001"), make_run("bbbb00000002", at=1), make_run("cccc00000003")
+    done_a = finished(a, steps=(make_step("discover"), make_step("test")))
+    store.write_all(
+        [
+            Write("start", (a,)),
+            Write("start", (b,)),
+            Write("update_step", (a.run_id, make_step("discover"))),
+            Write("finish", (done_a,)),
+            Write("update_step", (b.run_id, make_step("discover"))),
+            Write("start", (c,)),
+            Write("finish", (finished(c),)),
+            Write("start", (replace(c, status=RunStatus.RUNNING),)),  # c again, later
+        ]
+    )
+
+    assert store.get(a.run_id) == done_a
+    assert [s.name for s in store.get(b.run_id).steps] == ["discover"]  # type: ignore[union-attr]
+    assert store.get(c.run_id).status is RunStatus.RUNNING  # type: ignore[union-attr]
+    assert ids(store.list()) == ["bbbb00000002", "cccc00000003", "aaaa00000001"]
+    assert store.count(status="running") == 2
+
+
+def test_many_runs_finished_in_one_batch_are_all_recorded(store: HistoryStore) -> None:
+    from aegis.history import Write
+
+    runs = [make_run(f"q{n:011d}", at=n % 50) for n in range(1500)]
+    store.write_all([Write("start", (run,)) for run in runs])
+    store.write_all([Write("finish", (finished(run, RunStatus.CANCELLED),)) for run in runs])
+
+    assert store.count(status="cancelled") == 1500 and store.count(status="running") == 0
+    assert store.get("q00000000777").status is RunStatus.CANCELLED  # type: ignore[union-attr]
+
+
 # ---------------------------------------------------------------- looking up
 
 
@@ -451,6 +494,44 @@ def test_list_pages_with_limit_and_offset(
     populated: HistoryStore, limit: int, offset: int, expected: list[int]
 ) -> None:
     assert ids(populated.list(limit=limit, offset=offset)) == [f"run{n:09d}" for n in expected]
+
+
+@pytest.mark.parametrize(
+    ("before", "workflow", "limit", "offset", "expected"),
+    [
+        ("run000000011", None, 3, 0, [10, 9, 8]),
+        ("run000000008", None, 20, 0, [7, 6, 5, 4, 3, 2, 1, 0]),
+        ("run000000008", None, 2, 1, [6, 5]),
+        ("run000000008", "smoke", 20, 0, [7, 5, 3, 1]),
+        ("run000000007", "pipeline", 2, 0, [6, 4]),
+        ("run000000000", None, 20, 0, []),
+        ("nosuchrun000", None, 20, 0, []),
+    ],
+)
+def test_list_pages_before_a_run_by_keyset(
+    populated: HistoryStore,
+    before: str,
+    workflow: str | None,
+    limit: int,
+    offset: int,
+    expected: list[int],
+) -> None:
+    found = populated.list(workflow, limit=limit, offset=offset, before=before)
+
+    assert ids(found) == [f"run{n:09d}" for n in expected]
+
+
+def test_paging_with_before_visits_every_run_once_in_order(store: HistoryStore) -> None:
+    # runs sharing a start time are told apart by their order of recording
+    for n in range(7):
+        store.finish(finished(make_run(f"run{n:09d}", at=n // 3)))
+    seen: list[str] = []
+    page = store.list(limit=2)
+    while page:
+        seen += ids(page)
+        page = store.list(limit=2, before=page[-1].run_id)
+
+    assert seen == ids(store.list(limit=100)) == [f"run{n:09d}" for n in range(6, -1, -1)]
 
 
 def test_list_defaults_to_twenty_runs(store: HistoryStore) -> None:

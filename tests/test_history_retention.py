@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from pg_history import pg_history_database, pg_history_url  # noqa: F401 (fixtures)
 from test_history import finished, make_run, make_step, stamp
 
 from aegis.history import HistoryStore
@@ -22,15 +23,20 @@ T0 = 1767261600.0
 MakeStore = Callable[..., HistoryStore]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
     opened: list[HistoryStore] = []
     warnings: list[str] = []
+    pg_url = request.getfixturevalue("pg_history_url") if request.param == "postgres" else ""
 
     def make(**options: object) -> HistoryStore:
         store: HistoryStore
         if request.param == "memory":
             store = MemoryHistory(warn=warnings.append, **options)  # type: ignore[arg-type]
+        elif request.param == "postgres":
+            from aegis.history.postgres import PostgresHistory
+
+            store = PostgresHistory.open(pg_url, warn=warnings.append, **options)  # type: ignore[arg-type]
         else:
             store = SqliteHistory(tmp_path / "h.db", warn=warnings.append, **options)  # type: ignore[arg-type]
         opened.append(store)

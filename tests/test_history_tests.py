@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_history import pg_history_database, pg_history_url  # noqa: F401 (fixtures)
 
 from aegis.history import HistoryStore
 from aegis.history.memory import MemoryHistory
@@ -62,15 +63,20 @@ def run_with_tests(
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
     opened: list[HistoryStore] = []
     warnings: list[str] = []
+    pg_url = request.getfixturevalue("pg_history_url") if request.param == "postgres" else ""
 
     def make(max_runs: int = 0) -> HistoryStore:
         store: HistoryStore
         if request.param == "memory":
             store = MemoryHistory(max_runs=max_runs, warn=warnings.append)
+        elif request.param == "postgres":
+            from aegis.history.postgres import PostgresHistory
+
+            store = PostgresHistory.open(pg_url, max_runs=max_runs, warn=warnings.append)
         else:
             store = SqliteHistory(tmp_path / "h.db", max_runs=max_runs, warn=warnings.append)
         opened.append(store)

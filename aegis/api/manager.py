@@ -332,9 +332,10 @@ class RunManager:
         offset: int = 0,
         *,
         trigger: str | None = None,
+        before: str | None = None,
     ) -> tuple[builtins.list[Run], int]:
         """A page of runs from history, newest first, and how many match in all."""
-        page = self.history.list(workflow, status, limit, offset, trigger=trigger)
+        page = self.history.list(workflow, status, limit, offset, trigger=trigger, before=before)
         return page, self.history.count(workflow, status, trigger=trigger)
 
     def active(self) -> int:

@@ -3,6 +3,7 @@
     HistoryStore          the interface the engine, the CLI and the API use
     ├── MemoryHistory     a dict in this process (``path: ":memory:"``, and the fallback)
     ├── SqliteHistory     one SQLite file that several processes share
+    ├── PostgresHistory   one PostgreSQL database that processes on many hosts share
     ├── DeferredHistory   a store opened on first use (``aegis serve``, ``aegis run``)
     └── BackgroundWrites  a store whose writes a thread of its own makes, in order
 
@@ -11,10 +12,11 @@ so ``open_recording_history`` (what ``aegis run`` and ``aegis serve`` record thr
 hands every write to ``BackgroundWrites``' thread, which applies what has queued up as
 one batch (``write_all``), keeping each run's order of writes.
 
-``open_history`` picks the store for a ``history:`` config section. It never raises: a file
-that cannot be used gives one warning and a ``MemoryHistory``, because history must never
-fail a run. The stores import nothing heavy until they are opened (``sqlite3`` is loaded
-only when a file is), so CLI commands that keep no history do not pay for it.
+``open_history`` picks the store for a ``history:`` config section (``url`` before
+``path``). It never raises: a file or database that cannot be used gives one warning and a
+``MemoryHistory``, because history must never fail a run. The stores import nothing heavy
+until they are opened (``sqlite3`` is loaded only when a file is, the pg8000 driver only
+when a ``postgresql://`` URL is), so CLI commands that keep no history do not pay for it.
 
 Run ids may be shortened and typed in any case: ``get`` accepts any prefix that matches
 one run (an id matching exactly wins), and raises ``NotFound`` listing the matches when a
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -179,9 +181,13 @@ class HistoryStore(abc.ABC):
         offset: int = 0,
         *,
         trigger: str | None = None,
+        before: str | None = None,
     ) -> RunList:
         """Runs newest first (by ``started_at``, then order of recording), filtered.
 
+        With ``before`` (a run id, exact), only runs older than that run in this order:
+        the next page after a page ending with it, without ``offset`` (which a database
+        must walk); none if no such run is stored.
         Steps may come without ``data`` and ``attempts`` (the summary level of the run JSON).
         A negative ``limit`` or ``offset`` counts as 0.
         """
@@ -249,7 +255,13 @@ class HistoryStore(abc.ABC):
         self.close()
 
 
-def open_history(spec: HistorySpec, *, warn: Warn, reading: bool = False) -> HistoryStore:
+def open_history(
+    spec: HistorySpec,
+    *,
+    warn: Warn,
+    reading: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> HistoryStore:
     """The store for ``spec``: memory for ``":memory:"``, else a SQLite file at its path.
 
     Never raises: if the file cannot be used, ``warn`` is called once with the path and
@@ -257,9 +269,13 @@ def open_history(spec: HistorySpec, *, warn: Warn, reading: bool = False) -> His
     ``reading`` (a caller that only reads: ``aegis history``), a file that cannot be
     written (read-only, in a read-only directory, locked by another process) is opened
     read-only instead, without a warning; its runs are shown as they are stored.
+    A ``url`` opens the PostgreSQL database, its password read from ``environ`` (the
+    process's environment by default) when the URL holds none.
     """
     from aegis.history.memory import MemoryHistory
 
+    if spec.url:
+        return _open_postgres(spec, warn=warn, reading=reading, environ=environ)
     if spec.path == MEMORY_PATH:
         return MemoryHistory(max_runs=spec.max_runs, max_age=spec.max_age, warn=warn)
     try:
@@ -282,13 +298,63 @@ def open_history(spec: HistorySpec, *, warn: Warn, reading: bool = False) -> His
     return MemoryHistory(max_runs=spec.max_runs, max_age=spec.max_age, warn=warn)
 
 
-def open_recording_history(spec: HistorySpec, *, warn: Warn) -> HistoryStore:
+def _open_postgres(
+    spec: HistorySpec, *, warn: Warn, reading: bool, environ: Mapping[str, str] | None
+) -> HistoryStore:
+    """``open_history`` for a ``history.url``: the database, else one warning and memory.
+    The password comes from the URL, the variable ``password_env`` names, or PGPASSWORD,
+    and never shows in the warning."""
+    import os
+
+    from aegis.history.memory import MemoryHistory
+
+    assert spec.url is not None
+    try:
+        from aegis.history.postgres import PostgresHistory
+
+        return PostgresHistory.open(
+            spec.url,
+            password_env=spec.password_env,
+            environ=os.environ if environ is None else environ,
+            max_runs=spec.max_runs,
+            max_age=spec.max_age,
+            warn=warn,
+        )
+    except HistoryUnavailable as exc:
+        message = str(exc)
+    except Exception as exc:  # a bug must not cost the run its history, let alone the run
+        log.debug("opening the history database failed", exc_info=True)
+        message = str(HistoryUnavailable(_shown_url(spec.url), type(exc).__name__))
+    if reading:
+        warn(f"{message}; no runs can be read from it")
+    else:
+        warn(f"{message}; keeping this run's history in memory")
+    return MemoryHistory(max_runs=spec.max_runs, max_age=spec.max_age, warn=warn)
+
+
+def _shown_url(url: str) -> str:
+    """``url`` with any password in it replaced by ``***``."""
+    from aegis.history.pg_connect import PgTarget
+
+    try:
+        return PgTarget.parse(url, environ={}).display()
+    except ValueError:
+        return "history.url"
+
+
+def open_recording_history(
+    spec: HistorySpec, *, warn: Warn, environ: Mapping[str, str] | None = None
+) -> HistoryStore:
     """The store a process that records runs uses: ``open_history``'s, opened on first
     use (unless a problem shows at once, so its warning comes now), behind a writer
     thread. Never raises, and never makes its caller wait for the file."""
     from aegis.history.background import BackgroundWrites
     from aegis.history.deferred import DeferredHistory, history_problem
 
+    if spec.url:  # the server is reached on first use, as a file is opened
+        return BackgroundWrites(
+            DeferredHistory(lambda: open_history(spec, warn=warn, environ=environ))
+        )
     if spec.path == MEMORY_PATH or history_problem(spec.path) is not None:
         return open_history(spec, warn=warn)
     return BackgroundWrites(DeferredHistory(lambda: open_history(spec, warn=warn)))

@@ -142,9 +142,10 @@ class BackgroundWrites(HistoryStore):
         offset: int = 0,
         *,
         trigger: str | None = None,
+        before: str | None = None,
     ) -> RunList:
         self.flush()
-        return self.store.list(workflow, status, limit, offset, trigger=trigger)
+        return self.store.list(workflow, status, limit, offset, trigger=trigger, before=before)
 
     def count(
         self, workflow: str | None = None, status: str | None = None, *, trigger: str | None = None

@@ -97,8 +97,9 @@ class DeferredHistory(HistoryStore):
         offset: int = 0,
         *,
         trigger: str | None = None,
+        before: str | None = None,
     ) -> RunList:
-        return self._get().list(workflow, status, limit, offset, trigger=trigger)
+        return self._get().list(workflow, status, limit, offset, trigger=trigger, before=before)
 
     def count(
         self, workflow: str | None = None, status: str | None = None, *, trigger: str | None = None

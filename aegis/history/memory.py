@@ -137,11 +137,18 @@ class MemoryHistory(HistoryStore):
         offset: int = 0,
         *,
         trigger: str | None = None,
+        before: str | None = None,
     ) -> RunList:
         limit, offset = max(limit, 0), max(offset, 0)
         found: RunList = []
         with self._lock:
-            matching = self._matching(workflow, status, trigger)
+            end = len(self._order)
+            if before is not None:
+                below = self._entries.get(before)
+                if below is None:
+                    return []
+                end = bisect.bisect_left(self._order, (*below.key, before))
+            matching = self._matching(workflow, status, trigger, end)
             for entry in itertools.islice(matching, offset, offset + limit):
                 found.append(entry.record())
         return found
@@ -188,9 +195,16 @@ class MemoryHistory(HistoryStore):
         del self._entries[entry.run.run_id]
 
     def _matching(
-        self, workflow: str | None, status: str | None, trigger: str | None = None
+        self,
+        workflow: str | None,
+        status: str | None,
+        trigger: str | None = None,
+        end: int | None = None,
     ) -> Iterator[_Entry]:
-        for _, _, run_id in reversed(self._order):
+        """The runs matching, newest first, among the ``end`` oldest (all by default)."""
+        stop = len(self._order) if end is None else end
+        for index in range(stop - 1, -1, -1):
+            run_id = self._order[index][2]
             entry = self._entries[run_id]
             if workflow is not None and entry.run.workflow != workflow:
                 continue

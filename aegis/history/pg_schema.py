@@ -15,9 +15,10 @@ Version 1 holds:
 
     runs            one row per run, as the SQLite file's (``seq`` is the order of
                     recording and the keyset of listings; times are the records' ISO text)
-    steps           one row per ended step (``id``: report order)
-    run_counts      runs per (workflow, status, trigger), kept by a trigger on ``runs``,
-                    so a page's total is a sum over a few rows, not a count of the table
+    steps           one row per ended step (``id``: report order; a name may repeat)
+    run_counts      runs per (workflow, status, trigger), kept by statement-level
+                    triggers on ``runs``, so a page's total is a sum over a few rows,
+                    not a count of the table
     schedule_fires  the last tick claimed of each schedule (a tick fires once in all)
     tests, test_outcomes, test_runs   the test history, as in the SQLite file
     queue           runs waiting or claimed: the real params, a rerun's carried steps,
@@ -82,9 +83,10 @@ _V1 = (
         skip_reason text,
         reused boolean NOT NULL DEFAULT false,
         data text NOT NULL,
-        attempts text NOT NULL,
-        UNIQUE (run_seq, name)
+        attempts text NOT NULL
     )""",
+    # not unique: a finished run may report two steps of one name, and keeps both
+    "CREATE INDEX steps_by_run ON steps (run_seq, name)",
     """CREATE TABLE run_counts (
         workflow text NOT NULL,
         status text NOT NULL,
@@ -92,20 +94,35 @@ _V1 = (
         n bigint NOT NULL,
         PRIMARY KEY (workflow, status, trigger)
     )""",
+    # Statement-level, on transition tables: a statement adds its runs per group at once
+    # (an INSERT ... SELECT of a million runs costs one upsert per group, not a million),
+    # and an UPDATE that moves no run between groups (a heartbeat) touches no count.
     """CREATE FUNCTION count_runs() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        IF TG_OP IN ('UPDATE', 'DELETE') THEN
-            UPDATE run_counts SET n = n - 1 WHERE workflow = OLD.workflow
-                AND status = OLD.status AND trigger = OLD.trigger;
-        END IF;
-        IF TG_OP IN ('INSERT', 'UPDATE') THEN
-            INSERT INTO run_counts VALUES (NEW.workflow, NEW.status, NEW.trigger, 1)
-                ON CONFLICT (workflow, status, trigger) DO UPDATE SET n = run_counts.n + 1;
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO run_counts SELECT workflow, status, trigger, count(*)
+                FROM new_rows GROUP BY workflow, status, trigger
+            ON CONFLICT (workflow, status, trigger) DO UPDATE SET n = run_counts.n + excluded.n;
+        ELSIF TG_OP = 'DELETE' THEN
+            UPDATE run_counts c SET n = c.n - d.n FROM (SELECT workflow, status, trigger,
+                    count(*) AS n FROM old_rows GROUP BY workflow, status, trigger) d
+                WHERE c.workflow = d.workflow AND c.status = d.status AND c.trigger = d.trigger;
+        ELSE
+            INSERT INTO run_counts SELECT workflow, status, trigger, sum(n) FROM (
+                    SELECT workflow, status, trigger, 1 AS n FROM new_rows
+                    UNION ALL SELECT workflow, status, trigger, -1 FROM old_rows) moved
+                GROUP BY workflow, status, trigger HAVING sum(n) <> 0
+            ON CONFLICT (workflow, status, trigger) DO UPDATE SET n = run_counts.n + excluded.n;
         END IF;
         RETURN NULL;
     END $$""",
-    """CREATE TRIGGER runs_counted AFTER INSERT OR DELETE OR UPDATE OF workflow, status,
-        trigger ON runs FOR EACH ROW EXECUTE FUNCTION count_runs()""",
+    """CREATE TRIGGER runs_inserted AFTER INSERT ON runs REFERENCING NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION count_runs()""",
+    """CREATE TRIGGER runs_updated AFTER UPDATE ON runs
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION count_runs()""",
+    """CREATE TRIGGER runs_deleted AFTER DELETE ON runs REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION count_runs()""",
     """CREATE TABLE schedule_fires (
         workflow text NOT NULL,
         schedule text NOT NULL,
@@ -130,6 +147,7 @@ _V1 = (
     )""",
     "CREATE INDEX tests_by_id ON tests (test_id)",
     """CREATE TABLE test_outcomes (
+        id bigserial PRIMARY KEY,
         test_id text NOT NULL,
         workflow text NOT NULL,
         run_id text NOT NULL,

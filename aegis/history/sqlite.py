@@ -22,7 +22,9 @@ Why it is built this way:
   commands use it when the file cannot be written): no schema is made, no run is marked
   ``interrupted``, and readers are not blocked by another process's write lock.
 * **Scale.** A listing reads one page of run rows through the index matching its filters
-  (newest first, no sort step) and only the summary columns of their steps. Step ``data``
+  (newest first, no sort step) and only the summary columns of their steps; ``before``
+  (a run id) starts the page below that run by ``(started_at, seq)``, which the same
+  index seeks, where ``offset`` would walk the rows it skips. Step ``data``
   and ``attempts`` are JSON columns that only ``get`` reads.
 
 Schema, version 1 (``PRAGMA user_version``)::
@@ -249,11 +251,18 @@ def _where(*used: bool) -> str:
 
 _BOTH = (False, True)
 _WHERE = {(w, s, t): _where(w, s, t) for w in _BOTH for s in _BOTH for t in _BOTH}
-_LIST = {
-    key: f"SELECT {_RUN_COLUMNS} FROM runs{where}"
-    " ORDER BY started_at DESC, seq DESC LIMIT ? OFFSET ?"
-    for key, where in _WHERE.items()
-}
+# ``before`` (a run id): the rows below it in the listing's order, a keyset the index seeks.
+_BELOW = "(started_at, seq) < (SELECT started_at, seq FROM runs WHERE run_id = ?)"
+
+
+def _list(where: str, below: bool) -> str:
+    if below:
+        where = f"{where} AND {_BELOW}" if where else f" WHERE {_BELOW}"
+    order = " ORDER BY started_at DESC, seq DESC LIMIT ? OFFSET ?"
+    return f"SELECT {_RUN_COLUMNS} FROM runs{where}{order}"
+
+
+_LIST = {(*key, below): _list(where, below) for key, where in _WHERE.items() for below in _BOTH}
 _COUNT = {key: f"SELECT count(*) FROM runs{where}" for key, where in _WHERE.items()}
 # Changes whenever another connection commits to the file (never for our own commits).
 _DATA_VERSION = "PRAGMA data_version"
@@ -561,10 +570,11 @@ class SqliteHistory(HistoryStore):
         offset: int = 0,
         *,
         trigger: str | None = None,
+        before: str | None = None,
     ) -> RunList:
         limit, offset = max(limit, 0), max(offset, 0)
         page = self._cached(
-            ("list", workflow, status, limit, offset, trigger),
+            ("list", workflow, status, limit, offset, trigger, before),
             lambda: self._read(
                 self._page,
                 workflow,
@@ -572,7 +582,10 @@ class SqliteHistory(HistoryStore):
                 limit,
                 offset,
                 trigger,
-                fallback=lambda m: m.list(workflow, status, limit, offset, trigger=trigger),
+                before,
+                fallback=lambda m: m.list(
+                    workflow, status, limit, offset, trigger=trigger, before=before
+                ),
             ),
         )
         return builtins.list(page)  # the cached list stays the store's own
@@ -1208,9 +1221,13 @@ class SqliteHistory(HistoryStore):
         limit: int,
         offset: int,
         trigger: str | None = None,
+        before: str | None = None,
     ) -> RunList:
         filters = self._filters(workflow, status, trigger)
-        sql = self._sql(_LIST[workflow is not None, status is not None, trigger is not None])
+        if before is not None:
+            filters = (*filters, _text(before))
+        used = (workflow is not None, status is not None, trigger is not None, before is not None)
+        sql = self._sql(_LIST[used])
         rows = db.execute(sql, (*filters, limit, offset)).fetchall()
         steps = self._summaries(db, [row[0] for row in rows])
         runs = (self._decoded(_run, row, steps.get(row[0], ())) for row in rows)
