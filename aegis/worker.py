@@ -7,7 +7,9 @@ one without HTTP. Any number of them share a database, each running at most
 Why it is built this way:
 
 * **One loop, no blocking.** The worker lives on an event loop beside its runs; every
-  queue and store call goes through ``asyncio.to_thread``. It wakes when a run is
+  queue and store call runs in a thread. Claims and renewals have a thread of their own,
+  so a store slow to write (its flushes) never delays a renewal past the lease; reaping
+  runs beside the loop, never in the way of the next renewal. It wakes when a run is
   enqueued (``Waker``'s NOTIFY), when one of its runs ends, and at least every third of
   the lease, which is when it renews its leases (and so tells the others it lives).
 * **A lease, not a heartbeat of the process.** A claim is good until ``lease_until``;
@@ -30,14 +32,16 @@ Why it is built this way:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from aegis.config.model import Config, WorkflowSpec
 from aegis.engine.clock import Clock, SystemClock
@@ -48,9 +52,10 @@ from aegis.history.pg_queue import CANCEL_CHANNEL, Claim, PgQueue, Waker
 from aegis.records import Run, RunStatus, StepResult, Verdict, format_timestamp
 from aegis.steps.base import StepType
 
-__all__ = ["DEFAULT_POLL", "INTERRUPTED_REASON", "Worker", "end_record", "flush"]
+__all__ = ["DEFAULT_POLL", "INTERRUPTED_REASON", "Worker", "end_record", "flush", "record_waiting"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEFAULT_POLL = 2.0  # seconds between looks at the queue when no NOTIFY comes
 INTERRUPTED_REASON = "run interrupted: its worker stopped"
@@ -76,6 +81,16 @@ def end_record(
         finished_at=now,
         duration_ms=run.duration_ms or 0.0,
     )
+
+
+def record_waiting(store: HistoryStore, run: Run) -> None:
+    """Write the record of ``run``, waiting in the queue (status ``queued``).
+
+    Through ``finish``, not ``start``: a store keeps alive the runs it started (its
+    heartbeat re-asserts their status until it finishes them), and a waiting run is no
+    process's to keep alive. The worker that claims it starts it through its own store,
+    and finishes it there. Stores prune and count as finished only finished runs."""
+    store.finish(run)
 
 
 def flush(store: HistoryStore) -> None:
@@ -163,6 +178,8 @@ class Worker:
         self._stopping = False
         self._cancel_seen = False
         self._kick: asyncio.Event | None = None
+        self._reaping: asyncio.Future[Any] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._requeue = tuple(k for k, w in config.workflows.items() if w.on_interrupt == "requeue")
 
@@ -180,6 +197,7 @@ class Worker:
         """Claim and run until ``stop`` has handed every run back or seen it end."""
         self._loop = asyncio.get_running_loop()
         self._kick = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aegis-leases")
         await asyncio.to_thread(
             self.queue.register,
             self.id,
@@ -208,8 +226,12 @@ class Worker:
                 await asyncio.to_thread(waker.stop)
             if self._settling:
                 await asyncio.wait(list(self._settling))
+            if self._reaping is not None:
+                await asyncio.gather(self._reaping, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.queue.forget, self.id)
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
     async def stop(self, drain: float = 0.0) -> None:
         """Stop claiming; give running runs ``drain`` seconds to end, then cancel the rest
@@ -268,11 +290,18 @@ class Worker:
 
             log.warning("worker %s: the queue cannot be reached (%s)", self.id, describe_error(exc))
 
+    async def _on_queue(self, call: Callable[..., _T], *args: Any) -> _T:
+        """``call(*args)`` on the worker's own thread for claims and renewals: they never
+        wait behind record writes (a store's flush) in the loop's shared executor."""
+        loop = asyncio.get_running_loop()
+        assert self._executor is not None, "the worker is not running"
+        return await loop.run_in_executor(self._executor, functools.partial(call, *args))
+
     async def _claim(self) -> None:
         free = self.slots - len(self._jobs)
         if free < 1:
             return
-        claims = await asyncio.to_thread(self.queue.claim, self.id, free, self.lease)
+        claims = await self._on_queue(self.queue.claim, self.id, free, self.lease)
         for claim in claims:
             self._start(claim)
 
@@ -338,7 +367,7 @@ class Worker:
 
     async def _upkeep(self) -> None:
         """Renew leases, act on cancels and lost claims, reap dead workers' runs."""
-        held = await asyncio.to_thread(self.queue.renew, self.id, self.lease)
+        held = await self._on_queue(self.queue.renew, self.id, self.lease)
         for run_id, job in list(self._jobs.items()):
             if job.task is None or job.task.done() or job.fate is not None:
                 continue
@@ -350,7 +379,8 @@ class Worker:
             elif held[run_id] and not job.cancelled:
                 job.cancelled = True
                 job.task.cancel()
-        await asyncio.to_thread(self._reap)
+        if self._reaping is None or self._reaping.done():  # never holds up the renewals
+            self._reaping = asyncio.ensure_future(self._guarded(asyncio.to_thread(self._reap)))
 
     def _reap(self) -> None:
         again, gone = self.queue.reap(self._requeue)
@@ -383,7 +413,7 @@ class Worker:
         if run is None:
             return True
         if end is None:
-            self.history.start(replace(run, status=RunStatus.QUEUED))
+            record_waiting(self.history, replace(run, status=RunStatus.QUEUED))
         else:
             self.history.finish(self._ended_record(run, *end))
         return True
@@ -391,7 +421,8 @@ class Worker:
     def _hand_back(self, records: list[Run]) -> None:
         for record in records:
             if record.workflow in self._requeue and self.queue.release(record.run_id, self.id):
-                self.history.start(replace(record, status=RunStatus.QUEUED, finished_at=None))
+                waiting = replace(record, status=RunStatus.QUEUED, finished_at=None)
+                record_waiting(self.history, waiting)
                 flush(self.history)
                 self.queue.ready(record.run_id)
                 continue

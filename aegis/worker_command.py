@@ -77,7 +77,7 @@ async def _work(
     from aegis.worker import Worker
 
     types = step_types if step_types is not None else default_step_types()
-    store = open_recording_history(config.history, warn=warn)
+    store = open_recording_history(config.history, warn=warn, environ=environ)
     bus = EventBus()
     # its runs' events reach every replica's log and the webhook outbox, which it helps
     # deliver, as a replica does

@@ -287,7 +287,7 @@ class ApiApp:
             metrics.history_error()
             self.warn(message)
 
-        return open_recording_history(self.config.history, warn=warn)
+        return open_recording_history(self.config.history, warn=warn, environ=self.environ)
 
     def _listen(self, ctx: ApiContext) -> ApiServer:
         from .connections import connection_budget, raise_file_limit

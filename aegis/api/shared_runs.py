@@ -41,14 +41,14 @@ from aegis.history import HistoryStore
 from aegis.history.pg_queue import PgQueue
 from aegis.records import Run, RunStatus, StepResult, format_timestamp
 from aegis.steps.base import StepType
-from aegis.worker import Worker, end_record, flush
+from aegis.worker import Worker, end_record, flush, record_waiting
 
 from .manager import CANCELLED_REASON, DEFAULT_IDEMPOTENCY_TTL, QUEUE_RETRY_AFTER
 
 __all__ = ["SharedRunManager", "open_queue"]
 
 POLL = 0.1  # seconds between looks at a run another process is running
-EARLIER_GRACE = 5.0  # seconds a key's first run may take to show its record
+EARLIER_GRACE = 30.0  # seconds a key's first run may take to be queued
 # Seconds a cancel waits for the worker of a claimed run to record it, within the API's
 # call timeout (15 s): a worker that died records nothing until its lease runs out, so the
 # answer is then the run as it stands, its cancel asked for (the reaper records it).
@@ -281,9 +281,11 @@ class SharedRunManager:
     async def _earlier(self, workflow: str, key: str, run_id: str) -> Run | None:
         """The run an unexpired ``key`` names (``None``: the key is now ``run_id``'s).
 
-        Its submitter may still be writing its record, so a run not found yet is looked
-        for again for ``EARLIER_GRACE`` seconds; one never recorded by then (its submitter
-        died, or it was pruned) gives the key up, and the new run takes it."""
+        A run in the queue whose record is not written yet (its submitter is at it) comes
+        back as a ``queued`` record made here. A run neither recorded nor queued may be
+        about to be (its submitter is applying the rules); one still so after
+        ``EARLIER_GRACE`` seconds never will be (its submitter died, or it was refused or
+        pruned): the key is given up, and the new run takes it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + EARLIER_GRACE
         while True:
@@ -295,6 +297,14 @@ class SharedRunManager:
             run = await asyncio.to_thread(self.get, earlier)
             if run is not None:
                 return run
+            if await asyncio.to_thread(self.queue.contains, earlier):
+                return Run(
+                    run_id=earlier,
+                    workflow=workflow,
+                    status=RunStatus.QUEUED,
+                    started_at=format_timestamp(self.clock.now()),
+                    trigger="api",
+                )
             if loop.time() > deadline:
                 await asyncio.to_thread(self.queue.forget_key, workflow, key, earlier)
                 deadline = loop.time() + EARLIER_GRACE
@@ -346,7 +356,7 @@ class SharedRunManager:
         """In a thread: the ``queued`` record, written through, then the row made
         claimable (a worker's ``running`` must come after it)."""
         try:
-            self.history.start(run)
+            record_waiting(self.history, run)
             flush(self.history)
         finally:  # a store that failed must not strand the run
             self.queue.ready(run.run_id)
