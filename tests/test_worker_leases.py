@@ -24,6 +24,7 @@ from aegis.api.shared_runs import SharedRunManager
 from aegis.cli import main
 from aegis.config import load_config
 from aegis.config.model import Config
+from aegis.errors import Conflict, NotFound
 from aegis.events import EventBus
 from aegis.history.memory import MemoryHistory
 from aegis.history.pg_connect import PgTarget
@@ -239,3 +240,17 @@ async def test_a_worker_rides_out_a_database_outage(
     assert history.get(run.run_id).status == RunStatus.SUCCEEDED  # type: ignore[union-attr]
     await steady.stop()
     await working
+
+
+async def test_a_run_outside_the_queue_cannot_be_cancelled(
+    tmp_path: Path, pg_url: str, loopback: Loopback, queue: PgQueue
+) -> None:
+    config = load_config(write_config(tmp_path, pg_url, loopback.url))
+    history = MemoryHistory()
+    runs = SharedRunManager(config, default_step_types(), history, queue, bus=EventBus())
+    run, _ = await runs.submit("slow")
+    await asyncio.to_thread(queue.remove, run.run_id)  # as an `aegis run` of its own is
+    with pytest.raises(Conflict, match="outside the queue"):
+        await runs.cancel(run.run_id)
+    with pytest.raises(NotFound):
+        await runs.cancel("nope")

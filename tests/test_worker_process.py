@@ -208,3 +208,9 @@ def test_a_worker_says_when_its_database_cannot_be_used(tmp_path: Path) -> None:
     assert code == 2
     assert "cannot use postgresql://aegis:***@127.0.0.1:1/x" in err.getvalue()
     assert "hunter2" not in err.getvalue() and len(err.getvalue().splitlines()) == 1
+
+
+def test_aegis_worker_has_help() -> None:
+    out = io.StringIO()
+    assert main(["worker", "--help"], stdout=out) == 0
+    assert "--drain-timeout" in out.getvalue() and "--config" in out.getvalue()

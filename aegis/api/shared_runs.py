@@ -228,7 +228,10 @@ class SharedRunManager:
             run = await self._read(run.run_id)
             if run.status.finished:
                 raise Conflict(f"run {run.run_id} has already finished ({run.status.value})")
-            raise Conflict(f"run {run.run_id} is {run.status.value} but in no queue")
+            raise Conflict(
+                f"run {run.run_id} is {run.status.value} outside the queue (an `aegis run`"
+                " of its own); it cannot be cancelled from here"
+            )
         return await self.wait(run.run_id, CANCEL_WAIT)
 
     async def shutdown(self, timeout: float = 5.0) -> None:
