@@ -192,7 +192,7 @@ def cmd_rerun(args: argparse.Namespace, env: _Env) -> int:
     config = _load(args, env)
     if args.junit:
         _check_writable(args.junit)
-    store = open_history(config.history, warn=env.warn, reading=True)
+    store = open_history(config.history, warn=env.warn, reading=True, environ=env.environ)
     try:
         old = store.get(args.run_id)
     finally:
@@ -402,7 +402,7 @@ def cmd_history(args: argparse.Namespace, env: _Env) -> int:
             return 0
         env.warn(missing)
     else:
-        store = open_history(config.history, warn=env.warn, reading=True)
+        store = open_history(config.history, warn=env.warn, reading=True, environ=env.environ)
         try:
             runs = store.list(workflow=workflow, limit=args.limit)
         finally:
@@ -421,7 +421,7 @@ def _no_history_file(config: Config) -> str | None:
     from aegis.history import MEMORY_PATH
 
     path = config.history.path
-    if path == MEMORY_PATH or os.path.lexists(path):
+    if config.history.url or path == MEMORY_PATH or os.path.lexists(path):
         return None
     return f"there is no history file at {path} (history.path; nothing was recorded there)"
 
@@ -434,7 +434,7 @@ def _history_show(args: argparse.Namespace, env: _Env, run_id: str) -> int:
     missing = _no_history_file(config)
     if missing:
         raise NotFound(f"no run '{run_id}': {missing}")
-    store = open_history(config.history, warn=env.warn, reading=True)
+    store = open_history(config.history, warn=env.warn, reading=True, environ=env.environ)
     try:
         run = store.get(run_id)
     finally:
@@ -459,7 +459,7 @@ def cmd_tests(args: argparse.Namespace, env: _Env) -> int:
     workflow = args.workflow
     if workflow is not None and workflow not in config.workflows:
         _unknown_workflow(config, workflow)
-    store = open_history(config.history, warn=env.warn, reading=True)
+    store = open_history(config.history, warn=env.warn, reading=True, environ=env.environ)
     try:
         tests = store.tests(workflow, flaky=args.flaky, limit=args.limit)
     finally:

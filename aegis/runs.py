@@ -73,7 +73,11 @@ def run_workflow(
         from aegis.steps.registry import default_step_types
 
         step_types = default_step_types()
-    store = open_recording_history(config.history, warn=warn) if record else MemoryHistory()
+    store = (
+        open_recording_history(config.history, warn=warn, environ=environ)
+        if record
+        else MemoryHistory()
+    )
     bus = EventBus()
     if progress is not None:
         bus.subscribe(ProgressPrinter(progress))

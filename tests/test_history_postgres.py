@@ -329,9 +329,7 @@ def test_a_refused_statement_costs_its_batch_only(opened: Any, pg_url: str) -> N
 # ---------------------------------------------------------------- the CLI
 
 
-def test_aegis_history_reads_a_postgres_history(
-    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_aegis_history_reads_a_postgres_history(tmp_path: Path, pg_url: str) -> None:
     from aegis.cli import main
 
     with PostgresHistory.open(pg_url) as store:
@@ -343,27 +341,24 @@ def test_aegis_history_reads_a_postgres_history(
         f"history: {{url: '{bare}', password_env: PGPW}}\nworkflows:\n"
         "  smoke: {steps: [{type: report}]}\n"
     )
-    monkeypatch.setenv("PGPW", PASSWORD)  # the store reads the process's environment
-    # cli.py's reading commands look for history.path's file before opening the store,
-    # whatever the url; one in the way lets them reach the database.
-    (tmp_path / "aegis_history.db").touch()
+    environ = {"PGPW": PASSWORD}  # the store reads the environment main() is given
     out, err = io.StringIO(), io.StringIO()
     argv = ["--config", str(config), "history", "--json", "--limit", "2"]
 
-    code = main(argv, stdout=out, stderr=err, environ={"PGPW": PASSWORD})
+    code = main(argv, stdout=out, stderr=err, environ=environ)
 
     assert (code, err.getvalue()) == (0, "")
     runs = json.loads(out.getvalue())["runs"]
     assert [r["run_id"] for r in runs] == ["cli000000002", "cli000000001"]
     out = io.StringIO()
     assert main(["--config", str(config), "history", "show", "CLI000000000"], stdout=out,
-                stderr=err, environ={"PGPW": PASSWORD}) == 0  # fmt: skip
+                stderr=err, environ=environ) == 0  # fmt: skip
     assert "cli000000000" in out.getvalue()
     # a run recorded by `aegis run` lands there too
     assert main(["--config", str(config), "run", "smoke", "--quiet"], stdout=io.StringIO(),
-                stderr=err, environ={}) == 0  # fmt: skip
+                stderr=err, environ=environ) == 0  # fmt: skip
     out = io.StringIO()
-    assert main(argv, stdout=out, stderr=err, environ={}) == 0
+    assert main(argv, stdout=out, stderr=err, environ=environ) == 0
     newest = json.loads(out.getvalue())["runs"][0]
     assert newest["workflow"] == "smoke" and newest["status"] == "succeeded"
     assert newest["run_id"] not in {f"cli00000000{n}" for n in range(3)}

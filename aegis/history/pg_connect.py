@@ -18,6 +18,7 @@ of our own (pg8000 accepts one), so a listener can wait on it with ``select`` fo
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import socket
@@ -197,6 +198,48 @@ def connect(
     return connection, sock
 
 
+class PgSession:
+    """A pooled connection whose statements are prepared once and reused.
+
+    pg8000 turns a statement's ``:name`` parameters into ``$n`` ones in Python, character
+    by character, on every ``run``: for the queue's and the store's statements that was
+    most of a worker's CPU per run (bench/README.md). Here each distinct statement is
+    prepared on first use (the server keeps its plan too) and run by name after that; at
+    most ``MAX_PREPARED`` are kept per connection, the least recently used closed first.
+    Transaction control and statements without parameters that are run once (DDL) go
+    through unprepared: ``run_once``.
+    """
+
+    MAX_PREPARED = 128
+
+    def __init__(self, connection: PgConnection) -> None:
+        self.connection = connection
+        self._prepared: collections.OrderedDict[str, Any] = collections.OrderedDict()
+
+    def run(self, sql: str, **params: Any) -> Any:
+        if sql in _UNPREPARED:
+            return self.connection.run(sql)
+        prepared = self._prepared.get(sql)
+        if prepared is None:
+            prepared = self._prepared[sql] = self.connection.prepare(sql)
+            if len(self._prepared) > self.MAX_PREPARED:
+                _, oldest = self._prepared.popitem(last=False)
+                oldest.close()
+        else:
+            self._prepared.move_to_end(sql)
+        return prepared.run(**params)
+
+    def run_once(self, sql: str, **params: Any) -> Any:
+        """``sql`` run without preparing it (DDL, statements built from values)."""
+        return self.connection.run(sql, **params)
+
+    def close(self) -> None:
+        _close_quietly(self.connection)
+
+
+_UNPREPARED = frozenset(("START TRANSACTION", "BEGIN", "COMMIT", "ROLLBACK"))
+
+
 class PgPool:
     """Up to ``size`` connections to ``target``, each used by one thread at a time.
 
@@ -208,13 +251,13 @@ class PgPool:
         self.target = target
         self.size = max(1, size)
         self._setup = setup  # statements run on every new connection
-        self._idle: list[PgConnection] = []
+        self._idle: list[PgSession] = []
         self._made = 0
         self._closed = False
         self._free = threading.Condition()
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[PgConnection]:
+    def connection(self) -> Iterator[PgSession]:
         connection = self._borrow()
         ok = False
         try:
@@ -223,7 +266,7 @@ class PgPool:
         finally:
             self._give_back(connection, ok)
 
-    def _borrow(self) -> PgConnection:
+    def _borrow(self) -> PgSession:
         with self._free:
             while True:
                 if self._closed:
@@ -243,9 +286,9 @@ class PgPool:
                 self._made -= 1
                 self._free.notify()
             raise
-        return connection
+        return PgSession(connection)
 
-    def _give_back(self, connection: PgConnection, ok: bool) -> None:
+    def _give_back(self, connection: PgSession, ok: bool) -> None:
         if ok and not self._closed:
             with self._free:
                 self._idle.append(connection)

@@ -125,6 +125,7 @@ PRUNE_AGED = (
     """WITH doomed AS (SELECT seq, run_id FROM runs WHERE started_at < :cutoff
         AND status NOT IN ('queued', 'running') ORDER BY started_at, seq LIMIT :limit)"""
     + _FORGET
+    + " RETURNING 1"
 )
 LAST_FIRE = (
     "SELECT fired_at FROM schedule_fires WHERE workflow = :workflow AND schedule = :schedule"
@@ -132,14 +133,16 @@ LAST_FIRE = (
 CLAIM_FIRE = """INSERT INTO schedule_fires (workflow, schedule, fired_at)
     VALUES (:workflow, :schedule, :at)
     ON CONFLICT (workflow, schedule) DO UPDATE SET fired_at = excluded.fired_at
-    WHERE schedule_fires.fired_at < excluded.fired_at"""
+    WHERE schedule_fires.fired_at < excluded.fired_at
+    RETURNING 1"""
 _NOT_QUEUED = "NOT EXISTS (SELECT 1 FROM queue q WHERE q.run_id = runs.run_id)"
 UNFINISHED_ROWS = f"""SELECT seq, run_id, owner_host, owner_pid, owner_token, heartbeat_at
     FROM runs WHERE status IN ('queued', 'running') AND {_NOT_QUEUED}"""
 MARK_INTERRUPTED = f"""UPDATE runs SET status = 'interrupted', verdict = 'failed',
         finished_at = :finished_at
     WHERE seq = :seq AND status IN ('queued', 'running') AND heartbeat_at = :heartbeat_at
-        AND {_NOT_QUEUED}"""
+        AND {_NOT_QUEUED}
+    RETURNING 1"""
 # Also undoes a wrong `interrupted` (another host whose clock runs far ahead of ours).
 HEARTBEAT = """UPDATE runs SET heartbeat_at = :now, status = h.status, verdict = NULL,
         finished_at = NULL
@@ -268,7 +271,6 @@ def mark_interrupted(db: Any, rows: Sequence[Sequence[Any]], finished_at: str) -
     were read (same heartbeat, not queued); the ids of those marked."""
     marked = []
     for seq, run_id, *_, heartbeat_at in rows:
-        db.run(MARK_INTERRUPTED, finished_at=finished_at, seq=seq, heartbeat_at=heartbeat_at)
-        if db.row_count:
+        if db.run(MARK_INTERRUPTED, finished_at=finished_at, seq=seq, heartbeat_at=heartbeat_at):
             marked.append(run_id)
     return marked

@@ -348,8 +348,7 @@ class PostgresHistory(HistoryStore):
         cutoff = age_cutoff(self._clock(), self.max_age)
 
         def prune(db: Any) -> int:
-            db.run(PRUNE_AGED, cutoff=cutoff, limit=limit)
-            return int(db.row_count)
+            return len(db.run(PRUNE_AGED, cutoff=cutoff, limit=limit))
 
         return self._other_write(prune, fallback=lambda m: m.prune_aged(limit))
 
@@ -369,8 +368,7 @@ class PostgresHistory(HistoryStore):
 
     def claim_fire(self, workflow: str, schedule: str, at: float) -> bool:
         def claim(db: Any) -> bool:
-            db.run(CLAIM_FIRE, workflow=text(workflow), schedule=text(schedule), at=at)
-            return bool(db.row_count > 0)
+            return bool(db.run(CLAIM_FIRE, workflow=text(workflow), schedule=text(schedule), at=at))
 
         return self._other_write(claim, fallback=lambda m: m.claim_fire(workflow, schedule, at))
 

@@ -81,13 +81,13 @@ def record_all(db: Any, runs: Sequence[Run], text: Text) -> None:
         if found is None:
             untested.append(text(run.run_id))
             continue
-        db.run(
+        counted = db.run(
             "INSERT INTO test_runs (run_id, failing) VALUES (:run_id, :failing)"
-            " ON CONFLICT (run_id) DO NOTHING",
+            " ON CONFLICT (run_id) DO NOTHING RETURNING 1",
             run_id=text(run.run_id),
             failing=found.failing,
         )
-        if db.row_count:  # 0: counted already
+        if counted:  # none: counted already
             _apply(db, found, text)
     if untested:
         db.run(
