@@ -179,6 +179,7 @@ class Worker:
         self._cancel_seen = False
         self._kick: asyncio.Event | None = None
         self._reaping: asyncio.Future[Any] | None = None
+        self._registered = False
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._requeue = tuple(k for k, w in config.workflows.items() if w.on_interrupt == "requeue")
@@ -198,14 +199,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._kick = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aegis-leases")
-        await asyncio.to_thread(
-            self.queue.register,
-            self.id,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            kind=self.kind,
-            slots=self.slots,
-        )
+        await self._guarded(self._register())
         waker = Waker(self._target, self._notified).start() if self._target else None
         upkeep_at = 0.0
         try:
@@ -254,7 +248,18 @@ class Worker:
             await asyncio.wait(pending)
         if late:
             log.info("worker %s: handing back %d run(s)", self.id, len(late))
-            await asyncio.to_thread(self._hand_back, [job.recorder.record for job in late])
+            try:
+                await asyncio.to_thread(self._hand_back, [job.recorder.record for job in late])
+            except Exception as exc:  # their leases run out; another worker takes them then
+                from aegis.history.pg_connect import describe_error
+
+                log.warning(
+                    "worker %s: cannot hand back %d run(s) (%s); they are taken back when"
+                    " their leases run out",
+                    self.id,
+                    len(late),
+                    describe_error(exc),
+                )
         for job in late:
             self._jobs.pop(job.claim.run_id, None)
         self._wake()
@@ -296,6 +301,17 @@ class Worker:
         loop = asyncio.get_running_loop()
         assert self._executor is not None, "the worker is not running"
         return await loop.run_in_executor(self._executor, functools.partial(call, *args))
+
+    async def _register(self) -> None:
+        await asyncio.to_thread(
+            self.queue.register,
+            self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            kind=self.kind,
+            slots=self.slots,
+        )
+        self._registered = True
 
     async def _claim(self) -> None:
         free = self.slots - len(self._jobs)
@@ -367,6 +383,8 @@ class Worker:
 
     async def _upkeep(self) -> None:
         """Renew leases, act on cancels and lost claims, reap dead workers' runs."""
+        if not self._registered:  # the database was away when the worker began
+            await self._register()
         held = await self._on_queue(self.queue.renew, self.id, self.lease)
         for run_id, job in list(self._jobs.items()):
             if job.task is None or job.task.done() or job.fate is not None:

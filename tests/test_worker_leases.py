@@ -254,3 +254,38 @@ async def test_a_run_outside_the_queue_cannot_be_cancelled(
         await runs.cancel(run.run_id)
     with pytest.raises(NotFound):
         await runs.cancel("nope")
+
+
+async def test_a_worker_begun_or_stopped_while_the_database_is_away(
+    tmp_path: Path,
+    pg_url: str,
+    postgres: PostgresServer,
+    loopback: Loopback,
+    queue: PgQueue,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = load_config(write_config(tmp_path, pg_url, loopback.url))
+    history = MemoryHistory()
+    runs = SharedRunManager(config, default_step_types(), history, queue, bus=EventBus())
+    quick, _ = await runs.submit("quick")
+    await asyncio.to_thread(postgres.sql, "CHECKPOINT")  # pause() is a crash
+    await asyncio.to_thread(postgres.pause)
+    try:
+        late = worker(config, history, queue)
+        working = asyncio.ensure_future(late.run())
+        await until(lambda: "the queue cannot be reached" in caplog.text)
+    finally:
+        await asyncio.to_thread(postgres.resume)
+    await until(lambda: history.get(quick.run_id).status == RunStatus.SUCCEEDED)  # type: ignore[union-attr]
+    await until(lambda: [w["id"] for w in queue.workers()] == [late.id])  # at its upkeep
+    slow, _ = await runs.submit("slow")
+    await until(lambda: loopback.blocked == 1)
+    await asyncio.to_thread(postgres.sql, "CHECKPOINT")
+    await asyncio.to_thread(postgres.pause)
+    try:
+        await late.stop()  # no exception: the run is taken back when its lease runs out
+        await working
+        assert "cannot hand back 1 run(s)" in caplog.text
+    finally:
+        await asyncio.to_thread(postgres.resume)
+    assert await asyncio.to_thread(queue.contains, slow.run_id)
