@@ -489,6 +489,19 @@ def cmd_serve(args: argparse.Namespace, env: _Env) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, env: _Env) -> int:
+    from aegis.worker_command import run_worker
+
+    run_worker(
+        _load(args, env),
+        environ=env.environ,
+        stderr=env.stderr,
+        drain_timeout=args.drain_timeout,
+        warn=env.warn,
+    )
+    return 0
+
+
 def _check_port(port: int | None, option: str = "--port") -> None:
     if port is not None and not 0 <= port <= 65535:
         raise _usage(f"{option} must be from 0 to 65535 (0: any free port), not {port}")
@@ -666,6 +679,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_listen_options(serve)
     serve.set_defaults(handler=cmd_serve)
+
+    worker = commands.add_parser(
+        "worker", help="claim and run queued runs from a PostgreSQL history (no HTTP)"
+    )
+    worker.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, seconds running runs get to end before they are handed back (30)",
+    )
+    worker.add_argument(
+        "--config", metavar="PATH", default=argparse.SUPPRESS, help="config file (as before)"
+    )
+    worker.set_defaults(handler=cmd_worker)
 
     demo = commands.add_parser("demo", help="run the example pipeline against built-in services")
     demo.add_argument("--json", action="store_true", help="print the run as JSON on stdout")

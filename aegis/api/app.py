@@ -8,6 +8,10 @@ SIGHUP or Ctrl-C; ``serve_demo`` does the same in front of the built-in referenc
 Schedules fire on the loop (``aegis.schedules.Scheduler``) through the run manager, as
 API runs do; with a history file, only the server holding its schedule lock fires them.
 
+With PostgreSQL (``history.url``) the run manager is ``SharedRunManager``: runs go into the
+database's queue, and a ``Worker`` on the loop claims them as any ``aegis worker`` does;
+each schedule tick is claimed in the store, so replicas fire it once between them.
+
 Stopping goes in the order that loses nothing: stop firing schedules, refuse new
 connections (requests on open ones get 503), cancel queued and running runs (recorded
 ``cancelled``; a ``?wait=`` still inside gets its cancelled run), close the open
@@ -154,17 +158,20 @@ class ApiApp:
         loop = LoopThread()
         loop.start()
         self._parts["loop"] = loop
-        runs = RunManager(
-            config,
-            step_types,
-            store,
-            bus=bus,
-            max_concurrent=config.server.max_concurrent_runs,
-            max_queued=config.server.max_queued_runs,
-            environ=self.environ,
-            open_client=self.open_client,
-            clock=self.clock,
-        )
+        if config.history.url is not None:
+            runs: Any = self._shared_runs(loop, step_types, store, bus)
+        else:
+            runs = RunManager(
+                config,
+                step_types,
+                store,
+                bus=bus,
+                max_concurrent=config.server.max_concurrent_runs,
+                max_queued=config.server.max_queued_runs,
+                environ=self.environ,
+                open_client=self.open_client,
+                clock=self.clock,
+            )
         self._parts["runs"] = runs
         self._start_schedules(loop, runs, store)
         metrics.runs = runs
@@ -198,6 +205,48 @@ class ApiApp:
         )
         self._parts["server"] = self._listen(ctx).start()
 
+    def _shared_runs(
+        self, loop: Any, step_types: Mapping[str, StepType], store: HistoryStore, bus: EventBus
+    ) -> Any:
+        """With PostgreSQL: the shared queue, the worker this process embeds (claiming on
+        the loop) and the run manager over both."""
+        from aegis.worker import Worker
+
+        from .shared_runs import SharedRunManager, open_queue
+
+        config = self.config
+        queue, target = open_queue(config.history, self.environ)
+        self._parts["queue"] = queue
+        worker = Worker(
+            config,
+            step_types,
+            store,
+            queue,
+            bus=bus,
+            environ=self.environ,
+            slots=config.server.max_concurrent_runs,
+            lease=config.history.lease,
+            kind="serve",
+            target=target,
+            clock=self.clock,
+            open_client=self.open_client,
+        )
+
+        async def start() -> Any:
+            return asyncio.ensure_future(worker.run())
+
+        self._parts["worker"] = loop.call(start())
+        return SharedRunManager(
+            config,
+            step_types,
+            store,
+            queue,
+            bus=bus,
+            worker=worker,
+            clock=self.clock,
+            max_queued=config.server.max_queued_runs,
+        )
+
     def _start_schedules(self, loop: Any, runs: Any, store: HistoryStore) -> None:
         """Fire the config's schedules on the loop, if it has any."""
         if not any(w.schedules for w in self.config.workflows.values()):
@@ -212,8 +261,10 @@ class ApiApp:
                 workflow, trigger="schedule", params=params, overlap=spec.overlap
             )
 
+        # with PostgreSQL, claim_fire in the shared store fires each tick once: no lock
         path = self.config.history.path
-        lock = None if path == MEMORY_PATH else ScheduleLock(lock_path(path))
+        shared = self.config.history.url is not None
+        lock = None if path == MEMORY_PATH or shared else ScheduleLock(lock_path(path))
         scheduler = Scheduler(
             self.config.workflows.values(),
             fire,
@@ -236,7 +287,7 @@ class ApiApp:
             metrics.history_error()
             self.warn(message)
 
-        return open_recording_history(self.config.history, warn=warn)
+        return open_recording_history(self.config.history, warn=warn, environ=self.environ)
 
     def _listen(self, ctx: ApiContext) -> ApiServer:
         from .connections import connection_budget, raise_file_limit
@@ -276,19 +327,24 @@ class ApiApp:
                 lock.release()
         if server is not None:
             server.stop_accepting()
-        if loop is not None:
+        if loop is not None and "runs" in parts:
             # Recording queued runs cancelled takes about a second per 20,000 on top.
             queued = parts["runs"].queued()
             self._on_loop(loop, parts["runs"].shutdown(timeout), timeout + 1 + queued / 10_000)
+        if "worker" in parts:  # it has handed its runs back: let it say goodbye
+            self._on_loop(loop, _finished(parts["worker"]), timeout)
         if server is not None:
             server.close_connections(grace=timeout)
         if loop is not None:
-            self._on_loop(loop, parts["health"].close(), timeout)
+            if "health" in parts:
+                self._on_loop(loop, parts["health"].close(), timeout)
             loop.stop()
         if "webhooks" in parts:  # after the runs, whose last events it still delivers
             parts["webhooks"].close(timeout)
         if "history" in parts:
             parts["history"].close()
+        if "queue" in parts:
+            parts["queue"].close()
 
     @staticmethod
     def _on_loop(loop: Any, coro: Any, timeout: float) -> None:
@@ -313,6 +369,10 @@ class ApiApp:
 
 async def _cancelled(task: asyncio.Task[Any]) -> None:
     task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _finished(task: asyncio.Task[Any]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 

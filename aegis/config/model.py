@@ -15,9 +15,11 @@ from aegis.config.params import ParamSpec
 __all__ = [
     "CATCH_UP_MODES",
     "DEFAULT_HEALTH_ENDPOINT",
+    "DEFAULT_LEASE",
     "DEFAULT_MAX_QUEUED_RUNS",
     "DEFAULT_RETRY_DELAY",
     "DEFAULT_STEP_TIMEOUT",
+    "INTERRUPT_MODES",
     "OVERLAP_MODES",
     "AuthSpec",
     "ConcurrencySpec",
@@ -40,6 +42,9 @@ DEFAULT_MAX_QUEUED_RUNS = 1000
 # What a trigger does when runs of its workflow are going: schedules' `overlap` and
 # `concurrency.on_conflict` take the same words.
 OVERLAP_MODES = ("skip", "queue", "cancel_running")
+# What becomes of a run whose worker stopped (PostgreSQL queue): `workflows.KEY.on_interrupt`.
+INTERRUPT_MODES = ("interrupted", "requeue")
+DEFAULT_LEASE = 30.0  # seconds a worker's claim on a run lasts unless renewed
 CATCH_UP_MODES = ("none", "last")
 EMPTY: MappingProxyType[str, Any] = MappingProxyType({})
 
@@ -135,6 +140,7 @@ class WorkflowSpec:
     params: MappingProxyType[str, ParamSpec] = field(default_factory=frozen_mapping)
     schedules: tuple[ScheduleSpec, ...] = ()
     concurrency: ConcurrencySpec | None = None
+    on_interrupt: str = "interrupted"  # one of INTERRUPT_MODES
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,7 @@ class HistorySpec:
     password_env: str | None = None
     max_runs: int = 0
     max_age: float = 0.0  # seconds; 0: runs are kept whatever their age
+    lease: float = DEFAULT_LEASE  # with a url: how long a worker's claim lasts unrenewed
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,11 @@ from urllib.parse import urlsplit
 from aegis.config.model import (
     CATCH_UP_MODES,
     DEFAULT_HEALTH_ENDPOINT,
+    DEFAULT_LEASE,
     DEFAULT_MAX_QUEUED_RUNS,
     DEFAULT_RETRY_DELAY,
     DEFAULT_STEP_TIMEOUT,
+    INTERRUPT_MODES,
     OVERLAP_MODES,
     AuthSpec,
     ConcurrencySpec,
@@ -105,7 +107,8 @@ SERVICE_KEYS = (
     "docs_url",
 )
 WORKFLOW_KEYS = (
-    "name", "description", "timeout", "params", "schedule", "concurrency", "steps"
+    "name", "description", "timeout", "params", "schedule", "concurrency", "on_interrupt",
+    "steps",
 )  # fmt: skip
 PARAM_KEYS = ("type", "default", "required", "choices", "description", "secret")
 SCHEDULE_KEYS = ("cron", "every", "timezone", "params", "overlap", "catch_up")
@@ -125,7 +128,7 @@ STEP_KEYS = (
     "deadline",
     "with",
 )
-HISTORY_KEYS = ("path", "url", "password_env", "max_runs", "max_age")
+HISTORY_KEYS = ("path", "url", "password_env", "max_runs", "max_age", "lease")
 SERVER_KEYS = (
     "host", "port", "max_concurrent_runs", "max_queued_runs", "max_connections", "cors_origins"
 )  # fmt: skip
@@ -660,6 +663,9 @@ def _workflow(
         params=MappingProxyType(params),
         schedules=schedules,
         concurrency=_concurrency(reader, section.get("concurrency"), join_key(path, "concurrency")),
+        on_interrupt=reader.get(
+            section, "on_interrupt", path, _choice("on_interrupt", INTERRUPT_MODES), "interrupted"
+        ),
     )
 
 
@@ -1048,7 +1054,16 @@ def _history(reader: _Reader, raw: object, base_dir: Path) -> HistorySpec:
         password_env=reader.get(section, "password_env", "history", _env_name, None),
         max_runs=reader.get(section, "max_runs", "history", _integer(0), 0),
         max_age=reader.get(section, "max_age", "history", _duration, 0.0),
+        lease=reader.get(section, "lease", "history", _lease, DEFAULT_LEASE),
     )
+
+
+def _lease(value: object) -> float:
+    """A lease: a duration of at least a second (shorter ones cannot be renewed in time)."""
+    seconds = _duration(value)
+    if seconds < 1:
+        raise _Invalid("a duration of at least 1s, like 30s")
+    return seconds
 
 
 def _beside(path: str, base_dir: Path) -> str:

@@ -22,7 +22,9 @@ Version 1 holds:
     schedule_fires  the last tick claimed of each schedule (a tick fires once in all)
     tests, test_outcomes, test_runs   the test history, as in the SQLite file
     queue           runs waiting or claimed: the real params, a rerun's carried steps,
-                    and the claim (``claimed_by``, ``lease_until`` on the server's clock)
+                    the trigger, whether it may be claimed yet (``ready``: its record is
+                    written), and the claim (``claimed_by``, ``lease_until`` on the
+                    server's clock)
     idempotency_keys   (workflow, key) → run id, shared by every process
     workers         the processes that claim runs, and when each was last seen
     events          every event of every process (``origin``: which one emitted it,
@@ -167,6 +169,9 @@ _V1 = (
         enqueued_at double precision NOT NULL,
         params text NOT NULL DEFAULT '{}',
         reuse text,
+        trigger text NOT NULL DEFAULT 'api',
+        rerun_of text,
+        ready boolean NOT NULL DEFAULT true,
         concurrency_limit integer,
         claimed_by text,
         lease_until double precision,
