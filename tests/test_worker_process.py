@@ -48,6 +48,7 @@ def test_two_replicas_and_two_workers_run_each_run_once(
     tmp_path: Path, pg_url: str, postgres: PostgresServer, loopback: Loopback
 ) -> None:
     config = write_config(tmp_path, pg_url, loopback.url)
+    config.write_text(config.read_text() + "event_log_size: 2000\n")
     replicas = [start(config, "serve", tmp_path) for _ in range(2)]
     workers = [start(config, "worker", tmp_path) for _ in range(2)]
     with processes(*replicas, *workers):
@@ -77,18 +78,34 @@ def test_two_replicas_and_two_workers_run_each_run_once(
             page = call(f"{replicas[0].found}/api/runs?workflow=quick&status=succeeded")[1]
             return int(page["total"])
 
-        def refused() -> bool:
-            return any("deadlock detected (40P01)" in p.stderr() for p in (*workers, *replicas))
-
         # the records': each run recorded succeeded, once
-        poll(lambda: finished() == 200 or refused(), timeout=30)
-        if finished() != 200 and refused():  # pragma: no cover - the store's known problem
-            pytest.xfail(
-                "PostgresHistory refused a batch of writes on a deadlock (40P01) instead of"
-                " trying it again, so some records were lost; the queue's part held"
-            )
+        poll(lambda: finished() == 200, timeout=30)
         page = call(f"{replicas[1].found}/api/runs?workflow=quick&limit=1")[1]
         assert page["total"] == 200  # none queued, running or failed, none twice
+
+        # the events: every run's, whichever process ran it, in both replicas' logs alike
+        run_ids = {run_id for ids in by_key.values() for run_id in ids}
+
+        def events(replica: Proc) -> list[tuple[int, str, str]]:
+            seen: list[tuple[int, str, str]] = []
+            while True:
+                after = seen[-1][0] if seen else 0
+                url = f"{replica.found}/api/events?limit=1000&after={after}"
+                page = call(url)[1]["events"]
+                if not page:
+                    return seen
+                seen += [(e["id"], e["type"], e["run_id"]) for e in page]
+
+        def ended(replica: Proc) -> set[str]:
+            return {run for _, kind, run in events(replica) if kind == "workflow.completed"}
+
+        poll(lambda: all(ended(r) >= run_ids for r in replicas), timeout=30)
+        first, second = events(replicas[0]), events(replicas[1])
+        assert first == second
+        for kind in ("workflow.started", "step.started", "step.completed"):
+            assert {run for _, k, run in first if k == kind} >= run_ids, kind
+        errors = [p.stderr() for p in (*workers, *replicas)]
+        assert not any("deadlock" in text or "refused" in text for text in errors), errors
         for proc in (*workers, *replicas):
             proc.process.send_signal(signal.SIGTERM)
         for proc in (*workers, *replicas):

@@ -144,10 +144,12 @@ MARK_INTERRUPTED = f"""UPDATE runs SET status = 'interrupted', verdict = 'failed
         AND {_NOT_QUEUED}
     RETURNING 1"""
 # Also undoes a wrong `interrupted` (another host whose clock runs far ahead of ours).
+# A run whose record moved on elsewhere (a queued run that a worker of another process
+# started or finished) is left as it is: only the status this process wrote is renewed.
 HEARTBEAT = """UPDATE runs SET heartbeat_at = :now, status = h.status, verdict = NULL,
         finished_at = NULL
     FROM unnest(CAST(:seqs AS bigint[]), CAST(:statuses AS text[])) AS h(seq, status)
-    WHERE runs.seq = h.seq"""
+    WHERE runs.seq = h.seq AND runs.status IN (h.status, 'interrupted')"""
 
 
 def _where(workflow: bool, status: bool, trigger: bool) -> list[str]:

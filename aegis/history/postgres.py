@@ -98,11 +98,24 @@ DEFAULT_STALE_AFTER = 120.0  # a heartbeat this old means the owner on another h
 DEFAULT_RETRY_INTERVAL = 2.0  # seconds between tries to reach a server that went away
 MAX_PENDING = 50_000  # writes held for a server that went away; past it, memory for good
 POOL_SIZE = 4
+# deadlock_detected, serialization_failure: the server aborted one of two conflicting
+# transactions; the aborted one is simply tried again
+RETRIED_STATES = ("40P01", "40001")
+CONFLICT_TRIES = 5
 
 _T = TypeVar("_T")
 # SQLSTATE classes of a server gone or going: connection exception, insufficient
 # resources, operator intervention (shutdown), system error.
 _OUTAGE_CLASSES = ("08", "53", "57", "58")
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE the server sent with ``exc``, if it sent one."""
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], dict):
+        code = args[0].get("C")
+        return code if isinstance(code, str) else None
+    return None
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -476,6 +489,19 @@ class PostgresHistory(HistoryStore):
         return self._transaction(action, *args)
 
     def _transaction(self, action: Callable[..., _T], *args: Any) -> _T:
+        """``action`` in one transaction, tried again (up to ``CONFLICT_TRIES`` times in
+        all) when the server aborted it to break a deadlock or a serialization conflict
+        with another process's: the other one went through, and so will this, later."""
+        for _ in range(CONFLICT_TRIES - 1):
+            try:
+                return self._transaction_once(action, *args)
+            except self._errors as exc:
+                if _sqlstate(exc) not in RETRIED_STATES:
+                    raise
+                log.debug("history: transaction aborted by a conflict; trying again")
+        return self._transaction_once(action, *args)
+
+    def _transaction_once(self, action: Callable[..., _T], *args: Any) -> _T:
         with self._pool.connection() as db:
             db.run("START TRANSACTION")
             try:
