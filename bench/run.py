@@ -842,11 +842,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure Aegis's own overhead.")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller sizes")
     parser.add_argument("--only", help="comma-separated groups: cold,engine,http,server,memory,"
-                        "scale,size (default: all)")  # fmt: skip
+                        "scale,size,pg (default: all)")  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="do not write results.json")
     args = parser.parse_args(argv)
     s = Settings.of(args.quick)
-    groups = set((args.only or "cold,engine,http,server,memory,scale,size").split(","))
+    groups = set((args.only or "cold,engine,http,server,memory,scale,size,pg").split(","))
     python = os.environ.get(CLI_PYTHON_ENV, sys.executable)
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(BENCH))
@@ -889,6 +889,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures += bench_memory(s, python, memory_config)
         if "size" in groups:
             figures.append(bench_size())
+        if "pg" in groups:
+            from postgres import bench_postgres
+
+            figures += bench_postgres(s.quick, python, PYZ, workdir, Figure, progress)
     took = time.monotonic() - began
     slack = QUICK_SLACK if s.quick else 1.0
     mode = "quick" if s.quick else "full"
