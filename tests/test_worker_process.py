@@ -5,19 +5,24 @@ nothing sleeps to synchronise (conditions are polled with generous deadlines).""
 
 from __future__ import annotations
 
+import http.client
 import io
 import itertools
+import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from postgres_server import PostgresServer
+from postgres_server import PASSWORD, PostgresServer
 from test_api_http import poll
-from worker_helpers import Loopback, Proc, call, processes, start, write_config
+from worker_helpers import Loopback, Proc, call, environ, processes, start, write_config
 
 from aegis.cli import main
 from aegis.history.pg_connect import PgTarget
@@ -231,3 +236,50 @@ def test_aegis_worker_has_help() -> None:
     out = io.StringIO()
     assert main(["worker", "--help"], stdout=out) == 0
     assert "--drain-timeout" in out.getvalue() and "--config" in out.getvalue()
+
+
+def test_a_cli_run_records_in_postgresql_and_its_live_events_reach_a_replicas_stream(
+    tmp_path: Path, pg_url: str, loopback: Loopback
+) -> None:
+    config = write_config(tmp_path, pg_url, loopback.url)
+    (replica,) = replicas = [start(config, "serve", tmp_path)]
+    with processes(*replicas):
+        host, port = replica.found.removeprefix("http://").split(":")
+        stream = http.client.HTTPConnection(host, int(port), timeout=30)
+        stream.request("GET", "/api/events/stream")
+        answer = stream.getresponse()
+        assert answer.status == 200
+        # the run is held at its step until the replica has streamed its start
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "aegis", "--config", str(config), "run", "slow", "--json"],
+            cwd=tmp_path,
+            env=environ(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            seen: list[dict[str, Any]] = []
+            while not any(e["type"] == "step.started" for e in seen):
+                line = answer.readline().decode()
+                assert line, "the stream ended"
+                if line.startswith("data: "):
+                    seen.append(json.loads(line.removeprefix("data: ")))
+            run_id = seen[-1]["run_id"]
+            assert cli.poll() is None  # live: seen while the CLI run is still going
+            loopback.release()
+            out, err = cli.communicate(timeout=60)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.communicate()
+            stream.close()
+        assert cli.returncode == 0, err
+        assert json.loads(out)["run_id"] == run_id
+        assert [e["type"] for e in seen if e["run_id"] == run_id][:2] == [
+            "workflow.started",
+            "step.started",
+        ]
+        record = call(f"{replica.found}/api/runs/{run_id}")[1]
+        assert (record["status"], record["trigger"]) == ("succeeded", "cli")
+        assert "Traceback" not in err and PASSWORD not in err + out
