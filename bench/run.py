@@ -358,7 +358,7 @@ def bench_lazy_imports(python: str, workdir: Path) -> Figure:
     probe = workdir / "probe.py"
     probe.write_text(
         "import runpy, sys\n"
-        "HEAVY = ('httpx', 'yaml', 'asyncio', 'sqlite3', 'http.server')\n"
+        "HEAVY = ('httpx', 'yaml', 'asyncio', 'sqlite3', 'http.server', 'pg8000')\n"
         "def report():\n"
         "    found = sorted(m for m in HEAVY if m in sys.modules)\n"
         "    sys.__stderr__.write('HEAVY=' + ','.join(found) + '\\n')\n"

@@ -118,6 +118,9 @@ def test_services_and_workflows_carry_their_keys(config: Config, tmp_path: Path)
     )
     assert data["history"] == {
         "path": str(tmp_path / "runs.db"),
+        "url": None,
+        "password_env": None,
+        "lease": "30s",
         "max_runs": 10,
         "max_age": None,
     }
@@ -184,3 +187,18 @@ def test_the_result_is_strict_json_and_detached_from_the_config(config: Config) 
     assert json.loads(json.dumps(data, allow_nan=False)) == data
     data["workflows"]["pipeline"]["steps"][1]["with"]["severity"] = "low"
     assert config.workflows["pipeline"].steps[1].params["severity"] == "high"
+
+
+def test_a_postgresql_history_shows_its_url_without_the_password(tmp_path: Path) -> None:
+    text = (
+        "history: {url: 'postgresql://qa:s3cret-pw@db.internal:5432/qa', lease: 10s,"
+        " password_env: QA_DB}\n"
+        "workflows:\n  nightly: {on_interrupt: requeue, steps: [{type: report}]}\n"
+    )
+    config = load(tmp_path, text, {})
+    data = config_to_dict(config)
+    assert data["history"]["url"] == f"postgresql://qa:{REDACTED}@db.internal:5432/qa"
+    assert (data["history"]["password_env"], data["history"]["lease"]) == ("QA_DB", "10s")
+    assert data["workflows"]["nightly"]["on_interrupt"] == "requeue"
+    assert "s3cret-pw" not in json.dumps(data)
+    assert config_to_dict(config, redact=False)["history"]["url"].count("s3cret-pw") == 1

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -494,3 +496,25 @@ def test_runs_older_than_max_age_are_pruned_in_the_background(opened: Any) -> No
     store.finish(finished(make_run("old000000001", at=0)))
 
     wait_for(lambda: store.count() == 0)
+
+
+def test_only_a_postgresql_history_loads_the_driver(tmp_path: Path) -> None:
+    """``config validate`` of a PostgreSQL config and a whole run on a SQLite file never
+    import pg8000 (its URL is checked without it)."""
+    pg = tmp_path / "pg.yaml"
+    pg.write_text("history: {url: 'postgresql://qa@db.invalid/qa'}\n"
+                  "workflows: {w: {steps: [{type: report}]}}\n")  # fmt: skip
+    lite = tmp_path / "lite.yaml"
+    lite.write_text("workflows: {w: {steps: [{type: report}]}}\n")
+    script = (
+        "import io, sys\n"
+        "from aegis.cli import main\n"
+        "quiet = dict(stdout=io.StringIO(), stderr=io.StringIO(), environ={})\n"
+        f"a = main(['--config', {str(pg)!r}, 'config', 'validate'], **quiet)\n"
+        f"b = main(['--config', {str(lite)!r}, 'run', 'w', '--quiet'], **quiet)\n"
+        "print(a, b, 'pg8000' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.split() == ["0", "0", "False"], done.stderr

@@ -161,6 +161,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 {"type": "null"},
             ]
         },
+        on_interrupt={"type": "string", "enum": ["interrupted", "requeue"]},
         steps=_array(_ref("Step")),
     ),
     "Schedule": _obj(

@@ -39,6 +39,9 @@ def config_to_dict(config: Config, *, redact: bool = True) -> dict[str, Any]:
         "workflows": {key: _workflow(spec, redact) for key, spec in config.workflows.items()},
         "history": {
             "path": config.history.path,
+            "url": None if config.history.url is None else _url(config.history.url, redact),
+            "password_env": config.history.password_env,
+            "lease": _duration(config.history.lease),
             "max_runs": config.history.max_runs,
             "max_age": _duration(config.history.max_age),
         },
@@ -87,6 +90,7 @@ def _workflow(spec: WorkflowSpec, redact: bool) -> dict[str, Any]:
         "concurrency": None
         if spec.concurrency is None
         else {"limit": spec.concurrency.limit, "on_conflict": spec.concurrency.on_conflict},
+        "on_interrupt": spec.on_interrupt,
         "steps": [_step(step) for step in spec.steps],
     }
 
