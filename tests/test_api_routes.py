@@ -8,6 +8,7 @@ the health cache, so each answer's shape is checked without threads or sockets.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import textwrap
 from collections.abc import Coroutine
@@ -691,6 +692,31 @@ def test_the_stream_resumes_after_an_id(
         assert chunks[1] == b": heartbeat\n\n"
     else:
         assert chunks[1].startswith(b"id: %d\n" % first)
+
+
+def test_with_postgresql_a_resume_beyond_the_newest_waits_for_what_follows(
+    ctx: ApiContext,
+) -> None:
+    # behind a load balancer the client's last id may come from a replica whose feed is
+    # ahead of this one's: ids 4 and 5 are not sent again when they arrive here, 6 is
+    history = dataclasses.replace(ctx.config.history, url="postgresql://qa@db.internal/qa")
+    ctx.config = dataclasses.replace(ctx.config, history=history)
+    bus = EventBus()
+    bus.subscribe(ctx.events.append)
+    for _ in range(3):
+        bus.emit("step.started", "r", "smoke")
+    ctx.heartbeat = 0.01
+    response = call(ctx, "GET", "/api/events/stream", headers={"Last-Event-ID": "5"})
+
+    def until(chunks: list[bytes]) -> bool:
+        if len(chunks) == 2:  # a heartbeat: the feed catches up
+            for _ in range(3):
+                bus.emit("step.started", "r", "smoke")
+        return len(chunks) == 3
+
+    chunks = collect_stream(ctx, response, until)
+    assert chunks[1] == b": heartbeat\n\n"
+    assert chunks[2].startswith(b"id: 6\n") and b"id: 4\n" not in chunks[2]
 
 
 def test_missing_landing_files_are_left_out(

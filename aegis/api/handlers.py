@@ -456,7 +456,10 @@ def stream_events(ctx: ApiContext, request: Request) -> Response:
     newest = latest[-1].id if latest else 0
     # An id beyond the newest comes from an earlier server process, whose ids have
     # started again from 1: resume from now rather than wait for ids that never come.
-    start = newest if after is None or after > newest else after
+    # With PostgreSQL the ids are the database's and never start again: such an id was
+    # given by a replica whose feed is ahead of this one's, so what follows it is waited for.
+    restarted = after is not None and after > newest and ctx.config.history.url is None
+    start = newest if after is None or restarted else after
 
     def stream(write: Writer) -> None:
         _stream(ctx, write, start)

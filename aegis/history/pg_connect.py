@@ -13,7 +13,8 @@ checks the host name too).
 The driver is pg8000, pure Python, imported when the first connection is made, so a
 process that never uses PostgreSQL never loads it. Each connection is made on a socket
 of our own (pg8000 accepts one), so a listener can wait on it with ``select`` for
-``NOTIFY`` messages (``Listener`` in ``aegis.history.pg_events``) without polling.
+``NOTIFY`` messages (``EventFeed`` in ``aegis.history.pg_events``, ``Waker`` in
+``aegis.history.pg_queue``) without polling.
 """
 
 from __future__ import annotations
