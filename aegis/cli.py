@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from aegis import __version__
-from aegis.errors import AegisError, ConfigError
+from aegis.errors import AegisError, ConfigError, Conflict
 from aegis.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ EXIT = {
     "tests_failing": 1,
     "usage": 2,
     "step_failed": 3,
+    "skipped": 4,  # a concurrency rule (`skip`) refused the run: it did not start
     "internal": 70,
     "output": 74,  # the output could not be written (a full disk); sysexits' EX_IOERR
     "interrupted": 130,
@@ -801,6 +802,9 @@ def _command(argv: Sequence[str] | None, env: _Env) -> int:
     except ConfigError as exc:
         _say(env, str(exc))
         return EXIT["usage"]
+    except Conflict as exc:
+        _say(env, f"aegis: {exc}")
+        return EXIT["skipped"] if exc.run_id is not None else EXIT["usage"]
     except AegisError as exc:
         _say(env, f"aegis: {exc}")
         return EXIT["usage"]

@@ -85,7 +85,12 @@ def run_workflow(
     engine = Engine(config, step_types, history=store, bus=bus, environ=environ)
     run_id = new_run_id()
     ending = _EndSignals()
+    slot = None
     try:
+        if record:  # a workflow's concurrency rule, held with the other hosts' runs
+            from aegis.cli_slot import CliSlot
+
+            slot = CliSlot.take(config, key, run_id, params or {}, environ=environ, warn=warn)
         try:
             going = engine.run(
                 key, run_id=run_id, trigger=trigger, params=params, rerun_of=rerun_of, reuse=reuse
@@ -103,6 +108,8 @@ def run_workflow(
         return run
     finally:
         store.close()  # the run's record complete, also when a lock held it up
+        if slot is not None:  # only now: the row must not go before the record is in
+            slot.release()
         if hooks is not None:
             _finish_deliveries(hooks, ending)
         ending.restore()

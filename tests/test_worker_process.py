@@ -10,6 +10,7 @@ import io
 import itertools
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -283,3 +284,83 @@ def test_a_cli_run_records_in_postgresql_and_its_live_events_reach_a_replicas_st
         record = call(f"{replica.found}/api/runs/{run_id}")[1]
         assert (record["status"], record["trigger"]) == ("succeeded", "cli")
         assert "Traceback" not in err and PASSWORD not in err + out
+
+
+def cli_run(config: Path, tmp_path: Path, workflow: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aegis", "--config", str(config), "run", workflow, "--json"],
+        cwd=tmp_path,
+        env=environ(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_cli_runs_keep_a_concurrency_rule_with_the_replicas(
+    tmp_path: Path, pg_url: str, loopback: Loopback
+) -> None:
+    """`skip`: a CLI run held at its step blocks a replica's trigger (409) and another CLI
+    run (exit 4), both naming it; `queue`: the second CLI run waits, then runs."""
+    config = write_config(tmp_path, pg_url, loopback.url)
+    (replica,) = replicas = [start(config, "serve", tmp_path)]
+    with processes(*replicas):
+        first = cli_run(config, tmp_path, "one")
+        waiting = None
+        try:
+            poll(lambda: loopback.blocked == 1, timeout=30)
+            held = queue_run_of(replica, "one")
+            code, answer = call(f"{replica.found}/api/workflows/one/run", "POST", {})
+            assert code == 409 and answer["error"]["run_id"] == held, answer
+            second = cli_run(config, tmp_path, "one")
+            out, err = second.communicate(timeout=60)
+            assert second.returncode == 4, err
+            assert "not started: workflow 'one' has 1 run(s) going" in err and held in err
+            assert out == "" and "Traceback" not in err
+            # queue: a second run of `lined` waits for the first's slot
+            lined = cli_run(config, tmp_path, "lined")
+            poll(lambda: loopback.blocked == 2, timeout=30)
+            waiting = Proc(cli_run(config, tmp_path, "lined"), "")  # its stderr read as it comes
+            poll(lambda: "waiting to start: workflow 'lined'" in waiting.stderr(), timeout=30)
+            assert loopback.blocked == 2  # it has not started
+            loopback.release()
+            outputs = [p.communicate(timeout=60) for p in (first, lined)]
+            assert waiting.wait(60) == 0, waiting.stderr()
+            assert waiting.process.stdout is not None
+            outputs.append((waiting.process.stdout.read(), waiting.stderr()))
+        finally:
+            loopback.release()
+            for process in (first, None if waiting is None else waiting.process):
+                if process is not None and process.poll() is None:
+                    process.kill()
+                    process.wait()
+        assert [p.returncode for p in (first, lined)] == [0, 0], outputs
+        ran = [json.loads(out) for out, _ in outputs]
+        assert ran[2]["started_at"] >= ran[1]["finished_at"]  # one after the other
+        assert queue_rows_via(replica) == 0
+
+
+def queue_run_of(replica: Proc, workflow: str) -> str:
+    runs = call(f"{replica.found}/api/runs?workflow={workflow}&status=running")[1]["runs"]
+    assert len(runs) == 1, runs
+    return str(runs[0]["run_id"])
+
+
+def queue_rows_via(replica: Proc) -> int:
+    return int(call(f"{replica.found}/api/runs?status=running")[1]["total"])
+
+
+def test_a_cli_run_goes_ahead_without_its_rule_when_the_database_is_away(
+    tmp_path: Path, loopback: Loopback
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = write_config(tmp_path, f"postgresql://qa:{PASSWORD}@127.0.0.1:{port}/qa", loopback.url)
+    loopback.release()
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--config", str(config), "run", "one", "--quiet"], stdout=out, stderr=err,
+                environ={})  # fmt: skip
+    assert code == 0, err.getvalue()
+    assert "the concurrency rule of 'one' is not applied to this run" in err.getvalue()
+    assert PASSWORD not in err.getvalue() and "Traceback" not in err.getvalue()

@@ -217,6 +217,45 @@ class PgQueue:
             )
         return Enqueued(run_id=run_id)
 
+    def take(
+        self,
+        run_id: str,
+        workflow: str,
+        *,
+        worker: str,
+        lease: float,
+        params: dict[str, object],
+        limit: int,
+        count_waiting: bool,
+    ) -> tuple[str | None, int]:
+        """Claim a row for ``run_id``, run by ``worker`` itself (``aegis run``), when fewer
+        than ``limit`` of ``workflow``'s runs are claimed (with ``count_waiting``: queued
+        or claimed). Returns (None, 0) when taken, else the oldest run in the way and how
+        many there are. The row is never ready: no other worker claims it."""
+        with self._transaction() as connection:
+            connection.run(_WORKFLOW_LOCK, workflow=workflow)
+            which = "" if count_waiting else " AND claimed_by IS NOT NULL"
+            going = connection.run(
+                f"SELECT run_id, count(*) OVER () FROM queue WHERE workflow = :workflow{which}"
+                " ORDER BY enqueued_at, run_id LIMIT 1",
+                workflow=workflow,
+            )
+            if going and int(going[0][1]) >= limit:
+                return str(going[0][0]), int(going[0][1])
+            connection.run(
+                f"""INSERT INTO queue (run_id, workflow, enqueued_at, params, trigger, ready,
+                    concurrency_limit, claimed_by, lease_until, claims)
+                    VALUES (:run_id, :workflow, {NOW}, :params, 'cli', false, :limit,
+                    :worker, {NOW} + :lease, 1)""",
+                run_id=run_id,
+                workflow=workflow,
+                params=json.dumps(params),
+                limit=limit,
+                worker=worker,
+                lease=lease,
+            )
+        return None, 0
+
     def ready(self, run_id: str) -> None:
         """Let workers claim ``run_id`` (its record is written), and wake them."""
         with self.pool.connection() as connection:
