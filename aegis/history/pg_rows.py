@@ -1,8 +1,9 @@
 """Runs and steps as PostgreSQL rows: what ``PostgresHistory`` writes and reads back.
 
 The columns and their text are those of the SQLite file (``aegis.history.sqlite``), so
-a run reads back equal to the record written. PostgreSQL's ``text`` holds neither NUL
-characters nor lone surrogates; ``text`` replaces them (a record is never lost for one).
+a run reads back equal to the record written (``aegis.history.rows`` reads both).
+PostgreSQL's ``text`` holds neither NUL characters nor lone surrogates; ``text``
+replaces them (a record is never lost for one).
 A run's steps travel as one JSON parameter (``steps_json``) that the server unpacks with
 ``json_to_recordset``: a run of 500 steps is one statement, not 500.
 """
@@ -11,31 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Iterable
 from typing import Any
 
-from aegis.records import Attempt, Run, RunStatus, StepResult, StepStatus, Verdict
+from aegis.records import Run, StepResult
 
-__all__ = [
-    "FULL_STEP",
-    "RUN_COLUMNS",
-    "SUMMARY_COLUMNS",
-    "full_step",
-    "run_record",
-    "run_values",
-    "runs_json",
-    "steps_json",
-    "summary_step",
-    "text",
-]
-
-RUN_COLUMNS = (
-    "seq, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger,"
-    " params, rerun_of"
-)
-SUMMARY_COLUMNS = "name, type, service, status, duration_ms, error, error_kind, skip_reason, reused"
-FULL_STEP = f"{SUMMARY_COLUMNS}, data, attempts"
+__all__ = ["run_values", "runs_json", "steps_json", "text"]
 
 
 def text(value: str) -> str:
@@ -105,44 +87,3 @@ def _finite(value: float) -> float:
     # NaN and the infinities are not JSON, which json_to_recordset reads
     number = float(value)
     return number if math.isfinite(number) else 0.0
-
-
-def summary_step(row: Sequence[Any]) -> StepResult:
-    name, type_, service, status, duration_ms, error, error_kind, skip_reason, reused = row[:9]
-    return StepResult(
-        name=name,
-        type=type_,
-        service=service,
-        status=StepStatus(status),
-        duration_ms=float(duration_ms),
-        error=error,
-        error_kind=error_kind,
-        skip_reason=skip_reason,
-        reused=bool(reused),
-    )
-
-
-def full_step(row: Sequence[Any]) -> StepResult:
-    return replace(
-        summary_step(row),
-        data=json.loads(row[9]),
-        attempts=tuple(Attempt.from_dict(a) for a in json.loads(row[10])),
-    )
-
-
-def run_record(row: Sequence[Any], steps: Iterable[StepResult]) -> Run:
-    _, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger = row[:9]
-    params = json.loads(row[9])
-    return Run(
-        run_id=run_id,
-        workflow=workflow,
-        status=RunStatus(status),
-        started_at=started_at,
-        trigger=trigger,
-        steps=tuple(steps),
-        verdict=Verdict(verdict) if verdict else None,
-        finished_at=finished_at,
-        duration_ms=None if duration_ms is None else float(duration_ms),
-        params=params if isinstance(params, dict) else {},
-        rerun_of=row[10],
-    )

@@ -15,16 +15,14 @@ from typing import Any
 
 from aegis.history import SHOWN_MATCHES, RunList, matching_run_id
 from aegis.history.owners import Owner
-from aegis.history.pg_rows import (
+from aegis.history.pg_rows import runs_json, steps_json, text
+from aegis.history.rows import (
     FULL_STEP,
     RUN_COLUMNS,
     SUMMARY_COLUMNS,
     full_step,
     run_record,
-    runs_json,
-    steps_json,
     summary_step,
-    text,
 )
 from aegis.records import Run, RunStatus, StepResult
 

@@ -85,13 +85,18 @@ from aegis.history import (
 )
 from aegis.history.memory import PRUNE_BATCH, MemoryHistory
 from aegis.history.owners import Owner, current_owner, owner_gone, process_state
+from aegis.history.rows import (
+    FULL_STEP,
+    RUN_COLUMNS,
+    SUMMARY_COLUMNS,
+    full_step,
+    run_record,
+    summary_step,
+)
 from aegis.records import (
-    Attempt,
     Run,
     RunStatus,
     StepResult,
-    StepStatus,
-    Verdict,
     age_cutoff,
     format_timestamp,
 )
@@ -177,14 +182,8 @@ _ADDED = (
     "CREATE INDEX IF NOT EXISTS runs_by_trigger ON runs (trigger, started_at DESC, seq DESC)",
 )
 
-_RUN_COLUMNS = (
-    "seq, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger,"
-    " params, rerun_of"
-)
-_SUMMARY_COLUMNS = (
-    "name, type, service, status, duration_ms, error, error_kind, skip_reason, reused"
-)
-_STEP_COLUMNS = f"{_SUMMARY_COLUMNS}, data, attempts"
+# the columns read back, in the order aegis.history.rows makes records of them
+_RUN_COLUMNS, _SUMMARY_COLUMNS, _STEP_COLUMNS = RUN_COLUMNS, SUMMARY_COLUMNS, FULL_STEP
 
 _INSERT_RUN = (
     "INSERT INTO runs (run_id, workflow, status, verdict, started_at, finished_at,"
@@ -358,45 +357,17 @@ _RUN_KINDS: _Kinds = (
 
 def _summary_step(row: Sequence[Any]) -> StepResult:
     _checked(row, _STEP_NAMES, _STEP_KINDS)
-    name, type_, service, status, duration_ms, error, error_kind, skip_reason, reused = row[:9]
-    return StepResult(
-        name=name,
-        type=type_,
-        service=service,
-        status=StepStatus(status),
-        duration_ms=float(duration_ms),
-        error=error,
-        error_kind=error_kind,
-        skip_reason=skip_reason,
-        reused=bool(reused),
-    )
+    return summary_step(row)
 
 
 def _full_step(row: Sequence[Any]) -> StepResult:
-    return replace(
-        _summary_step(row),
-        data=json.loads(row[9]),
-        attempts=tuple(Attempt.from_dict(a) for a in json.loads(row[10])),
-    )
+    _checked(row, _STEP_NAMES, _STEP_KINDS)
+    return full_step(row)
 
 
 def _run(row: Sequence[Any], steps: Iterable[StepResult]) -> Run:
     _checked(row, _RUN_NAMES, _RUN_KINDS)
-    _, run_id, workflow, status, verdict, started_at, finished_at, duration_ms, trigger = row[:9]
-    params = json.loads(row[9])
-    return Run(
-        run_id=run_id,
-        workflow=workflow,
-        status=RunStatus(status),
-        started_at=started_at,
-        trigger=trigger,
-        steps=tuple(steps),
-        verdict=Verdict(verdict) if verdict else None,
-        finished_at=finished_at,
-        duration_ms=None if duration_ms is None else float(duration_ms),
-        params=params if isinstance(params, dict) else {},
-        rerun_of=row[10],
-    )
+    return run_record(row, steps)
 
 
 def _reason(exc: BaseException) -> str:
