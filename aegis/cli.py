@@ -184,8 +184,7 @@ def _param_options(options: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_rerun(args: argparse.Namespace, env: _Env) -> int:
-    from aegis.config.params import rerun_params
-    from aegis.engine.rerun import carried_steps, check_rerunnable
+    from aegis.engine.rerun import rerun_inputs
     from aegis.errors import NotFound
     from aegis.history import open_history
     from aegis.runs import run_workflow
@@ -200,11 +199,10 @@ def cmd_rerun(args: argparse.Namespace, env: _Env) -> int:
         store.close()
     if old is None:
         raise NotFound(f"no run '{args.run_id}' in {config.history.path}")
-    workflow = config.workflows.get(old.workflow)
-    check_rerunnable(old, workflow)
-    assert workflow is not None  # check_rerunnable refused it otherwise
     given = _param_options(args.param)
-    params = rerun_params(old.workflow, workflow.params, old.params, given, text=True)
+    params, reuse = rerun_inputs(
+        config.workflows, old, given, from_failed=args.from_failed, text=True
+    )
     report, codes = _reporter(args, env, config, no_history=False)
     run_workflow(
         config,
@@ -214,7 +212,7 @@ def cmd_rerun(args: argparse.Namespace, env: _Env) -> int:
         warn=env.warn,
         params=params,
         rerun_of=old.run_id,
-        reuse=carried_steps(workflow, old) if args.from_failed else None,
+        reuse=reuse,
         report=report,
     )
     return codes[0]

@@ -52,9 +52,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from aegis.config.model import DEFAULT_MAX_QUEUED_RUNS, Config, WorkflowSpec
-from aegis.config.params import coerce_params, rerun_params, shown_params
+from aegis.config.params import coerce_params, shown_params
 from aegis.engine.clock import Clock, SystemClock
-from aegis.engine.rerun import carried_steps, check_rerunnable
+from aegis.engine.rerun import rerun_inputs
 from aegis.engine.runner import ClientFactory, Engine, new_run_id, skipped_result
 from aegis.errors import Conflict, NotFound, QueueFull
 from aegis.events import EventBus
@@ -253,11 +253,9 @@ class RunManager:
         old = self.get(run_id)
         if old is None:
             raise NotFound(f"unknown run '{run_id}'")
-        workflow = self.config.workflows.get(old.workflow)
-        check_rerunnable(old, workflow)
-        assert workflow is not None  # check_rerunnable refused it otherwise
-        reuse = carried_steps(workflow, old) if from_failed else None
-        values = rerun_params(old.workflow, workflow.params, old.params, params or {})
+        values, reuse = rerun_inputs(
+            self.config.workflows, old, params or {}, from_failed=from_failed
+        )
         run, _ = await self.submit(
             old.workflow, trigger=trigger, params=values, rerun_of=old.run_id, reuse=reuse
         )

@@ -31,9 +31,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from aegis.config.model import DEFAULT_MAX_QUEUED_RUNS, Config, HistorySpec
-from aegis.config.params import coerce_params, rerun_params, shown_params
+from aegis.config.params import coerce_params, shown_params
 from aegis.engine.clock import Clock, SystemClock
-from aegis.engine.rerun import carried_steps, check_rerunnable
+from aegis.engine.rerun import rerun_inputs
 from aegis.engine.runner import Engine, new_run_id
 from aegis.errors import Conflict, NotFound, QueueFull, UsageError
 from aegis.events import EventBus
@@ -175,11 +175,9 @@ class SharedRunManager:
         old = await asyncio.to_thread(self.get, run_id)
         if old is None:
             raise NotFound(f"unknown run '{run_id}'")
-        workflow = self.config.workflows.get(old.workflow)
-        check_rerunnable(old, workflow)
-        assert workflow is not None  # check_rerunnable refused it otherwise
-        reuse = carried_steps(workflow, old) if from_failed else None
-        values = rerun_params(old.workflow, workflow.params, old.params, params or {})
+        values, reuse = rerun_inputs(
+            self.config.workflows, old, params or {}, from_failed=from_failed
+        )
         run, _ = await self.submit(
             old.workflow, trigger=trigger, params=values, rerun_of=old.run_id, reuse=reuse
         )

@@ -12,13 +12,15 @@ name and type: a step that was renamed, retyped or moved ends the carry-over the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 from aegis.config.model import WorkflowSpec
+from aegis.config.params import rerun_params
 from aegis.errors import Conflict
 from aegis.records import Run, StepResult, StepStatus
 
-__all__ = ["carried_steps", "check_rerunnable"]
+__all__ = ["carried_steps", "check_rerunnable", "rerun_inputs"]
 
 
 def check_rerunnable(run: Run, workflow: WorkflowSpec | None) -> None:
@@ -50,3 +52,21 @@ def carried_steps(workflow: WorkflowSpec, run: Run) -> dict[int, StepResult]:
             " rerun it without from_failed"
         )
     return carried
+
+
+def rerun_inputs(
+    workflows: Mapping[str, WorkflowSpec],
+    old: Run,
+    params: Mapping[str, object],
+    *,
+    from_failed: bool,
+    text: bool = False,
+) -> tuple[dict[str, object], dict[int, StepResult] | None]:
+    """What a rerun of ``old`` is given, for the CLI and both run managers alike: its
+    params again, each overridden by ``params`` (``text``: as typed on the CLI), and with
+    ``from_failed`` the steps carried over. Raises what ``check_rerunnable`` raises."""
+    workflow = workflows.get(old.workflow)
+    check_rerunnable(old, workflow)
+    assert workflow is not None  # check_rerunnable refused it otherwise
+    values = rerun_params(old.workflow, workflow.params, old.params, params, text=text)
+    return values, carried_steps(workflow, old) if from_failed else None
