@@ -64,6 +64,15 @@ def test_a_run_posted_to_one_replica_is_run_and_seen_by_both(apps: Apps) -> None
     assert page["total"] == 1
 
 
+def test_a_replica_pages_the_shared_history_by_keyset(apps: Apps) -> None:
+    a, b = apps(), apps()
+    ids = [post(a, "quick", "?wait=20")[1]["run_id"] for _ in range(3)]
+    newest = call(f"{b.url}/api/history?limit=1")[1]
+    assert [r["run_id"] for r in newest["runs"]] == ids[-1:] and newest["total"] == 3
+    older = call(f"{b.url}/api/history?limit=5&before={ids[-1]}")[1]
+    assert [r["run_id"] for r in older["runs"]] == ids[-2::-1]
+
+
 def test_an_idempotency_key_holds_across_replicas(apps: Apps) -> None:
     a, b = apps(), apps()
     first = post(a, "quick", **{"Idempotency-Key": "build-7"})[1]

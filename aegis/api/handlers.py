@@ -102,6 +102,7 @@ class Runs(Protocol):
         offset: int = 0,
         *,
         trigger: str | None = None,
+        before: str | None = None,
     ) -> tuple[list[Run], int]: ...
 
 

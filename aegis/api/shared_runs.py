@@ -252,8 +252,9 @@ class SharedRunManager:
         offset: int = 0,
         *,
         trigger: str | None = None,
+        before: str | None = None,
     ) -> tuple[builtins.list[Run], int]:
-        page = self.history.list(workflow, status, limit, offset, trigger=trigger)
+        page = self.history.list(workflow, status, limit, offset, trigger=trigger, before=before)
         return page, self.history.count(workflow, status, trigger=trigger)
 
     def active(self) -> int:
